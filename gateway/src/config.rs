@@ -1,0 +1,484 @@
+//! The TOML configuration: schema, defaults and validation.
+//!
+//! Owns turning a file into a checked [`Config`]; every error names the file,
+//! the key and what was expected. Must never do I/O beyond reading that file
+//! (plugin files are only checked for existence when loaded by the runtime).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A config file that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {message}")]
+    Parse {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{file}: key `{key}`: {expected}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        expected: String,
+    },
+}
+
+/// The whole gateway configuration (`hooklane.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where sources send webhooks. Default `127.0.0.1:8080`; port 0 picks a
+    /// free port (the bound address is printed on stdout).
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded store (plugin key-value data). Relative
+    /// paths are resolved against the config file's directory. Default `data`.
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    /// Largest webhook body accepted, in KiB. Default 1024.
+    #[serde(default = "defaults::max_body_kb")]
+    pub max_body_kb: usize,
+    /// The operator API (health, readiness, state inspection).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The plugin runtime shared by all campaigns.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Webhook senders, by name: each is reachable at `POST /hooks/{name}`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Campaigns, by name: each runs a plugin for events of its source.
+    #[serde(default)]
+    pub campaigns: BTreeMap<String, CampaignConfig>,
+    /// Systems plugins may deliver to, by name.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+}
+
+/// The operator API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin API listens. Default `127.0.0.1:9090` (loopback only).
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: SocketAddr,
+    /// Environment variable holding the bearer token for `/v1/*` admin calls.
+    /// Default `HOOKLANE_ADMIN_TOKEN`. Without a token those calls are refused.
+    #[serde(default = "defaults::admin_token_env")]
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::admin_listen(),
+            token_env: defaults::admin_token_env(),
+        }
+    }
+}
+
+/// Settings of the wasmtime engine shared by every campaign.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Most plugin instances alive at once (pooling allocator slots).
+    /// Default 1000.
+    #[serde(default = "defaults::max_instances")]
+    pub max_instances: u32,
+    /// A running plugin gives its thread back after this much fuel, so a
+    /// CPU-heavy plugin cannot monopolise a worker. Default 1,000,000
+    /// (roughly 0.1 ms of CPU).
+    #[serde(default = "defaults::fuel_yield_interval")]
+    pub fuel_yield_interval: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: defaults::max_instances(),
+            fuel_yield_interval: defaults::fuel_yield_interval(),
+        }
+    }
+}
+
+/// A webhook sender.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Human description, for operators.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The success factor of a campaign, which decides how its events are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    /// Milliseconds count: reserved capacity, may answer the caller itself.
+    Speed,
+    /// Many customer variables and external sources: may wait on them.
+    Segmentation,
+    /// Nothing may be lost; may take its time.
+    Care,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 3] = [Lane::Speed, Lane::Segmentation, Lane::Care];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Speed => "speed",
+            Lane::Segmentation => "segmentation",
+            Lane::Care => "care",
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the caller waits for the plugin's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The plugin's `respond` action is the HTTP response.
+    Sync,
+    /// The caller gets 202 with the event id; the plugin runs in its lane.
+    Async,
+}
+
+/// A campaign: a plugin run for the events of one source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignConfig {
+    /// The source whose events this campaign handles.
+    pub source: String,
+    /// The campaign's lane.
+    pub lane: Lane,
+    /// `sync` or `async`. Default: `sync` in the speed lane, `async`
+    /// elsewhere. Care campaigns are always async; a source has at most one
+    /// sync campaign.
+    pub mode: Option<Mode>,
+    /// Path of the plugin component (`.wasm`), relative to the config file.
+    pub plugin: PathBuf,
+    /// Fuel per event (roughly 1e10 per CPU-second). Default 1e9.
+    #[serde(default = "defaults::fuel")]
+    pub fuel: u64,
+    /// Wall-clock deadline per event, in ms, including outbound calls.
+    /// Default 1000.
+    #[serde(default = "defaults::deadline_ms")]
+    pub deadline_ms: u64,
+    /// Linear memory cap per event, in MiB. Default 64.
+    #[serde(default = "defaults::memory_mb")]
+    pub memory_mb: u64,
+    /// Largest total size of the actions a plugin may return, in KiB.
+    /// Default 1024.
+    #[serde(default = "defaults::max_output_kb")]
+    pub max_output_kb: usize,
+    /// Hosts the plugin may reach with http-fetch (`host` or `host:port`).
+    /// Default: none.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Upper bound on one http-fetch, in ms. Default 2000.
+    #[serde(default = "defaults::fetch_timeout_ms")]
+    pub fetch_timeout_ms: u64,
+    /// Destinations the plugin may deliver to. Default: none.
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    /// Campaigns the plugin may emit events to. Default: none.
+    #[serde(default)]
+    pub emits: Vec<String>,
+    /// Key-value namespace. Default: the campaign's name, so campaigns never
+    /// see each other's keys; campaigns that name the same namespace share it.
+    pub kv_namespace: Option<String>,
+    /// Settings the plugin reads with `config-get`.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}
+
+impl CampaignConfig {
+    /// The effective mode (see [`CampaignConfig::mode`]).
+    pub fn mode(&self) -> Mode {
+        self.mode.unwrap_or(match self.lane {
+            Lane::Speed => Mode::Sync,
+            Lane::Segmentation | Lane::Care => Mode::Async,
+        })
+    }
+}
+
+/// A system plugins deliver to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// The URL deliveries are POSTed to.
+    pub url: url::Url,
+    /// Give up on one attempt after this many ms. Default 5000.
+    #[serde(default = "defaults::delivery_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn admin_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9090))
+    }
+    pub fn admin_token_env() -> String {
+        "HOOKLANE_ADMIN_TOKEN".into()
+    }
+    pub fn data_dir() -> PathBuf {
+        "data".into()
+    }
+    pub fn max_body_kb() -> usize {
+        1024
+    }
+    pub fn max_instances() -> u32 {
+        1000
+    }
+    pub fn fuel_yield_interval() -> u64 {
+        1_000_000
+    }
+    pub fn fuel() -> u64 {
+        1_000_000_000
+    }
+    pub fn deadline_ms() -> u64 {
+        1000
+    }
+    pub fn memory_mb() -> u64 {
+        64
+    }
+    pub fn max_output_kb() -> usize {
+        1024
+    }
+    pub fn fetch_timeout_ms() -> u64 {
+        2000
+    }
+    pub fn delivery_timeout_ms() -> u64 {
+        5000
+    }
+}
+
+impl Config {
+    /// Read, parse and validate `path`; relative paths inside are resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path, base)
+    }
+
+    /// Parse and validate `text`, naming `file` in errors and resolving
+    /// relative paths against `base`.
+    pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            line: e
+                .span()
+                .map(|span| text[..span.start].lines().count().max(1))
+                .unwrap_or(1),
+            message: e.message().to_owned(),
+        })?;
+        config.validate(file)?;
+        config.data_dir = base.join(&config.data_dir);
+        for campaign in config.campaigns.values_mut() {
+            campaign.plugin = base.join(&campaign.plugin);
+        }
+        Ok(config)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, expected: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            expected,
+        };
+        if self.runtime.max_instances == 0 {
+            return Err(invalid(
+                "runtime.max_instances".into(),
+                "expected at least 1".into(),
+            ));
+        }
+        for name in self.sources.keys() {
+            check_name(name).map_err(|e| invalid(format!("sources.{name}"), e))?;
+        }
+        let mut sync_campaign_of_source: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, campaign) in &self.campaigns {
+            let key = |field: &str| format!("campaigns.{name}.{field}");
+            check_name(name).map_err(|e| invalid(format!("campaigns.{name}"), e))?;
+            if !self.sources.contains_key(&campaign.source) {
+                return Err(invalid(
+                    key("source"),
+                    format!(
+                        "expected the name of a source in [sources], found `{}`",
+                        campaign.source
+                    ),
+                ));
+            }
+            if campaign.mode() == Mode::Sync {
+                if campaign.lane == Lane::Care {
+                    return Err(invalid(
+                        key("mode"),
+                        "expected `async`: care campaigns never answer the caller".into(),
+                    ));
+                }
+                if let Some(other) = sync_campaign_of_source.insert(&campaign.source, name) {
+                    return Err(invalid(
+                        key("mode"),
+                        format!(
+                            "expected at most one sync campaign per source; `{other}` already answers source `{}`",
+                            campaign.source
+                        ),
+                    ));
+                }
+            }
+            for (field, value, min) in [
+                ("fuel", campaign.fuel, 1),
+                ("deadline_ms", campaign.deadline_ms, 1),
+                ("memory_mb", campaign.memory_mb, 1),
+                ("fetch_timeout_ms", campaign.fetch_timeout_ms, 1),
+            ] {
+                if value < min {
+                    return Err(invalid(key(field), format!("expected at least {min}")));
+                }
+            }
+            if campaign.memory_mb > 4096 {
+                return Err(invalid(
+                    key("memory_mb"),
+                    "expected at most 4096 (a 32-bit wasm memory)".into(),
+                ));
+            }
+            for (i, host) in campaign.allowed_hosts.iter().enumerate() {
+                if host.is_empty() || host.contains(['/', '*', ' ']) {
+                    return Err(invalid(
+                        format!("campaigns.{name}.allowed_hosts[{i}]"),
+                        format!("expected `host` or `host:port`, found `{host}`"),
+                    ));
+                }
+            }
+            for (i, destination) in campaign.destinations.iter().enumerate() {
+                if !self.destinations.contains_key(destination) {
+                    return Err(invalid(
+                        format!("campaigns.{name}.destinations[{i}]"),
+                        format!("expected the name of a destination in [destinations], found `{destination}`"),
+                    ));
+                }
+            }
+            for (i, target) in campaign.emits.iter().enumerate() {
+                if !self.campaigns.contains_key(target) {
+                    return Err(invalid(
+                        format!("campaigns.{name}.emits[{i}]"),
+                        format!("expected the name of a campaign in [campaigns], found `{target}`"),
+                    ));
+                }
+            }
+        }
+        for (name, destination) in &self.destinations {
+            check_name(name).map_err(|e| invalid(format!("destinations.{name}"), e))?;
+            if !matches!(destination.url.scheme(), "http" | "https") {
+                return Err(invalid(
+                    format!("destinations.{name}.url"),
+                    format!("expected an http or https URL, found `{}`", destination.url),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names appear in URLs, metrics and KV namespaces: keep them plain.
+fn check_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a name of 1-64 letters, digits, `-` or `_`, found `{name}`"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [sources.forms]
+        [campaigns.login]
+        source = "forms"
+        lane = "speed"
+        plugin = "login.wasm"
+    "#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/hooklane.toml"), Path::new("/etc"))
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let config = parse(BASE).unwrap();
+        let login = &config.campaigns["login"];
+        assert_eq!(login.mode(), Mode::Sync);
+        assert_eq!(login.plugin, Path::new("/etc/login.wasm"));
+        assert_eq!(config.data_dir, Path::new("/etc/data"));
+        assert_eq!(login.memory_mb, 64);
+    }
+
+    #[test]
+    fn unknown_emit_target_names_file_and_key() {
+        let err = parse(&format!("{BASE}\nemits = [\"nope\"]")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/hooklane.toml: key `campaigns.login.emits[0]`: expected the name of a campaign in [campaigns], found `nope`"
+        );
+    }
+
+    #[test]
+    fn two_sync_campaigns_on_one_source_are_refused() {
+        let text = format!(
+            "{BASE}\n[campaigns.other]\nsource = \"forms\"\nlane = \"segmentation\"\nmode = \"sync\"\nplugin = \"o.wasm\""
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("campaigns.other.mode"), "{err}");
+        assert!(err.contains("at most one sync campaign"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = parse("[sources.forms]\n\n[campaigns.x]\nlane = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/hooklane.toml:4:"), "{err}");
+    }
+
+    #[test]
+    fn care_campaigns_cannot_be_sync() {
+        let text = BASE.replace("\"speed\"", "\"care\"") + "\nmode = \"sync\"";
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("campaigns.login.mode"), "{err}");
+    }
+}

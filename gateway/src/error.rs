@@ -1,0 +1,69 @@
+//! The one mapping from a refusal to an HTTP response: a status and a JSON
+//! body `{"error": ..., "detail": ...}` (plus context fields where useful).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+use crate::runtime::PluginFailure;
+
+/// A refusal or failure answered to an HTTP caller.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Short, stable, machine-readable reason.
+    pub error: &'static str,
+    /// A sentence that helps an honest caller; never contains secrets.
+    pub detail: String,
+    /// Extra JSON fields (campaign, cause, event id).
+    pub context: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            detail: detail.into(),
+            context: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.context.insert(key.into(), value.into());
+        self
+    }
+
+    /// A synchronous campaign's plugin failed: 504 for a deadline, 422 when
+    /// the plugin refused the input, 502 otherwise.
+    pub fn plugin_failed(campaign: &str, event_id: &str, failure: &PluginFailure) -> Self {
+        let status = match failure {
+            PluginFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+            PluginFailure::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(
+            status,
+            "plugin_failed",
+            format!("campaign `{campaign}` {failure}"),
+        )
+        .with("campaign", campaign)
+        .with("cause", failure.cause())
+        .with("event_id", event_id)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.context;
+        body.insert("error".into(), self.error.into());
+        body.insert("detail".into(), self.detail.into());
+        let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS || self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,135 @@
+//! The HTTP face for webhook sources: `POST /hooks/{source}`.
+//!
+//! Owns body limits and turning a request into an [`Event`]; signature
+//! verification and deduplication land here with the security issue. Must
+//! never touch wasmtime.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::event::{Event, Headers};
+use crate::gateway::{log_failure, Gateway, RunError};
+
+struct Ingress {
+    gateway: Arc<Gateway>,
+    max_body_bytes: usize,
+}
+
+/// The source-facing routes.
+pub fn routes(gateway: Arc<Gateway>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/hooks/{source}", post(receive))
+        .fallback(not_found)
+        .with_state(Arc::new(Ingress {
+            gateway,
+            max_body_bytes,
+        }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "webhooks are accepted at POST /hooks/{source}",
+    )
+}
+
+async fn receive(
+    State(ingress): State<Arc<Ingress>>,
+    Path(source): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let gateway = &ingress.gateway;
+    let Some(route) = gateway.router().route(&source) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_source",
+            format!("no source named `{source}` is configured"),
+        ));
+    };
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, ingress.max_body_bytes).await?;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let event = Event::new(source, headers(&parts.headers), body, content_type);
+
+    for campaign in &route.async_campaigns {
+        gateway.enqueue(campaign, event.clone());
+    }
+    let Some(campaign) = &route.sync_campaign else {
+        let body = json!({ "event_id": event.id, "campaigns": route.async_campaigns });
+        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+    };
+    match gateway.run_sync(campaign, &event).await {
+        Ok(Some(reply)) => {
+            let mut response = Response::new(Body::from(reply.body));
+            *response.status_mut() =
+                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            for (name, value) in &reply.headers {
+                if let (Ok(name), Ok(value)) = (
+                    header::HeaderName::try_from(name.as_str()),
+                    header::HeaderValue::try_from(value.as_str()),
+                ) {
+                    response.headers_mut().append(name, value);
+                }
+            }
+            response
+                .headers_mut()
+                .insert("hooklane-event-id", header::HeaderValue::try_from(&event.id).expect("uuid is a valid header"));
+            Ok(response)
+        }
+        Ok(None) => Ok((StatusCode::OK, axum::Json(json!({ "event_id": event.id }))).into_response()),
+        Err(error) => {
+            if let Some(loaded) = gateway.campaign(campaign) {
+                log_failure(&loaded, &event, &error);
+            }
+            Err(match &error {
+                RunError::Plugin(failure) => ApiError::plugin_failed(campaign, &event.id, failure),
+                other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
+                    .with("campaign", campaign.as_str())
+                    .with("event_id", event.id.as_str()),
+            })
+        }
+    }
+}
+
+/// Read the body, refusing it with 413 as soon as it exceeds `limit`, without
+/// buffering more than that.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds the limit of {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("the body could not be read: {e}"),
+        )),
+    }
+}
+
+fn headers(map: &HeaderMap) -> Headers {
+    map.iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,20 @@
+//! hooklane: a webhook gateway that runs each campaign's follow-up logic as a
+//! sandboxed WebAssembly component, in lanes that keep slow campaigns away
+//! from fast ones.
+//!
+//! Modules follow the path of an event: [`ingress`] → [`router`] →
+//! [`lanes`] → [`runtime`] → [`actions`], with [`store`] underneath,
+//! [`gateway`] tying them together and [`admin`] for operators.
+
+pub mod actions;
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod gateway;
+pub mod ingress;
+pub mod lanes;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod store;

@@ -1,0 +1,124 @@
+//! The `hooklane` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hooklane::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "hooklane", version, about = "A webhook gateway with lanes and sandboxed campaign plugins")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short, default_value = "hooklane.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and the plugins it names, then exit.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, short, default_value = "hooklane.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("HOOKLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::CheckConfig { config } => check_config(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let token = std::env::var(&config.admin.token_env).ok().filter(|t| !t.is_empty());
+    if token.is_none() {
+        tracing::warn!(
+            env = %config.admin.token_env,
+            "No admin token set: the admin API's /v1 endpoints will refuse every call"
+        );
+    }
+    hooklane::server::serve(
+        config,
+        token,
+        |bound| {
+            // On stdout, one line each, so scripts and tests can find the
+            // ports when the config asks for port 0.
+            println!("hooklane ingress listening on http://{}", bound.ingress);
+            println!("hooklane admin listening on http://{}", bound.admin);
+            tracing::info!(ingress = %bound.ingress, admin = %bound.admin, "Gateway ready");
+        },
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn check_config(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    // Compile every plugin against a scratch store, so checking never
+    // touches (or waits on the lock of) a running gateway's data.
+    let scratch = tempfile::tempdir()?;
+    let mut checked = config.clone();
+    checked.data_dir = scratch.path().to_owned();
+    tokio::task::block_in_place(|| hooklane::gateway::Gateway::start(&checked))?;
+    println!(
+        "{}: ok ({} sources, {} campaigns, {} destinations)",
+        path.display(),
+        config.sources.len(),
+        config.campaigns.len(),
+        config.destinations.len()
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("Shutting down");
+}

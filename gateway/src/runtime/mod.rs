@@ -1,0 +1,272 @@
+//! The plugin runtime: hooklane's only user of wasmtime.
+//!
+//! One [`Runtime`] owns the engine (component model, fuel with async yields,
+//! epoch interruption driven by a 1 ms ticker thread, pooling allocator) and
+//! the linker with every host import wired in one place. Each campaign's
+//! component is compiled once and pre-instantiated into a [`Plugin`]; every
+//! event then runs in a fresh `Store` with its own fuel budget, epoch
+//! deadline and memory cap, and its failures are classified into a
+//! [`PluginFailure`]. Must never speak HTTP to sources.
+//!
+//! Fuel vs. epochs: fuel bounds the CPU work of an event deterministically
+//! (and its periodic async yield gives the thread back so a spinning plugin
+//! cannot starve other tasks); the epoch deadline bounds wall time spent in
+//! wasm; a tokio timeout around the whole call bounds the wall time spent
+//! waiting in host imports, which the epoch cannot see.
+
+mod bindings;
+mod failure;
+mod host;
+mod output;
+mod state;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+pub use failure::PluginFailure;
+pub use host::HostServices;
+
+use crate::config::{CampaignConfig, Lane, RuntimeConfig};
+use crate::event::{Action, Event};
+use bindings::{Campaign, CampaignPre};
+use state::PluginState;
+
+/// Epoch ticks per second: a deadline is counted in ticks of 1 ms.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Errors building the engine or loading a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(String),
+    #[error("campaign `{campaign}`: cannot read plugin {path}: {source}")]
+    Read {
+        campaign: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("campaign `{campaign}`: {path} is not a valid `hooklane:plugin/campaign` component: {reason}")]
+    Invalid {
+        campaign: String,
+        path: String,
+        reason: String,
+    },
+}
+
+/// The engine, the linker and the epoch ticker, shared by all plugins.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    services: HostServices,
+    fuel_yield_interval: u64,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Build the engine. `max_memory_mb` is the largest memory cap of any
+    /// campaign: it sizes the pooling allocator's slots.
+    pub fn new(
+        config: &RuntimeConfig,
+        max_memory_mb: u64,
+        services: HostServices,
+    ) -> Result<Self, LoadError> {
+        let engine_error = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 4)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .max_memory_size((max_memory_mb as usize) << 20)
+            // Release instance memory without serialising on page-table
+            // locks (see shared/RUNTIME-NOTES.md): this is what lets
+            // instantiation scale across threads.
+            .pagemap_scan(Enabled::Auto)
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(engine_error)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
+        Campaign::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(engine_error)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let stop = ticker_stop.clone();
+        // A plain OS thread, not a tokio timer: a plugin spinning on a tokio
+        // worker must not be able to delay its own deadline.
+        std::thread::Builder::new()
+            .name("hooklane-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            services,
+            fuel_yield_interval: config.fuel_yield_interval,
+            ticker_stop,
+        })
+    }
+
+    /// Compile and pre-instantiate the plugin of campaign `name`.
+    pub fn load(&self, name: &str, campaign: &CampaignConfig) -> Result<Plugin, LoadError> {
+        let path = campaign.plugin.display().to_string();
+        let bytes = std::fs::read(&campaign.plugin).map_err(|source| LoadError::Read {
+            campaign: name.into(),
+            path: path.clone(),
+            source,
+        })?;
+        self.load_bytes(name, campaign, &bytes)
+            .map_err(|reason| LoadError::Invalid {
+                campaign: name.into(),
+                path,
+                reason,
+            })
+    }
+
+    fn load_bytes(
+        &self,
+        name: &str,
+        campaign: &CampaignConfig,
+        bytes: &[u8],
+    ) -> Result<Plugin, String> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| format!("{e:#}"))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(CampaignPre::new)
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(Plugin {
+            pre,
+            sandbox: Arc::new(Sandbox::new(name, campaign, bytes)),
+            services: self.services.clone(),
+            fuel_yield_interval: self.fuel_yield_interval,
+        })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one campaign's plugin may do and use.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub campaign: String,
+    pub lane: Lane,
+    /// Short content hash of the component, for logs.
+    pub version: String,
+    pub fuel: u64,
+    pub deadline: Duration,
+    pub memory_bytes: usize,
+    pub max_output_bytes: usize,
+    pub allowed_hosts: Vec<String>,
+    pub fetch_timeout: Duration,
+    pub kv_namespace: String,
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+impl Sandbox {
+    fn new(name: &str, campaign: &CampaignConfig, bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(bytes);
+        Sandbox {
+            campaign: name.into(),
+            lane: campaign.lane,
+            version: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
+            fuel: campaign.fuel,
+            deadline: Duration::from_millis(campaign.deadline_ms),
+            memory_bytes: (campaign.memory_mb as usize) << 20,
+            max_output_bytes: campaign.max_output_kb << 10,
+            allowed_hosts: campaign.allowed_hosts.clone(),
+            fetch_timeout: Duration::from_millis(campaign.fetch_timeout_ms),
+            kv_namespace: campaign
+                .kv_namespace
+                .clone()
+                .unwrap_or_else(|| name.into()),
+            settings: campaign.settings.clone(),
+        }
+    }
+}
+
+/// A campaign's compiled, pre-instantiated plugin; cheap to share.
+pub struct Plugin {
+    pre: CampaignPre<PluginState>,
+    sandbox: Arc<Sandbox>,
+    services: HostServices,
+    fuel_yield_interval: u64,
+}
+
+impl Plugin {
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Run the plugin on `event` in a fresh store under the campaign's limits.
+    pub async fn handle(&self, event: &Event) -> Result<Vec<Action>, PluginFailure> {
+        let sandbox = &self.sandbox;
+        let started = Instant::now();
+        let mut store = Store::new(
+            self.pre.engine(),
+            PluginState::new(sandbox.clone(), self.services.clone(), &event.id),
+        );
+        store.limiter(|state| &mut state.limiter);
+        let setup = store
+            .set_fuel(sandbox.fuel)
+            .and_then(|()| store.fuel_async_yield_interval(Some(self.fuel_yield_interval)));
+        if let Err(e) = setup {
+            return Err(PluginFailure::Instantiate(format!("{e:#}")));
+        }
+        let deadline_ticks = (sandbox.deadline.as_millis() as u64).max(1);
+        store.set_epoch_deadline(deadline_ticks);
+        store.epoch_deadline_trap();
+
+        let input = bindings::to_wit_event(event);
+        let outcome = tokio::time::timeout(sandbox.deadline, async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance.call_handle(&mut store, &input).await
+        })
+        .await;
+        let fuel_used = sandbox.fuel - store.get_fuel().unwrap_or(0);
+        let state = store.data_mut();
+        state.flush_guest_output();
+        let result = match outcome {
+            Err(_elapsed) => Err(PluginFailure::Deadline(sandbox.deadline)),
+            Ok(Err(trap)) => Err(failure::classify_trap(trap, state, sandbox)),
+            Ok(Ok(Err(refusal))) => Err(failure::from_plugin_error(refusal, state)),
+            Ok(Ok(Ok(actions))) => bindings::from_wit_actions(actions, sandbox.max_output_bytes),
+        };
+        tracing::debug!(
+            campaign = %sandbox.campaign,
+            lane = %sandbox.lane,
+            version = %sandbox.version,
+            event = %event.id,
+            fuel_used,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            ok = result.is_ok(),
+            "Plugin ran"
+        );
+        result
+    }
+}

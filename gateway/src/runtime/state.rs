@@ -1,0 +1,139 @@
+//! The data of one plugin run's `Store`: WASI context, limits, and what the
+//! host imports need and record.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::host::HostServices;
+use super::output::GuestOutput;
+use super::Sandbox;
+
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub sandbox: Arc<Sandbox>,
+    pub services: HostServices,
+    pub event_id: String,
+    /// The URL of an http-fetch that hit its timeout during this run.
+    pub timed_out_fetch: Option<String>,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
+    stderr_text: Vec<u8>,
+}
+
+impl PluginState {
+    pub fn new(sandbox: Arc<Sandbox>, services: HostServices, event_id: &str) -> Self {
+        let stdout = GuestOutput::default();
+        let stderr = GuestOutput::default();
+        // No preopens, no environment, no network: the defaults, stated.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(sandbox.memory_bytes),
+            sandbox,
+            services,
+            event_id: event_id.into(),
+            timed_out_fetch: None,
+            stdout,
+            stderr,
+            stderr_text: Vec::new(),
+        }
+    }
+
+    /// Log what the guest printed, line by line, with its campaign; keep
+    /// stderr for [`PluginState::panic_message`].
+    pub fn flush_guest_output(&mut self) {
+        let stdout = self.stdout.take();
+        let stderr = self.stderr.take();
+        self.log_lines("stdout", &stdout);
+        self.log_lines("stderr", &stderr);
+        self.stderr_text = stderr;
+    }
+
+    fn log_lines(&self, stream: &str, text: &[u8]) {
+        for line in String::from_utf8_lossy(text).lines().filter(|l| !l.is_empty()) {
+            tracing::info!(
+                campaign = %self.sandbox.campaign,
+                lane = %self.sandbox.lane,
+                version = %self.sandbox.version,
+                event = %self.event_id,
+                stream,
+                "{line}"
+            );
+        }
+    }
+
+    /// The message of a Rust panic the guest printed, if any.
+    pub fn panic_message(&self) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.stderr_text);
+        let start = text.find("panicked at")?;
+        Some(text[start..].lines().take(2).collect::<Vec<_>>().join(" "))
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps linear memory and records a refused growth, so a memory bomb is
+/// reported as such whatever the guest does after its allocation fails.
+pub struct MemoryLimiter {
+    cap_bytes: usize,
+    refused: Option<usize>,
+}
+
+impl MemoryLimiter {
+    fn new(cap_bytes: usize) -> Self {
+        Self {
+            cap_bytes,
+            refused: None,
+        }
+    }
+
+    pub fn refused_bytes(&self) -> Option<usize> {
+        self.refused
+    }
+}
+
+/// Table elements a plugin may grow to; Rust guests use a few hundred.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap_bytes {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

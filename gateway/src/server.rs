@@ -1,0 +1,76 @@
+//! Running the gateway: bind the ingress and admin listeners, serve until a
+//! shutdown signal, then let background work finish.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::gateway::{Gateway, StartError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The bound addresses of a started gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Start the gateway from `config`, call `on_bound` once both listeners are
+/// bound, and serve until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    admin_token: Option<String>,
+    on_bound: impl FnOnce(Bound),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let gateway = tokio::task::block_in_place(|| Gateway::start(&config))?;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })
+    };
+    let ingress_listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin.listen).await?;
+    on_bound(Bound {
+        ingress: ingress_listener.local_addr()?,
+        admin: admin_listener.local_addr()?,
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let ingress = axum::serve(
+        ingress_listener,
+        crate::ingress::routes(gateway.clone(), config.max_body_kb << 10),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let admin = axum::serve(
+        admin_listener,
+        crate::admin::routes(gateway.clone(), admin_token),
+    )
+    .with_graceful_shutdown(stopped(stop_rx));
+    tokio::try_join!(ingress.into_future(), admin.into_future())?;
+    tracing::info!("Listeners closed; waiting for background work");
+    gateway.drain().await;
+    Ok(())
+}
