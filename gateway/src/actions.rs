@@ -14,7 +14,11 @@ use crate::store::MAX_KEY_BYTES;
 
 /// Refuse actions the campaign's config does not allow, before any of them
 /// is carried out.
-pub fn check(campaign: &CampaignConfig, name: &str, actions: &[Action]) -> Result<(), PluginFailure> {
+pub fn check(
+    campaign: &CampaignConfig,
+    name: &str,
+    actions: &[Action],
+) -> Result<(), PluginFailure> {
     let bad = |what: String| Err(PluginFailure::BadOutput(what));
     let mut responses = 0;
     for action in actions {
@@ -25,7 +29,9 @@ pub fn check(campaign: &CampaignConfig, name: &str, actions: &[Action]) -> Resul
                     return bad("more than one respond action".into());
                 }
                 if !(100..=599).contains(status) {
-                    return bad(format!("respond with status {status}, not a valid HTTP status"));
+                    return bad(format!(
+                        "respond with status {status}, not a valid HTTP status"
+                    ));
                 }
             }
             Action::Deliver { destination, .. } => {
@@ -35,7 +41,9 @@ pub fn check(campaign: &CampaignConfig, name: &str, actions: &[Action]) -> Resul
                     ));
                 }
             }
-            Action::Emit { campaign: target, .. } => {
+            Action::Emit {
+                campaign: target, ..
+            } => {
                 if !campaign.emits.contains(target) {
                     return bad(format!(
                         "emit to `{target}`, which is not in campaigns.{name}.emits"
@@ -44,7 +52,10 @@ pub fn check(campaign: &CampaignConfig, name: &str, actions: &[Action]) -> Resul
             }
             Action::KvSet { key, .. } | Action::KvDelete { key } => {
                 if key.is_empty() || key.len() > MAX_KEY_BYTES {
-                    return bad(format!("kv key of {} bytes (1-{MAX_KEY_BYTES} allowed)", key.len()));
+                    return bad(format!(
+                        "kv key of {} bytes (1-{MAX_KEY_BYTES} allowed)",
+                        key.len()
+                    ));
                 }
             }
         }
@@ -75,7 +86,12 @@ impl Destinations {
 
     /// POST `body` to the destination `name` (one attempt; the durable
     /// outbox with retries comes with the delivery issue).
-    pub async fn deliver(&self, name: &str, headers: &Headers, body: Bytes) -> Result<u16, DeliveryError> {
+    pub async fn deliver(
+        &self,
+        name: &str,
+        headers: &Headers,
+        body: Bytes,
+    ) -> Result<u16, DeliveryError> {
         let target = self
             .targets
             .get(name)
@@ -88,10 +104,13 @@ impl Destinations {
         for (header, value) in headers {
             request = request.header(header, value);
         }
-        let response = request.send().await.map_err(|e| DeliveryError::Unreachable {
-            destination: name.into(),
-            reason: e.to_string(),
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| DeliveryError::Unreachable {
+                destination: name.into(),
+                reason: e.to_string(),
+            })?;
         let status = response.status().as_u16();
         if response.status().is_success() {
             Ok(status)

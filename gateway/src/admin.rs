@@ -35,7 +35,10 @@ pub fn routes(gateway: Arc<Gateway>, token: Option<String>) -> Router {
         .route("/v1/kv/{namespace}/{key}", get(kv_get))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authenticate));
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(ready))
         .merge(v1)
         .with_state(admin)
@@ -97,12 +100,18 @@ async fn kv_get(
     Path((namespace, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     match admin.gateway.kv().get(&namespace, &key).await {
-        Ok(Some(value)) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
+        Ok(Some(value)) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
+        }
         Ok(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no key `{key}` in namespace `{namespace}`"),
         )),
-        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )),
     }
 }

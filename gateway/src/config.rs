@@ -291,14 +291,25 @@ impl Config {
     /// Parse and validate `text`, naming `file` in errors and resolving
     /// relative paths against `base`.
     pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_owned(),
-            line: e
-                .span()
-                .map(|span| text[..span.start].lines().count().max(1))
-                .unwrap_or(1),
-            message: e.message().to_owned(),
-        })?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let inner = e.into_inner();
+                let line = inner
+                    .span()
+                    .map(|span| text[..span.start].matches('\n').count() + 1)
+                    .unwrap_or(1);
+                let message = inner.message().to_owned();
+                ConfigError::Parse {
+                    file: file.to_owned(),
+                    line,
+                    message: if key == "." {
+                        message
+                    } else {
+                        format!("key `{key}`: {message}")
+                    },
+                }
+            })?;
         config.validate(file)?;
         config.data_dir = base.join(&config.data_dir);
         for campaign in config.campaigns.values_mut() {
@@ -472,7 +483,10 @@ mod tests {
         let err = parse("[sources.forms]\n\n[campaigns.x]\nlane = 3\n")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("/etc/hooklane.toml:4:"), "{err}");
+        assert!(
+            err.starts_with("/etc/hooklane.toml:4: key `campaigns.x.lane`"),
+            "{err}"
+        );
     }
 
     #[test]

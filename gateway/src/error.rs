@@ -59,7 +59,9 @@ impl IntoResponse for ApiError {
         body.insert("error".into(), self.error.into());
         body.insert("detail".into(), self.detail.into());
         let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS || self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -22,7 +22,12 @@ pub struct Event {
 
 impl Event {
     /// A new event with a fresh id, received now.
-    pub fn new(source: String, headers: Headers, body: Bytes, content_type: Option<String>) -> Self {
+    pub fn new(
+        source: String,
+        headers: Headers,
+        body: Bytes,
+        content_type: Option<String>,
+    ) -> Self {
         Event {
             id: uuid::Uuid::now_v7().to_string(),
             source,

@@ -126,7 +126,11 @@ impl Gateway {
     }
 
     /// Run `campaign` on `event` in its lane and wait for its answer.
-    pub async fn run_sync(self: &Arc<Self>, campaign: &str, event: &Event) -> Result<Option<Reply>, RunError> {
+    pub async fn run_sync(
+        self: &Arc<Self>,
+        campaign: &str,
+        event: &Event,
+    ) -> Result<Option<Reply>, RunError> {
         let loaded = self
             .campaign(campaign)
             .ok_or_else(|| RunError::UnknownCampaign(campaign.into()))?;
@@ -149,26 +153,57 @@ impl Gateway {
         });
     }
 
-    async fn run(self: &Arc<Self>, loaded: &Arc<LoadedCampaign>, event: &Event) -> Result<Option<Reply>, RunError> {
+    async fn run(
+        self: &Arc<Self>,
+        loaded: &Arc<LoadedCampaign>,
+        event: &Event,
+    ) -> Result<Option<Reply>, RunError> {
         let actions = loaded.plugin.handle(event).await?;
         actions::check(&loaded.config, &loaded.name, &actions)?;
         let namespace = &loaded.plugin.sandbox().kv_namespace;
         let mut reply = None;
         for action in actions {
             match action {
-                Action::Respond { status, headers, body } => reply = Some(Reply { status, headers, body }),
-                Action::KvSet { key, value, ttl_seconds } => {
+                Action::Respond {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    reply = Some(Reply {
+                        status,
+                        headers,
+                        body,
+                    })
+                }
+                Action::KvSet {
+                    key,
+                    value,
+                    ttl_seconds,
+                } => {
                     let ttl = ttl_seconds.map(|s| std::time::Duration::from_secs(s.into()));
                     self.kv.set(namespace, &key, &value, ttl).await?;
                 }
                 Action::KvDelete { key } => self.kv.delete(namespace, &key).await?,
-                Action::Deliver { destination, headers, body } => self.deliver(loaded, event, destination, headers, body),
-                Action::Emit { campaign, body, content_type } => {
+                Action::Deliver {
+                    destination,
+                    headers,
+                    body,
+                } => self.deliver(loaded, event, destination, headers, body),
+                Action::Emit {
+                    campaign,
+                    body,
+                    content_type,
+                } => {
                     let headers = vec![
                         ("hooklane-emitted-by".to_owned(), loaded.name.clone()),
                         ("hooklane-parent-event".to_owned(), event.id.clone()),
                     ];
-                    let emitted = Event::new(format!("campaign:{}", loaded.name), headers, body, content_type);
+                    let emitted = Event::new(
+                        format!("campaign:{}", loaded.name),
+                        headers,
+                        body,
+                        content_type,
+                    );
                     self.enqueue(&campaign, emitted);
                 }
             }
@@ -178,7 +213,14 @@ impl Gateway {
 
     /// Post to a destination in the background so the caller does not wait
     /// on a third party.
-    fn deliver(self: &Arc<Self>, loaded: &Arc<LoadedCampaign>, event: &Event, destination: String, headers: Headers, body: Bytes) {
+    fn deliver(
+        self: &Arc<Self>,
+        loaded: &Arc<LoadedCampaign>,
+        event: &Event,
+        destination: String,
+        headers: Headers,
+        body: Bytes,
+    ) {
         let gateway = self.clone();
         let loaded = loaded.clone();
         let event_id = event.id.clone();

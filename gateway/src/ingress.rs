@@ -85,21 +85,28 @@ async fn receive(
                     response.headers_mut().append(name, value);
                 }
             }
-            response
-                .headers_mut()
-                .insert("hooklane-event-id", header::HeaderValue::try_from(&event.id).expect("uuid is a valid header"));
+            response.headers_mut().insert(
+                "hooklane-event-id",
+                header::HeaderValue::try_from(&event.id).expect("uuid is a valid header"),
+            );
             Ok(response)
         }
-        Ok(None) => Ok((StatusCode::OK, axum::Json(json!({ "event_id": event.id }))).into_response()),
+        Ok(None) => {
+            Ok((StatusCode::OK, axum::Json(json!({ "event_id": event.id }))).into_response())
+        }
         Err(error) => {
             if let Some(loaded) = gateway.campaign(campaign) {
                 log_failure(&loaded, &event, &error);
             }
             Err(match &error {
                 RunError::Plugin(failure) => ApiError::plugin_failed(campaign, &event.id, failure),
-                other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
-                    .with("campaign", campaign.as_str())
-                    .with("event_id", event.id.as_str()),
+                other => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    other.to_string(),
+                )
+                .with("campaign", campaign.as_str())
+                .with("event_id", event.id.as_str()),
             })
         }
     }

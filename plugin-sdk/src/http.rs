@@ -9,7 +9,16 @@ pub use host::{FetchError, Request, Response};
 
 impl From<FetchError> for Error {
     fn from(e: FetchError) -> Self {
-        Error::unavailable(format!("http fetch failed: {e:?}"))
+        let reason = match e {
+            FetchError::NotAllowed(host) => {
+                format!("host `{host}` is not in the campaign's allowed_hosts")
+            }
+            FetchError::InvalidRequest(m) => format!("invalid request: {m}"),
+            FetchError::Timeout => "timed out".into(),
+            FetchError::Connection(m) => format!("connection failed: {m}"),
+            FetchError::TooLarge => "response too large".into(),
+        };
+        Error::unavailable(format!("http fetch failed: {reason}"))
     }
 }
 

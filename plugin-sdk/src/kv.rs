@@ -28,8 +28,9 @@ pub fn get(key: &str) -> Result<Option<Vec<u8>>, Error> {
 pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, Error> {
     get(key)?
         .map(|raw| {
-            serde_json::from_slice(&raw)
-                .map_err(|e| Error::internal(format!("kv key `{key}` is not the expected JSON: {e}")))
+            serde_json::from_slice(&raw).map_err(|e| {
+                Error::internal(format!("kv key `{key}` is not the expected JSON: {e}"))
+            })
         })
         .transpose()
 }

@@ -70,12 +70,13 @@ macro_rules! export {
             impl $crate::bindings::Guest for HooklaneExport {
                 fn handle(
                     event: $crate::Event,
-                ) -> ::core::result::Result<::std::vec::Vec<$crate::Action>, $crate::Error> {
+                ) -> ::core::result::Result<::std::vec::Vec<$crate::Action>, $crate::Error>
+                {
                     <$campaign as $crate::Campaign>::handle(event)
                 }
             }
 
-            $crate::bindings::__export_campaign!(HooklaneExport with_types_in $crate::bindings);
+    $crate::bindings::__export_campaign!(HooklaneExport with_types_in $crate::bindings);
         };
     };
 }

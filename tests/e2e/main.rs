@@ -1,1 +1,8 @@
+//! End-to-end tests: each starts the real `hooklane` binary on loopback
+//! ports with real plugins built from `plugins/`, and talks HTTP to it.
+//! One test binary (wasmtime's `tests/all` style) so the suite links once.
 
+mod campaigns;
+mod config_errors;
+mod harness;
+mod hostile;

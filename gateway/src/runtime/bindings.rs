@@ -31,7 +31,8 @@ pub fn from_wit_actions(
     actions: Vec<wit::Action>,
     max_bytes: usize,
 ) -> Result<Vec<gateway::Action>, PluginFailure> {
-    let headers_len = |h: &[(String, String)]| h.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
+    let headers_len =
+        |h: &[(String, String)]| h.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
     let size: usize = actions
         .iter()
         .map(|action| match action {

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+};
 
 pub use failure::PluginFailure;
 pub use host::HostServices;
@@ -201,10 +203,7 @@ impl Sandbox {
             max_output_bytes: campaign.max_output_kb << 10,
             allowed_hosts: campaign.allowed_hosts.clone(),
             fetch_timeout: Duration::from_millis(campaign.fetch_timeout_ms),
-            kv_namespace: campaign
-                .kv_namespace
-                .clone()
-                .unwrap_or_else(|| name.into()),
+            kv_namespace: campaign.kv_namespace.clone().unwrap_or_else(|| name.into()),
             settings: campaign.settings.clone(),
         }
     }

@@ -38,7 +38,11 @@ impl StdoutStream for GuestOutput {
 }
 
 impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let mut captured = self.captured.lock().expect("capture lock poisoned");
         let room = CAPTURE_LIMIT.saturating_sub(captured.len());
         captured.extend_from_slice(&buf[..buf.len().min(room)]);

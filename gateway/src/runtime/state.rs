@@ -62,7 +62,10 @@ impl PluginState {
     }
 
     fn log_lines(&self, stream: &str, text: &[u8]) {
-        for line in String::from_utf8_lossy(text).lines().filter(|l| !l.is_empty()) {
+        for line in String::from_utf8_lossy(text)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
             tracing::info!(
                 campaign = %self.sandbox.campaign,
                 lane = %self.sandbox.lane,

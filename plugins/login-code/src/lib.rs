@@ -1,6 +1,9 @@
 //! `login-code` (speed lane, synchronous): a login form posts a phone number;
 //! the plugin creates a 6-digit code, keeps it in KV with a TTL, hands it to
 //! the `sms` destination and answers `{"status": "sent"}` within its deadline.
+//! If the setting `profile_campaign` names a campaign, the slow part — noting
+//! the login on the customer's profile — is emitted to it instead of being
+//! done here.
 
 use hooklane_sdk::{clock, config, json, Action, Campaign, Error, Event};
 use serde::Deserialize;
@@ -23,11 +26,15 @@ impl Campaign for LoginCode {
         let ttl = config::get("code_ttl_seconds")
             .and_then(|s| s.parse().ok())
             .unwrap_or(DEFAULT_TTL_SECONDS);
-        hooklane_sdk::info!("Issued a login code for a phone ending in {}", &phone[phone.len() - 2..]);
-        Ok(vec![
+        hooklane_sdk::info!(
+            "Issued a login code for a phone ending in {}",
+            &phone[phone.len() - 2..]
+        );
+        let now = clock::now_ms();
+        let mut actions = vec![
             Action::kv_set_json(
                 &format!("login-code:{phone}"),
-                &json!({ "code": code, "issued_at": clock::now_ms() }),
+                &json!({ "code": code, "issued_at": now }),
                 Some(ttl),
             )?,
             Action::deliver_json(
@@ -35,7 +42,14 @@ impl Campaign for LoginCode {
                 &json!({ "to": phone, "text": format!("Your login code is {code}"), "code": code }),
             )?,
             Action::respond_json(200, &json!({ "status": "sent", "expires_in": ttl }))?,
-        ])
+        ];
+        if let Some(campaign) = config::get("profile_campaign") {
+            actions.push(Action::emit_json(
+                &campaign,
+                &json!({ "customer_id": phone, "attributes": { "last_login_code_at": now } }),
+            )?);
+        }
+        Ok(actions)
     }
 }
 

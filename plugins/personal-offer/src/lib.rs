@@ -61,12 +61,19 @@ struct PersonalOffer;
 impl Campaign for PersonalOffer {
     fn handle(event: Event) -> Result<Vec<Action>, Error> {
         let request: OfferRequest = event.json()?;
-        let profile: Profile = kv::get_json(&format!("profile:{}", request.customer_id))?.unwrap_or_default();
+        let profile: Profile =
+            kv::get_json(&format!("profile:{}", request.customer_id))?.unwrap_or_default();
         let segment = segment(&profile);
         let url = config::require("recommendation_url")?;
-        let answer = http::post_json(&url, &json!({ "customer_id": request.customer_id, "segment": segment }))?;
+        let answer = http::post_json(
+            &url,
+            &json!({ "customer_id": request.customer_id, "segment": segment }),
+        )?;
         if !answer.is_success() {
-            return Err(Error::unavailable(format!("recommendation service answered {}", answer.status)));
+            return Err(Error::unavailable(format!(
+                "recommendation service answered {}",
+                answer.status
+            )));
         }
         let recommendations: Recommendations = answer.json()?;
         let best = recommendations
@@ -81,7 +88,9 @@ impl Campaign for PersonalOffer {
                 "offer": offer,
                 "score": (score * 1000.0).round() / 1000.0,
             }),
-            None => json!({ "customer_id": request.customer_id, "segment": segment, "offer": null }),
+            None => {
+                json!({ "customer_id": request.customer_id, "segment": segment, "offer": null })
+            }
         };
         Ok(vec![Action::respond_json(200, &body)?])
     }
@@ -102,10 +111,17 @@ fn segment(p: &Profile) -> &'static str {
 /// The candidate's fit for this customer, or `None` if it may not be shown
 /// (age or country restrictions, device).
 fn score(p: &Profile, segment: &str, c: &Candidate) -> Option<f64> {
-    if c.min_age.is_some_and(|min| p.age.is_none_or(|age| age < min)) {
+    if c.min_age
+        .is_some_and(|min| p.age.is_none_or(|age| age < min))
+    {
         return None;
     }
-    if !c.countries.is_empty() && !p.country.as_ref().is_some_and(|country| c.countries.contains(country)) {
+    if !c.countries.is_empty()
+        && !p
+            .country
+            .as_ref()
+            .is_some_and(|country| c.countries.contains(country))
+    {
         return None;
     }
     let mobile = p.device.as_deref() == Some("mobile");

@@ -17,7 +17,11 @@ impl From<StoreError> for KvError {
 
 impl Host for PluginState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.services.kv.get(&self.sandbox.kv_namespace, &key).await?)
+        Ok(self
+            .services
+            .kv
+            .get(&self.sandbox.kv_namespace, &key)
+            .await?)
     }
 
     async fn set(
@@ -35,6 +39,10 @@ impl Host for PluginState {
     }
 
     async fn delete(&mut self, key: String) -> Result<(), KvError> {
-        Ok(self.services.kv.delete(&self.sandbox.kv_namespace, &key).await?)
+        Ok(self
+            .services
+            .kv
+            .delete(&self.sandbox.kv_namespace, &key)
+            .await?)
     }
 }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::runtime::bindings::hooklane::plugin::outbound_http::{FetchError, Host, Request, Response};
+use crate::runtime::bindings::hooklane::plugin::outbound_http::{
+    FetchError, Host, Request, Response,
+};
 use crate::runtime::state::PluginState;
 
 /// Largest response body handed to a plugin.
@@ -37,7 +39,9 @@ impl Host for PluginState {
                 reqwest::Method::from_bytes(m.as_bytes()).expect("known method")
             }
             other => {
-                return Err(FetchError::InvalidRequest(format!("unsupported method `{other}`")))
+                return Err(FetchError::InvalidRequest(format!(
+                    "unsupported method `{other}`"
+                )))
             }
         };
         let timeout = request
@@ -46,7 +50,11 @@ impl Host for PluginState {
             .unwrap_or(self.sandbox.fetch_timeout)
             .min(self.sandbox.fetch_timeout);
 
-        let mut builder = self.services.http.request(method, url.clone()).timeout(timeout);
+        let mut builder = self
+            .services
+            .http
+            .request(method, url.clone())
+            .timeout(timeout);
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
         }
@@ -59,7 +67,12 @@ impl Host for PluginState {
             let headers = response
                 .headers()
                 .iter()
-                .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect();
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await? {
@@ -68,7 +81,11 @@ impl Host for PluginState {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(Ok(Response { status, headers, body }))
+            Ok(Ok(Response {
+                status,
+                headers,
+                body,
+            }))
         }
         .await;
         match result {
@@ -86,7 +103,9 @@ impl Host for PluginState {
 /// `allowed` entries are `host` (any port) or `host:port`.
 fn host_allowed(allowed: &[String], host: &str, port: u16) -> bool {
     allowed.iter().any(|entry| match entry.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => h.eq_ignore_ascii_case(host) && p.parse() == Ok(port),
+        Some((h, p)) if p.parse::<u16>().is_ok() => {
+            h.eq_ignore_ascii_case(host) && p.parse() == Ok(port)
+        }
         _ => entry.eq_ignore_ascii_case(host),
     })
 }

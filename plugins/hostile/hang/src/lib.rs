@@ -8,7 +8,11 @@ struct Hang;
 impl Campaign for Hang {
     fn handle(_event: Event) -> Result<Vec<Action>, Error> {
         let response = http::get(&config::require("url")?)?;
-        Ok(vec![Action::respond(response.status, vec![], response.body)])
+        Ok(vec![Action::respond(
+            response.status,
+            vec![],
+            response.body,
+        )])
     }
 }
 

@@ -1,0 +1,75 @@
+//! A bad config is refused at load time with the file, key and expectation.
+
+use std::process::Command;
+
+use crate::harness::plugin;
+
+fn check_config(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, text).expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_hooklane"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run hooklane");
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    (
+        output.status.success(),
+        text.replace(&path.display().to_string(), "FILE"),
+    )
+}
+
+#[test]
+fn emit_to_an_unknown_campaign_is_a_config_error() {
+    let (ok, output) = check_config(&format!(
+        "[sources.s]\n[campaigns.a]\nsource = \"s\"\nlane = \"speed\"\nplugin = \"{}\"\nemits = [\"missing\"]\n",
+        plugin("login-code")
+    ));
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("FILE: key `campaigns.a.emits[0]`: expected the name of a campaign in [campaigns], found `missing`"),
+        "{output}"
+    );
+}
+
+#[test]
+fn a_valid_config_with_real_plugins_checks_out() {
+    let (ok, output) = check_config(&format!(
+        "[sources.s]\n[campaigns.a]\nsource = \"s\"\nlane = \"speed\"\nplugin = \"{}\"\n",
+        plugin("login-code")
+    ));
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("FILE: ok (1 sources, 1 campaigns, 0 destinations)"),
+        "{output}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fake = dir.path().join("fake.wasm");
+    std::fs::write(&fake, b"not wasm at all").expect("write");
+    let (ok, output) = check_config(&format!(
+        "[sources.s]\n[campaigns.a]\nsource = \"s\"\nlane = \"speed\"\nplugin = \"{}\"\n",
+        fake.display()
+    ));
+    assert!(!ok, "{output}");
+    assert!(output.contains("campaign `a`"), "{output}");
+    assert!(
+        output.contains("is not a valid `hooklane:plugin/campaign` component"),
+        "{output}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_file_and_line() {
+    let (ok, output) = check_config("[sources.s]\nlisten = 12\n");
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("FILE:2: key `sources.s.listen`: unknown field `listen`"),
+        "{output}"
+    );
+}

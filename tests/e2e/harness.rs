@@ -1,0 +1,262 @@
+//! Starting the gateway binary and the loopback services tests need.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// How long any single wait in a test may take before the test fails: long
+/// enough for a loaded 2-core CI machine, short enough to fail clearly.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+/// Where `scripts/setup.sh` puts the plugins.
+pub fn plugin(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup.sh to build the plugins",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// Fail the test if `future` does not finish within [`PATIENCE`].
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A running `hooklane serve`, killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+    dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+/// A reply from the gateway.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl Gateway {
+    /// Start the gateway with `campaigns_toml` (sources, campaigns,
+    /// destinations) on ephemeral loopback ports and a fresh data directory.
+    pub async fn start(campaigns_toml: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{campaigns_toml}"
+        );
+        let config_path = dir.path().join("hooklane.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hooklane"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("HOOKLANE_LOG", "info,hooklane=debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn hooklane");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut ingress = None;
+        let mut admin = None;
+        within("the gateway to listen", async {
+            while ingress.is_none() || admin.is_none() {
+                let Some(line) = lines.next_line().await.expect("read stdout") else {
+                    let log =
+                        std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+                    panic!("gateway exited before listening:\n{log}");
+                };
+                let addr = |prefix: &str| {
+                    line.strip_prefix(prefix)
+                        .map(|a| a.parse::<SocketAddr>().expect("address"))
+                };
+                ingress = ingress.or(addr("hooklane ingress listening on http://"));
+                admin = admin.or(addr("hooklane admin listening on http://"));
+            }
+        })
+        .await;
+        Gateway {
+            child,
+            ingress: ingress.expect("ingress"),
+            admin: admin.expect("admin"),
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// POST `body` to `/hooks/{source}`.
+    pub async fn post(&self, source: &str, body: impl Into<reqwest::Body>) -> Reply {
+        let response = within(
+            "a webhook answer",
+            self.http
+                .post(format!("http://{}/hooks/{source}", self.ingress))
+                .header("content-type", "application/json")
+                .body(body)
+                .send(),
+        )
+        .await
+        .expect("gateway reachable");
+        Reply {
+            status: response.status(),
+            body: response.bytes().await.expect("body"),
+        }
+    }
+
+    /// POST a JSON value to `/hooks/{source}`.
+    pub async fn post_json(&self, source: &str, body: Value) -> Reply {
+        self.post(source, body.to_string()).await
+    }
+
+    /// A key of the plugin store, read through the admin API.
+    pub async fn kv(&self, namespace: &str, key: &str) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("http://{}/v1/kv/{namespace}/{key}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin reachable");
+        match response.status() {
+            StatusCode::NOT_FOUND => None,
+            StatusCode::OK => Some(
+                serde_json::from_slice(&response.bytes().await.expect("kv body"))
+                    .expect("kv value is JSON"),
+            ),
+            other => panic!("admin kv answered {other}"),
+        }
+    }
+
+    /// Wait until the key exists and `accept` holds for its value.
+    pub async fn kv_eventually(
+        &self,
+        namespace: &str,
+        key: &str,
+        accept: impl Fn(&Value) -> bool,
+    ) -> Value {
+        within(&format!("kv {namespace}/{key}"), async {
+            let mut backoff = Duration::from_millis(5);
+            loop {
+                if let Some(value) = self.kv(namespace, key).await {
+                    if accept(&value) {
+                        return value;
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+        })
+        .await
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A request a [`Recorder`] received.
+#[derive(Debug)]
+pub struct Recorded {
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("recorded body is JSON")
+    }
+}
+
+/// A loopback HTTP service that records every request and answers each with
+/// the same JSON body.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    received: mpsc::UnboundedReceiver<Recorded>,
+}
+
+impl Recorder {
+    pub async fn start(answer: Value) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, received) = mpsc::unbounded_channel();
+        let answer = Arc::new(answer.to_string());
+        let app = axum::Router::new().fallback(move |body: Bytes| {
+            let tx = tx.clone();
+            let answer = answer.clone();
+            async move {
+                let _ = tx.send(Recorded { body });
+                ([("content-type", "application/json")], answer.to_string())
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Recorder { addr, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// The next request, waiting for it.
+    pub async fn next(&mut self) -> Recorded {
+        within("a request at the recorder", self.received.recv())
+            .await
+            .expect("recorder running")
+    }
+
+    /// Requests received so far, without waiting.
+    pub fn drain(&mut self) -> Vec<Recorded> {
+        std::iter::from_fn(|| self.received.try_recv().ok()).collect()
+    }
+}
+
+/// A loopback host that accepts connections and never answers.
+pub async fn black_hole() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}

@@ -1,0 +1,122 @@
+//! Hostile plugins are each stopped with their own cause, and the gateway
+//! keeps serving the speed lane right after every one of them.
+
+use serde_json::json;
+
+use crate::harness::{black_hole, plugin, Gateway, Recorder};
+
+async fn hostile_gateway(sms: &Recorder) -> Gateway {
+    let hang_target = black_hole().await;
+    let mut config = format!(
+        r#"
+[sources.login-form]
+
+[campaigns.login-code]
+source = "login-form"
+lane = "speed"
+plugin = "{login}"
+destinations = ["sms"]
+
+[destinations.sms]
+url = "{sms}"
+
+# Fuel runs out long before the deadline.
+[sources.spin-fuel]
+[campaigns.spin-fuel]
+source = "spin-fuel"
+lane = "speed"
+plugin = "{spin}"
+fuel = 10_000_000
+deadline_ms = 30_000
+
+# The deadline comes long before the fuel runs out.
+[sources.spin-deadline]
+[campaigns.spin-deadline]
+source = "spin-deadline"
+lane = "speed"
+plugin = "{spin}"
+fuel = 1_000_000_000_000
+deadline_ms = 100
+
+[sources.hang]
+[campaigns.hang]
+source = "hang"
+lane = "speed"
+plugin = "{hang}"
+deadline_ms = 30_000
+fetch_timeout_ms = 200
+allowed_hosts = ["127.0.0.1:{hang_port}"]
+settings = {{ url = "http://127.0.0.1:{hang_port}/" }}
+
+[sources.bloat]
+[campaigns.bloat]
+source = "bloat"
+lane = "speed"
+plugin = "{bloat}"
+memory_mb = 256
+"#,
+        login = plugin("login-code"),
+        spin = plugin("spin"),
+        hang = plugin("hang"),
+        bloat = plugin("bloat"),
+        hang_port = hang_target.port(),
+        sms = sms.url(),
+    );
+    for name in ["hog", "panic", "trap"] {
+        config.push_str(&format!(
+            "\n[sources.{name}]\n[campaigns.{name}]\nsource = \"{name}\"\nlane = \"speed\"\nplugin = \"{}\"\nmemory_mb = 64\n",
+            plugin(name)
+        ));
+    }
+    Gateway::start(&config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_hostile_plugin_is_stopped_with_its_own_cause() {
+    let mut sms = Recorder::start(json!({})).await;
+    let mut gateway = hostile_gateway(&sms).await;
+    let cases = [
+        ("spin-fuel", 502, "out_of_fuel", "ran out of fuel"),
+        ("spin-deadline", 504, "deadline", "deadline of 100 ms"),
+        ("hog", 502, "memory_limit", "memory limit of 64 MiB"),
+        ("panic", 502, "panic", "panicked on purpose"),
+        ("trap", 502, "trap", "unreachable"),
+        (
+            "bloat",
+            502,
+            "output_too_large",
+            "more than the limit of 1048576",
+        ),
+        ("hang", 502, "fetch_timeout", "timed out"),
+    ];
+    for (source, status, cause, detail) in cases {
+        let reply = gateway.post_json(source, json!({})).await;
+        let body = reply.json();
+        assert_eq!(reply.status, status, "{source}: {body}");
+        assert_eq!(body["error"], "plugin_failed", "{source}: {body}");
+        assert_eq!(body["campaign"], source, "{body}");
+        assert_eq!(body["cause"], cause, "{source}: {body}");
+        let text = body["detail"].as_str().unwrap();
+        assert!(text.starts_with(&format!("campaign `{source}` ")), "{text}");
+        assert!(text.contains(detail), "{source}: {text}");
+
+        // The speed lane still answers right after.
+        let login = gateway
+            .post_json("login-form", json!({ "phone": "+4915112345678" }))
+            .await;
+        assert_eq!(
+            login.status,
+            200,
+            "login after {source}: {}",
+            String::from_utf8_lossy(&login.body)
+        );
+        assert_eq!(login.json()["status"], "sent");
+        sms.next().await;
+        assert!(gateway.is_running(), "gateway died after {source}");
+    }
+    let log = gateway.log();
+    assert!(
+        log.contains("campaign=panic"),
+        "failures are logged with their campaign"
+    );
+}
