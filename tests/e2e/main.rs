@@ -4,5 +4,6 @@
 
 mod campaigns;
 mod config_errors;
+mod docs;
 mod harness;
 mod hostile;

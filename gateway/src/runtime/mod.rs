@@ -32,7 +32,7 @@ use wasmtime::{
 pub use failure::PluginFailure;
 pub use host::HostServices;
 
-use crate::config::{CampaignConfig, Lane, RuntimeConfig};
+use crate::config::{Allocator, CampaignConfig, Lane, RuntimeConfig};
 use crate::event::{Action, Event};
 use bindings::{Campaign, CampaignPre};
 use state::PluginState;
@@ -94,7 +94,10 @@ impl Runtime {
         wasm.wasm_component_model(true)
             .consume_fuel(true)
             .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .allocation_strategy(match config.allocator {
+                Allocator::Pooling => InstanceAllocationStrategy::Pooling(pool),
+                Allocator::OnDemand => InstanceAllocationStrategy::OnDemand,
+            });
         let engine = Engine::new(&wasm).map_err(engine_error)?;
 
         let mut linker = Linker::new(&engine);
