@@ -20,6 +20,7 @@ use serde_json::json;
 const LATENCY_RUNS: usize = 10_000;
 const WARMUP_RUNS: usize = 1_000;
 const THROUGHPUT_WINDOW: Duration = Duration::from_secs(2);
+const DEADLINE: Duration = Duration::from_secs(1);
 
 fn main() {
     let plugins =
@@ -115,12 +116,18 @@ fn latency(plugin: &Plugin) -> (Duration, Duration) {
     let event = event();
     rt.block_on(async {
         for _ in 0..WARMUP_RUNS {
-            plugin.handle(&event).await.expect("trivial plugin runs");
+            plugin
+                .handle(&event, DEADLINE)
+                .await
+                .expect("trivial plugin runs");
         }
         let mut samples = Vec::with_capacity(LATENCY_RUNS);
         for _ in 0..LATENCY_RUNS {
             let started = Instant::now();
-            plugin.handle(&event).await.expect("trivial plugin runs");
+            plugin
+                .handle(&event, DEADLINE)
+                .await
+                .expect("trivial plugin runs");
             samples.push(started.elapsed());
         }
         samples.sort();
@@ -144,7 +151,10 @@ fn throughput(plugin: &Arc<Plugin>, threads: usize) -> f64 {
                 current_thread().block_on(async {
                     let mut done = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        plugin.handle(&event).await.expect("trivial plugin runs");
+                        plugin
+                            .handle(&event, DEADLINE)
+                            .await
+                            .expect("trivial plugin runs");
                         done += 1;
                     }
                     calls.fetch_add(done, Ordering::Relaxed);

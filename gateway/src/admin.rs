@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::config::Lane;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 
@@ -32,6 +33,7 @@ pub fn routes(gateway: Arc<Gateway>, token: Option<String>) -> Router {
     });
     let v1 = Router::new()
         .route("/v1/campaigns", get(campaigns))
+        .route("/v1/lanes", get(lanes))
         .route("/v1/kv/{namespace}/{key}", get(kv_get))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authenticate));
     Router::new()
@@ -81,7 +83,7 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
         .iter()
         .map(|c| {
             json!({
-                "name": c.name,
+                "name": &*c.name,
                 "source": c.config.source,
                 "lane": c.config.lane.as_str(),
                 "mode": match c.config.mode() {
@@ -93,6 +95,15 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "campaigns": list }))
+}
+
+async fn lanes(State(admin): State<Arc<Admin>>) -> Json<Value> {
+    let lanes = admin.gateway.lanes();
+    let depths: serde_json::Map<String, Value> = Lane::ALL
+        .into_iter()
+        .map(|lane| (lane.as_str().to_owned(), json!(lanes.depth(lane))))
+        .collect();
+    Json(json!({ "lanes": depths }))
 }
 
 async fn kv_get(

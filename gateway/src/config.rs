@@ -55,6 +55,9 @@ pub struct Config {
     /// The plugin runtime shared by all campaigns.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Execution capacity and campaign defaults per lane.
+    #[serde(default)]
+    pub lanes: LanesConfig,
     /// Webhook senders, by name: each is reachable at `POST /hooks/{name}`.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
@@ -192,16 +195,16 @@ pub struct CampaignConfig {
     pub mode: Option<Mode>,
     /// Path of the plugin component (`.wasm`), relative to the config file.
     pub plugin: PathBuf,
-    /// Fuel per event (roughly 1e10 per CPU-second). Default 1e9.
-    #[serde(default = "defaults::fuel")]
-    pub fuel: u64,
-    /// Wall-clock deadline per event, in ms, including outbound calls.
-    /// Default 1000.
-    #[serde(default = "defaults::deadline_ms")]
-    pub deadline_ms: u64,
-    /// Linear memory cap per event, in MiB. Default 64.
-    #[serde(default = "defaults::memory_mb")]
-    pub memory_mb: u64,
+    /// Fuel per event (roughly 1e10 per CPU-second). Default: the lane's.
+    pub fuel: Option<u64>,
+    /// Wall-clock deadline per event, in ms, including outbound calls and,
+    /// for a sync campaign, time queued in the lane. Default: the lane's.
+    pub deadline_ms: Option<u64>,
+    /// Linear memory cap per event, in MiB. Default: the lane's.
+    pub memory_mb: Option<u64>,
+    /// Most events of this campaign running at once, so one campaign cannot
+    /// take a whole lane. Default: the lane's `campaign_concurrency`.
+    pub max_concurrency: Option<usize>,
     /// Largest total size of the actions a plugin may return, in KiB.
     /// Default 1024.
     #[serde(default = "defaults::max_output_kb")]
@@ -227,13 +230,182 @@ pub struct CampaignConfig {
     pub settings: BTreeMap<String, String>,
 }
 
+/// A campaign's effective limits: its own settings, else its lane's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CampaignLimits {
+    pub fuel: u64,
+    pub deadline_ms: u64,
+    pub memory_mb: u64,
+    pub max_concurrency: usize,
+}
+
 impl CampaignConfig {
+    /// The limits this campaign runs under.
+    pub fn limits(&self, lanes: &LanesConfig) -> CampaignLimits {
+        let lane = lanes.get(self.lane);
+        CampaignLimits {
+            fuel: self.fuel.unwrap_or(lane.fuel),
+            deadline_ms: self.deadline_ms.unwrap_or(lane.deadline_ms),
+            memory_mb: self.memory_mb.unwrap_or(lane.memory_mb),
+            max_concurrency: self.max_concurrency.unwrap_or(lane.campaign_concurrency),
+        }
+    }
+
     /// The effective mode (see [`CampaignConfig::mode`]).
     pub fn mode(&self) -> Mode {
         self.mode.unwrap_or(match self.lane {
             Lane::Speed => Mode::Sync,
             Lane::Segmentation | Lane::Care => Mode::Async,
         })
+    }
+}
+
+/// The three lanes' settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "LaneOverrides")]
+pub struct LanesConfig {
+    pub speed: LaneConfig,
+    pub segmentation: LaneConfig,
+    pub care: LaneConfig,
+}
+
+/// `[lanes.*]` as written: any key left out takes the lane's default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LaneOverrides {
+    #[serde(default)]
+    speed: LaneSettings,
+    #[serde(default)]
+    segmentation: LaneSettings,
+    #[serde(default)]
+    care: LaneSettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LaneSettings {
+    workers: Option<usize>,
+    max_in_flight: Option<usize>,
+    queue: Option<usize>,
+    campaign_concurrency: Option<usize>,
+    nice: Option<i32>,
+    fuel: Option<u64>,
+    deadline_ms: Option<u64>,
+    memory_mb: Option<u64>,
+}
+
+impl From<LaneOverrides> for LanesConfig {
+    fn from(written: LaneOverrides) -> Self {
+        Self {
+            speed: LaneConfig::speed().overridden(written.speed),
+            segmentation: LaneConfig::segmentation().overridden(written.segmentation),
+            care: LaneConfig::care().overridden(written.care),
+        }
+    }
+}
+
+impl Default for LanesConfig {
+    fn default() -> Self {
+        Self {
+            speed: LaneConfig::speed(),
+            segmentation: LaneConfig::segmentation(),
+            care: LaneConfig::care(),
+        }
+    }
+}
+
+impl LanesConfig {
+    pub fn get(&self, lane: Lane) -> &LaneConfig {
+        match lane {
+            Lane::Speed => &self.speed,
+            Lane::Segmentation => &self.segmentation,
+            Lane::Care => &self.care,
+        }
+    }
+}
+
+/// One lane's execution capacity and the defaults of its campaigns
+/// (`[lanes.speed]`, `[lanes.segmentation]`, `[lanes.care]`). Every key may
+/// be left out; the defaults differ per lane (speed / segmentation / care).
+#[derive(Debug, Clone)]
+pub struct LaneConfig {
+    /// OS threads of the lane's own runtime: its reserved share of the
+    /// machine. Defaults 2 / 1 / 1.
+    pub workers: usize,
+    /// Events of the lane running at once (a run waiting on http-fetch holds
+    /// a slot but no thread). Defaults 256 / 64 / 16.
+    pub max_in_flight: usize,
+    /// Events waiting for a slot; beyond this the lane refuses (503 to a
+    /// sync caller, 429 to an async one, with Retry-After). Defaults
+    /// 1024 / 256 / 10000.
+    pub queue: usize,
+    /// Default cap on one campaign's concurrent runs. Defaults 256 / 16 / 4.
+    pub campaign_concurrency: usize,
+    /// OS scheduling niceness of the lane's threads, 0 (normal) to 19
+    /// (lowest): lower lanes get the CPU only when the speed lane leaves it.
+    /// Defaults 0 / 10 / 19.
+    pub nice: i32,
+    /// Default fuel per event. Defaults 1e8 / 1e9 / 1e10.
+    pub fuel: u64,
+    /// Default deadline per event, in ms. Defaults 250 / 2000 / 30000.
+    pub deadline_ms: u64,
+    /// Default memory cap per event, in MiB. Defaults 32 / 64 / 128.
+    pub memory_mb: u64,
+}
+
+impl LaneConfig {
+    fn overridden(self, written: LaneSettings) -> Self {
+        LaneConfig {
+            workers: written.workers.unwrap_or(self.workers),
+            max_in_flight: written.max_in_flight.unwrap_or(self.max_in_flight),
+            queue: written.queue.unwrap_or(self.queue),
+            campaign_concurrency: written
+                .campaign_concurrency
+                .unwrap_or(self.campaign_concurrency),
+            nice: written.nice.unwrap_or(self.nice),
+            fuel: written.fuel.unwrap_or(self.fuel),
+            deadline_ms: written.deadline_ms.unwrap_or(self.deadline_ms),
+            memory_mb: written.memory_mb.unwrap_or(self.memory_mb),
+        }
+    }
+
+    fn speed() -> Self {
+        LaneConfig {
+            workers: 2,
+            max_in_flight: 256,
+            queue: 1024,
+            campaign_concurrency: 256,
+            nice: 0,
+            fuel: 100_000_000,
+            deadline_ms: 250,
+            memory_mb: 32,
+        }
+    }
+
+    fn segmentation() -> Self {
+        LaneConfig {
+            workers: 1,
+            max_in_flight: 64,
+            queue: 256,
+            campaign_concurrency: 16,
+            nice: 10,
+            fuel: 1_000_000_000,
+            deadline_ms: 2000,
+            memory_mb: 64,
+        }
+    }
+
+    fn care() -> Self {
+        LaneConfig {
+            workers: 1,
+            max_in_flight: 16,
+            queue: 10_000,
+            campaign_concurrency: 4,
+            nice: 19,
+            fuel: 10_000_000_000,
+            deadline_ms: 30_000,
+            memory_mb: 128,
+        }
     }
 }
 
@@ -272,15 +444,6 @@ mod defaults {
     }
     pub fn fuel_yield_interval() -> u64 {
         1_000_000
-    }
-    pub fn fuel() -> u64 {
-        1_000_000_000
-    }
-    pub fn deadline_ms() -> u64 {
-        1000
-    }
-    pub fn memory_mb() -> u64 {
-        64
     }
     pub fn max_output_kb() -> usize {
         1024
@@ -347,6 +510,28 @@ impl Config {
                 "expected at least 1".into(),
             ));
         }
+        for lane in Lane::ALL {
+            let config = self.lanes.get(lane);
+            let key = |field: &str| format!("lanes.{lane}.{field}");
+            for (field, value) in [
+                ("workers", config.workers as u64),
+                ("max_in_flight", config.max_in_flight as u64),
+                ("campaign_concurrency", config.campaign_concurrency as u64),
+                ("fuel", config.fuel),
+                ("deadline_ms", config.deadline_ms),
+                ("memory_mb", config.memory_mb),
+            ] {
+                if value == 0 {
+                    return Err(invalid(key(field), "expected at least 1".into()));
+                }
+            }
+            if !(0..=19).contains(&config.nice) {
+                return Err(invalid(
+                    key("nice"),
+                    format!("expected 0 to 19, found {}", config.nice),
+                ));
+            }
+        }
         for name in self.sources.keys() {
             check_name(name).map_err(|e| invalid(format!("sources.{name}"), e))?;
         }
@@ -380,17 +565,19 @@ impl Config {
                     ));
                 }
             }
-            for (field, value, min) in [
-                ("fuel", campaign.fuel, 1),
-                ("deadline_ms", campaign.deadline_ms, 1),
-                ("memory_mb", campaign.memory_mb, 1),
-                ("fetch_timeout_ms", campaign.fetch_timeout_ms, 1),
+            let limits = campaign.limits(&self.lanes);
+            for (field, value) in [
+                ("fuel", limits.fuel),
+                ("deadline_ms", limits.deadline_ms),
+                ("memory_mb", limits.memory_mb),
+                ("max_concurrency", limits.max_concurrency as u64),
+                ("fetch_timeout_ms", campaign.fetch_timeout_ms),
             ] {
-                if value < min {
-                    return Err(invalid(key(field), format!("expected at least {min}")));
+                if value == 0 {
+                    return Err(invalid(key(field), "expected at least 1".into()));
                 }
             }
-            if campaign.memory_mb > 4096 {
+            if limits.memory_mb > 4096 {
                 return Err(invalid(
                     key("memory_mb"),
                     "expected at most 4096 (a 32-bit wasm memory)".into(),
@@ -473,7 +660,8 @@ mod tests {
         assert_eq!(login.mode(), Mode::Sync);
         assert_eq!(login.plugin, Path::new("/etc/login.wasm"));
         assert_eq!(config.data_dir, Path::new("/etc/data"));
-        assert_eq!(login.memory_mb, 64);
+        assert_eq!(login.limits(&config.lanes).memory_mb, 32);
+        assert_eq!(login.limits(&config.lanes).deadline_ms, 250);
     }
 
     #[test]
@@ -502,6 +690,25 @@ mod tests {
             .to_string();
         assert!(
             err.starts_with("/etc/hooklane.toml:4: key `campaigns.x.lane`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lane_settings_override_only_what_is_written() {
+        let config = parse(&format!(
+            "{BASE}\n[lanes.speed]\nworkers = 3\n[lanes.care]\nnice = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(config.lanes.speed.workers, 3);
+        assert_eq!(config.lanes.speed.queue, 1024);
+        assert_eq!(config.lanes.care.nice, 5);
+        assert_eq!(config.lanes.care.deadline_ms, 30_000);
+        assert_eq!(config.lanes.segmentation.nice, 10);
+        let err = parse(&format!("{BASE}\n[lanes.care]\nnice = 25\n")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("key `lanes.care.nice`: expected 0 to 19"),
             "{err}"
         );
     }

@@ -5,6 +5,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+use crate::config::Lane;
+use crate::gateway::RunError;
 use crate::runtime::PluginFailure;
 
 /// A refusal or failure answered to an HTTP caller.
@@ -49,6 +51,31 @@ impl ApiError {
         )
         .with("campaign", campaign)
         .with("cause", failure.cause())
+        .with("event_id", event_id)
+    }
+}
+
+impl ApiError {
+    /// A lane had no room: 503 for a caller waiting on a sync campaign, 429
+    /// for async events; both carry `Retry-After`.
+    pub fn overloaded(status: StatusCode, lane: Lane) -> Self {
+        ApiError::new(
+            status,
+            "overloaded",
+            format!("the {lane} lane is at capacity; retry later"),
+        )
+        .with("lane", lane.as_str())
+    }
+
+    /// The gateway itself failed to handle the event.
+    pub fn internal(campaign: &str, event_id: &str, error: &RunError) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
+        .with("campaign", campaign)
+        .with("cause", error.cause())
         .with("event_id", event_id)
     }
 }

@@ -65,8 +65,28 @@ async fn receive(
         .map(str::to_owned);
     let event = Event::new(source, headers(&parts.headers), body, content_type);
 
+    // Refuse before queuing anything when a lane is already full, so an
+    // early 429 is the common answer to overload. (A lane filling up between
+    // the check and the queuing still refuses; the campaigns queued before
+    // it run, and the sender's retry may run them again: at-least-once.)
+    let full_lane = route
+        .async_campaigns
+        .iter()
+        .filter_map(|c| gateway.campaign(c))
+        .map(|c| c.config.lane)
+        .find(|lane| !gateway.lanes().has_room(*lane));
+    if let Some(lane) = full_lane {
+        return Err(ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, lane));
+    }
     for campaign in &route.async_campaigns {
-        gateway.enqueue(campaign, event.clone());
+        if let Err(error) = gateway.enqueue(campaign, event.clone()) {
+            return Err(match error {
+                RunError::LaneFull(full) => {
+                    ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, full.lane)
+                }
+                other => ApiError::internal(campaign, &event.id, &other),
+            });
+        }
     }
     let Some(campaign) = &route.sync_campaign else {
         let body = json!({ "event_id": event.id, "campaigns": route.async_campaigns });
@@ -100,13 +120,13 @@ async fn receive(
             }
             Err(match &error {
                 RunError::Plugin(failure) => ApiError::plugin_failed(campaign, &event.id, failure),
-                other => ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    other.to_string(),
-                )
-                .with("campaign", campaign.as_str())
-                .with("event_id", event.id.as_str()),
+                RunError::LaneFull(full) => {
+                    ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, full.lane)
+                }
+                RunError::QueuedTooLong(lane) => {
+                    ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, *lane)
+                }
+                other => ApiError::internal(campaign, &event.id, other),
             })
         }
     }

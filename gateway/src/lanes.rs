@@ -1,63 +1,437 @@
-//! Lanes: execution capacity per success factor.
+//! Lanes: execution capacity per success factor, and the scheduler that
+//! keeps a slow campaign from delaying a fast one.
 //!
-//! Today each lane is a bounded pool of concurrent runs (a semaphore), and
-//! background work is a tokio task holding a permit. The lane scheduler
-//! (reserved speed capacity on its own threads, bounded queues, admission and
-//! backpressure, per-campaign fairness) replaces this in the lanes issue.
-//! Must never know what a plugin is made of.
+//! Each lane owns a tokio runtime on OS threads of its own, at the lane's
+//! scheduling niceness: on a 2-core machine a CPU-bound plugin delays
+//! everything on its thread, so lanes must not share threads, and the
+//! kernel — not a cooperative queue — decides that the speed lane's threads
+//! run first. Inside a lane, at most `max_in_flight` runs go at once, each
+//! campaign is capped at its own concurrency, and campaigns with work waiting
+//! take turns (round robin), so one campaign cannot take a whole lane. At
+//! most `queue` events wait; beyond that the lane refuses at once, so
+//! overload is answered early instead of by a growing queue.
+//!
+//! Must never know what a plugin is made of: work is an opaque future.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 
-use crate::config::Lane;
+use crate::config::{Lane, LaneConfig, LanesConfig};
 
-/// Concurrent runs per lane.
-const LANE_CONCURRENCY: usize = 64;
+/// A unit of work run in a lane.
+pub type Work = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// The lanes and the background work running in them.
-pub struct Lanes {
-    capacity: HashMap<Lane, Arc<Semaphore>>,
-    running: std::sync::Mutex<JoinSet<()>>,
+/// The lane had no room for the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the {lane} lane is full ({queued} events waiting)")]
+pub struct LaneFull {
+    pub lane: Lane,
+    pub queued: usize,
 }
 
-impl Default for Lanes {
-    fn default() -> Self {
-        Lanes {
-            capacity: Lane::ALL
-                .into_iter()
-                .map(|lane| (lane, Arc::new(Semaphore::new(LANE_CONCURRENCY))))
-                .collect(),
-            running: std::sync::Mutex::new(JoinSet::new()),
+/// The three lanes.
+pub struct Lanes {
+    speed: LaneScheduler,
+    segmentation: LaneScheduler,
+    care: LaneScheduler,
+}
+
+impl Lanes {
+    /// Start every lane's threads.
+    pub fn start(config: &LanesConfig) -> std::io::Result<Lanes> {
+        Ok(Lanes {
+            speed: LaneScheduler::start(Lane::Speed, &config.speed)?,
+            segmentation: LaneScheduler::start(Lane::Segmentation, &config.segmentation)?,
+            care: LaneScheduler::start(Lane::Care, &config.care)?,
+        })
+    }
+
+    fn get(&self, lane: Lane) -> &LaneScheduler {
+        match lane {
+            Lane::Speed => &self.speed,
+            Lane::Segmentation => &self.segmentation,
+            Lane::Care => &self.care,
+        }
+    }
+
+    /// Queue `work` for `campaign` in `lane`, or refuse it at once if the
+    /// lane is full. `campaign_cap` bounds the campaign's concurrent runs.
+    pub fn submit(
+        &self,
+        lane: Lane,
+        campaign: &Arc<str>,
+        campaign_cap: usize,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), LaneFull> {
+        self.get(lane)
+            .submit(campaign, campaign_cap, Box::pin(work))
+    }
+
+    /// Whether `lane` could take one more event right now.
+    pub fn has_room(&self, lane: Lane) -> bool {
+        self.get(lane).has_room()
+    }
+
+    /// Events waiting and running in `lane`.
+    pub fn depth(&self, lane: Lane) -> LaneDepth {
+        self.get(lane).depth()
+    }
+
+    /// Wait until no lane has work queued or running.
+    pub async fn drain(&self) {
+        for lane in Lane::ALL {
+            self.get(lane).drain().await;
         }
     }
 }
 
-impl Lanes {
-    /// Run `work` in `lane` on the caller's task, waiting for capacity.
-    pub async fn run<T>(&self, lane: Lane, work: impl Future<Output = T>) -> T {
-        let _permit = self.capacity[&lane]
-            .acquire()
-            .await
-            .expect("lane semaphores are never closed");
-        work.await
+/// How much work a lane holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LaneDepth {
+    pub queued: usize,
+    pub running: usize,
+}
+
+struct LaneScheduler {
+    lane: Lane,
+    shared: Arc<LaneShared>,
+    /// Owns the lane's threads; `shared.threads` is a handle to it.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// What runs in the lane need to give their slot back.
+struct LaneShared {
+    state: Mutex<LaneState>,
+    /// Queued plus running events, for `drain`.
+    outstanding: watch::Sender<usize>,
+    threads: tokio::runtime::Handle,
+}
+
+/// The scheduler's bookkeeping. Critical sections are a few pointer moves,
+/// never an await, so a plain mutex is the cheap choice here.
+struct LaneState {
+    max_in_flight: usize,
+    queue_bound: usize,
+    queued: usize,
+    running: usize,
+    campaigns: HashMap<Arc<str>, CampaignQueue>,
+    /// Campaigns that have work waiting and room under their cap, in turn.
+    turns: VecDeque<Arc<str>>,
+}
+
+#[derive(Default)]
+struct CampaignQueue {
+    waiting: VecDeque<Work>,
+    running: usize,
+    cap: usize,
+    has_turn: bool,
+}
+
+impl CampaignQueue {
+    fn wants_turn(&self) -> bool {
+        !self.has_turn && !self.waiting.is_empty() && self.running < self.cap
+    }
+}
+
+impl LaneScheduler {
+    fn start(lane: Lane, config: &LaneConfig) -> std::io::Result<Self> {
+        let nice = config.nice;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.workers)
+            .thread_name(format!("lane-{lane}"))
+            .on_thread_start(move || lower_priority(lane, nice))
+            .enable_all()
+            .build()?;
+        Ok(LaneScheduler {
+            lane,
+            shared: Arc::new(LaneShared {
+                state: Mutex::new(LaneState {
+                    max_in_flight: config.max_in_flight,
+                    queue_bound: config.queue,
+                    queued: 0,
+                    running: 0,
+                    campaigns: HashMap::new(),
+                    turns: VecDeque::new(),
+                }),
+                outstanding: watch::channel(0).0,
+                threads: runtime.handle().clone(),
+            }),
+            runtime: Some(runtime),
+        })
     }
 
-    /// Run `work` in `lane` in the background.
-    pub fn spawn(self: &Arc<Self>, lane: Lane, work: impl Future<Output = ()> + Send + 'static) {
-        let lanes = self.clone();
-        let mut running = self.running.lock().expect("lanes lock poisoned");
-        // Reap finished tasks so the set stays as small as the live work.
-        while running.try_join_next().is_some() {}
-        running.spawn(async move { lanes.run(lane, work).await });
+    fn has_room(&self) -> bool {
+        let state = self.shared.lock();
+        state.running < state.max_in_flight || state.queued < state.queue_bound
     }
 
-    /// Wait until all background work has finished.
-    pub async fn drain(&self) {
-        let mut running = std::mem::take(&mut *self.running.lock().expect("lanes lock poisoned"));
-        while running.join_next().await.is_some() {}
+    fn depth(&self) -> LaneDepth {
+        let state = self.shared.lock();
+        LaneDepth {
+            queued: state.queued,
+            running: state.running,
+        }
+    }
+
+    fn submit(&self, campaign: &Arc<str>, cap: usize, work: Work) -> Result<(), LaneFull> {
+        let ready = {
+            let mut state = self.shared.lock();
+            // Room means a free run slot, or space in the queue behind them.
+            if state.running >= state.max_in_flight && state.queued >= state.queue_bound {
+                return Err(LaneFull {
+                    lane: self.lane,
+                    queued: state.queued,
+                });
+            }
+            let queue = state.campaigns.entry(campaign.clone()).or_default();
+            queue.cap = cap;
+            queue.waiting.push_back(work);
+            let wants_turn = queue.wants_turn();
+            if wants_turn {
+                queue.has_turn = true;
+                state.turns.push_back(campaign.clone());
+            }
+            state.queued += 1;
+            self.shared.outstanding.send_modify(|n| *n += 1);
+            state.take_ready()
+        };
+        self.shared.start(ready);
+        Ok(())
+    }
+
+    async fn drain(&self) {
+        let mut outstanding = self.shared.outstanding.subscribe();
+        let _ = outstanding.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for LaneScheduler {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; the gateway may be dropped from async
+        // code, where that is not allowed.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl LaneState {
+    /// Move work from the queues to run slots, one campaign turn at a time.
+    fn take_ready(&mut self) -> Vec<(Arc<str>, Work)> {
+        let mut ready = Vec::new();
+        while self.running < self.max_in_flight {
+            let Some(campaign) = self.turns.pop_front() else {
+                break;
+            };
+            let queue = self
+                .campaigns
+                .get_mut(&campaign)
+                .expect("a campaign with a turn has a queue");
+            queue.has_turn = false;
+            let Some(work) = queue.waiting.pop_front() else {
+                continue;
+            };
+            queue.running += 1;
+            if queue.wants_turn() {
+                queue.has_turn = true;
+                self.turns.push_back(campaign.clone());
+            }
+            self.queued -= 1;
+            self.running += 1;
+            ready.push((campaign, work));
+        }
+        ready
+    }
+
+    fn finished(&mut self, campaign: &Arc<str>) -> Vec<(Arc<str>, Work)> {
+        self.running -= 1;
+        if let Some(queue) = self.campaigns.get_mut(campaign) {
+            queue.running -= 1;
+            if queue.wants_turn() {
+                queue.has_turn = true;
+                self.turns.push_back(campaign.clone());
+            } else if queue.running == 0 && queue.waiting.is_empty() {
+                self.campaigns.remove(campaign);
+            }
+        }
+        self.take_ready()
+    }
+}
+
+impl LaneShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
+        self.state.lock().expect("lane lock poisoned")
+    }
+
+    /// Run each ready event on the lane's threads in its slot.
+    fn start(self: &Arc<Self>, ready: Vec<(Arc<str>, Work)>) {
+        for (campaign, work) in ready {
+            let slot = Slot {
+                lane: self.clone(),
+                campaign,
+            };
+            self.threads.spawn(async move {
+                let _slot = slot;
+                work.await;
+            });
+        }
+    }
+}
+
+/// A run slot, given back when the run ends — even by a panic — which
+/// starts whatever waited for it.
+struct Slot {
+    lane: Arc<LaneShared>,
+    campaign: Arc<str>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let ready = self.lane.lock().finished(&self.campaign);
+        self.lane.outstanding.send_modify(|n| *n -= 1);
+        self.lane.start(ready);
+    }
+}
+
+/// Lower the calling thread's scheduling priority (Linux niceness is per
+/// thread). Lowering never needs privileges; failure only costs isolation,
+/// so it is logged, not fatal.
+fn lower_priority(lane: Lane, nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
+        tracing::warn!(%lane, nice, %error, "Could not lower the lane thread's priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::{mpsc, oneshot};
+
+    fn lane(max_in_flight: usize, queue: usize) -> LaneScheduler {
+        let mut config = LanesConfig::default().segmentation;
+        config.max_in_flight = max_in_flight;
+        config.queue = queue;
+        config.nice = 0;
+        LaneScheduler::start(Lane::Segmentation, &config).unwrap()
+    }
+
+    /// Work that reports when it starts and finishes when released.
+    fn gated(
+        started: &mpsc::UnboundedSender<&'static str>,
+        name: &'static str,
+    ) -> (Work, oneshot::Sender<()>) {
+        let (release, gate) = oneshot::channel();
+        let started = started.clone();
+        let work = Box::pin(async move {
+            let _ = started.send(name);
+            let _ = gate.await;
+        });
+        (work, release)
+    }
+
+    #[tokio::test]
+    async fn a_full_lane_refuses_and_recovers() {
+        let lane = lane(1, 1);
+        let (started, mut starts) = mpsc::unbounded_channel();
+        let a: Arc<str> = "a".into();
+        let (first, release_first) = gated(&started, "first");
+        let (second, release_second) = gated(&started, "second");
+        lane.submit(&a, 10, first).unwrap();
+        lane.submit(&a, 10, second).unwrap();
+        let (third, _) = gated(&started, "third");
+        assert_eq!(
+            lane.submit(&a, 10, third),
+            Err(LaneFull {
+                lane: Lane::Segmentation,
+                queued: 1
+            })
+        );
+        assert_eq!(starts.recv().await, Some("first"));
+        release_first.send(()).unwrap();
+        assert_eq!(starts.recv().await, Some("second"));
+        assert!(lane.has_room());
+        release_second.send(()).unwrap();
+        lane.drain().await;
+        assert_eq!(
+            lane.depth(),
+            LaneDepth {
+                queued: 0,
+                running: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_campaign_at_its_cap_does_not_block_another() {
+        let lane = lane(4, 100);
+        let (started, mut starts) = mpsc::unbounded_channel();
+        let (greedy, polite): (Arc<str>, Arc<str>) = ("greedy".into(), "polite".into());
+        let mut releases = Vec::new();
+        for _ in 0..5 {
+            let (work, release) = gated(&started, "greedy");
+            lane.submit(&greedy, 2, work).unwrap();
+            releases.push(release);
+        }
+        let (work, release_polite) = gated(&started, "polite");
+        lane.submit(&polite, 2, work).unwrap();
+        // greedy is capped at 2 runs, so polite starts despite queuing last.
+        let mut first_three = vec![];
+        for _ in 0..3 {
+            first_three.push(starts.recv().await.unwrap());
+        }
+        first_three.sort();
+        assert_eq!(first_three, ["greedy", "greedy", "polite"]);
+        assert_eq!(
+            lane.depth(),
+            LaneDepth {
+                queued: 3,
+                running: 3
+            }
+        );
+        release_polite.send(()).unwrap();
+        for release in releases {
+            let _ = release.send(());
+        }
+        lane.drain().await;
+    }
+
+    #[tokio::test]
+    async fn campaigns_take_turns() {
+        let lane = lane(1, 100);
+        let (started, mut starts) = mpsc::unbounded_channel();
+        let (blocker, release_blocker) = gated(&started, "blocker");
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        lane.submit(&c, 10, blocker).unwrap();
+        assert_eq!(starts.recv().await, Some("blocker"));
+        let mut releases: HashMap<&str, VecDeque<oneshot::Sender<()>>> = HashMap::new();
+        for name in ["a", "a", "a", "b"] {
+            let (work, release) = gated(&started, name);
+            lane.submit(if name == "a" { &a } else { &b }, 10, work)
+                .unwrap();
+            releases.entry(name).or_default().push_back(release);
+        }
+        release_blocker.send(()).unwrap();
+        let mut order = vec![];
+        for _ in 0..4 {
+            let name = starts.recv().await.unwrap();
+            order.push(name);
+            let _ = releases
+                .get_mut(name)
+                .unwrap()
+                .pop_front()
+                .unwrap()
+                .send(());
+        }
+        // b's one event does not wait behind all of a's.
+        assert_eq!(order, ["a", "b", "a", "a"]);
+        lane.drain().await;
     }
 }

@@ -52,6 +52,7 @@ pub struct Gateway {
 /// A reply from the gateway.
 pub struct Reply {
     pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Bytes,
 }
 
@@ -125,6 +126,7 @@ impl Gateway {
         .expect("gateway reachable");
         Reply {
             status: response.status(),
+            headers: response.headers().clone(),
             body: response.bytes().await.expect("body"),
         }
     }

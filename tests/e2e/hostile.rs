@@ -54,6 +54,8 @@ source = "bloat"
 lane = "speed"
 plugin = "{bloat}"
 memory_mb = 256
+fuel = 1_000_000_000
+deadline_ms = 30_000
 "#,
         login = plugin("login-code"),
         spin = plugin("spin"),

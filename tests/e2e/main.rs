@@ -7,3 +7,4 @@ mod config_errors;
 mod docs;
 mod harness;
 mod hostile;
+mod lanes;

@@ -32,7 +32,7 @@ use wasmtime::{
 pub use failure::PluginFailure;
 pub use host::HostServices;
 
-use crate::config::{Allocator, CampaignConfig, Lane, RuntimeConfig};
+use crate::config::{Allocator, CampaignConfig, CampaignLimits, Lane, RuntimeConfig};
 use crate::event::{Action, Event};
 use bindings::{Campaign, CampaignPre};
 use state::PluginState;
@@ -133,14 +133,19 @@ impl Runtime {
     }
 
     /// Compile and pre-instantiate the plugin of campaign `name`.
-    pub fn load(&self, name: &str, campaign: &CampaignConfig) -> Result<Plugin, LoadError> {
+    pub fn load(
+        &self,
+        name: &str,
+        campaign: &CampaignConfig,
+        limits: &CampaignLimits,
+    ) -> Result<Plugin, LoadError> {
         let path = campaign.plugin.display().to_string();
         let bytes = std::fs::read(&campaign.plugin).map_err(|source| LoadError::Read {
             campaign: name.into(),
             path: path.clone(),
             source,
         })?;
-        self.load_bytes(name, campaign, &bytes)
+        self.load_bytes(name, campaign, limits, &bytes)
             .map_err(|reason| LoadError::Invalid {
                 campaign: name.into(),
                 path,
@@ -152,6 +157,7 @@ impl Runtime {
         &self,
         name: &str,
         campaign: &CampaignConfig,
+        limits: &CampaignLimits,
         bytes: &[u8],
     ) -> Result<Plugin, String> {
         let component = Component::new(&self.engine, bytes).map_err(|e| format!("{e:#}"))?;
@@ -162,7 +168,7 @@ impl Runtime {
             .map_err(|e| format!("{e:#}"))?;
         Ok(Plugin {
             pre,
-            sandbox: Arc::new(Sandbox::new(name, campaign, bytes)),
+            sandbox: Arc::new(Sandbox::new(name, campaign, limits, bytes)),
             services: self.services.clone(),
             fuel_yield_interval: self.fuel_yield_interval,
         })
@@ -193,16 +199,16 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    fn new(name: &str, campaign: &CampaignConfig, bytes: &[u8]) -> Self {
+    fn new(name: &str, campaign: &CampaignConfig, limits: &CampaignLimits, bytes: &[u8]) -> Self {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(bytes);
         Sandbox {
             campaign: name.into(),
             lane: campaign.lane,
             version: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
-            fuel: campaign.fuel,
-            deadline: Duration::from_millis(campaign.deadline_ms),
-            memory_bytes: (campaign.memory_mb as usize) << 20,
+            fuel: limits.fuel,
+            deadline: Duration::from_millis(limits.deadline_ms),
+            memory_bytes: (limits.memory_mb as usize) << 20,
             max_output_bytes: campaign.max_output_kb << 10,
             allowed_hosts: campaign.allowed_hosts.clone(),
             fetch_timeout: Duration::from_millis(campaign.fetch_timeout_ms),
@@ -225,8 +231,13 @@ impl Plugin {
         &self.sandbox
     }
 
-    /// Run the plugin on `event` in a fresh store under the campaign's limits.
-    pub async fn handle(&self, event: &Event) -> Result<Vec<Action>, PluginFailure> {
+    /// Run the plugin on `event` in a fresh store under the campaign's
+    /// limits, within `deadline` (the campaign's, or what is left of it).
+    pub async fn handle(
+        &self,
+        event: &Event,
+        deadline: Duration,
+    ) -> Result<Vec<Action>, PluginFailure> {
         let sandbox = &self.sandbox;
         let started = Instant::now();
         let mut store = Store::new(
@@ -240,12 +251,12 @@ impl Plugin {
         if let Err(e) = setup {
             return Err(PluginFailure::Instantiate(format!("{e:#}")));
         }
-        let deadline_ticks = (sandbox.deadline.as_millis() as u64).max(1);
+        let deadline_ticks = (deadline.as_millis() as u64).max(1);
         store.set_epoch_deadline(deadline_ticks);
         store.epoch_deadline_trap();
 
         let input = bindings::to_wit_event(event);
-        let outcome = tokio::time::timeout(sandbox.deadline, async {
+        let outcome = tokio::time::timeout(deadline, async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance.call_handle(&mut store, &input).await
         })
