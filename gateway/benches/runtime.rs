@@ -37,7 +37,7 @@ fn main() {
         "allocator", "median", "p99", "calls/s 1thr", "calls/s 2thr"
     );
     for allocator in ["pooling", "on-demand"] {
-        let plugin = load(&plugins, data.path(), allocator);
+        let (_runtime, plugin) = load(&plugins, data.path(), allocator);
         let (median, p99) = latency(&plugin);
         let one = throughput(&plugin, 1);
         let two = throughput(&plugin, 2);
@@ -67,7 +67,8 @@ fn main() {
     println!("targets: median <= 20µs, p99 <= 60µs, >= 50,000 calls/s on 2 threads (pooling)");
 }
 
-fn load(plugins: &Path, data: &Path, allocator: &str) -> Arc<Plugin> {
+/// The runtime (which owns the epoch ticker) and the trivial plugin on it.
+fn load(plugins: &Path, data: &Path, allocator: &str) -> (Runtime, Arc<Plugin>) {
     let toml = format!(
         r#"
 [runtime]
@@ -84,15 +85,11 @@ plugin = "{}"
         Config::parse(&toml, Path::new("bench.toml"), Path::new(".")).expect("bench config");
     let store = EmbeddedStore::open(&data.join(allocator)).expect("store");
     let services = HostServices::new(Arc::new(store)).expect("services");
-    // Leaked on purpose: the runtime must outlive every thread of the bench.
-    let runtime: &'static Runtime = Box::leak(Box::new(
-        Runtime::new(&config.runtime, 64, services).expect("runtime"),
-    ));
-    Arc::new(
-        runtime
-            .load("trivial", &config.campaigns["trivial"])
-            .expect("plugin"),
-    )
+    let runtime = Runtime::new(&config.runtime, 64, services).expect("runtime");
+    let campaign = &config.campaigns["trivial"];
+    let limits = campaign.limits(&config.lanes);
+    let plugin = runtime.load("trivial", campaign, &limits).expect("plugin");
+    (runtime, Arc::new(plugin))
 }
 
 fn event() -> Event {
