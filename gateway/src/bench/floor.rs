@@ -1,0 +1,34 @@
+//! The bench's floor: a bare hyper server answering a fixed body, the
+//! fastest a webhook can be answered on this machine with this HTTP stack.
+//! It also stands in for the `sms` destination during the bench.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// Serve `{"status":"ok"}` to every request on `listener`, forever.
+pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let answer = service_fn(|_request: Request<hyper::body::Incoming>| async {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(b"{\"status\":\"ok\"}")))
+                        .expect("static response"),
+                )
+            });
+            // A client hanging up mid-request is normal under load.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), answer)
+                .await;
+        });
+    }
+}
