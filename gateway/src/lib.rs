@@ -14,6 +14,7 @@ pub mod event;
 pub mod gateway;
 pub mod ingress;
 pub mod lanes;
+pub mod loadgen;
 pub mod router;
 pub mod runtime;
 pub mod server;
