@@ -91,6 +91,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Open the store, start the lanes and compile every campaign's plugin.
+    /// Call it on the ingress runtime: the speed lane runs on its threads.
     pub fn start(config: &Config) -> Result<Arc<Gateway>, StartError> {
         let kv: Arc<dyn KvStore> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
         let services = HostServices::new(kv.clone())?;
@@ -126,7 +127,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             campaigns,
             router: Router::new(config),
-            lanes: Lanes::start(&config.lanes)?,
+            lanes: Lanes::start(&config.lanes, tokio::runtime::Handle::current())?,
             kv,
             destinations,
             deliveries: TaskTracker::new(),

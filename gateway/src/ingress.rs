@@ -73,8 +73,12 @@ async fn receive(
         .async_campaigns
         .iter()
         .filter_map(|c| gateway.campaign(c))
-        .map(|c| c.config.lane)
-        .find(|lane| !gateway.lanes().has_room(*lane));
+        .find(|c| {
+            !gateway
+                .lanes()
+                .has_room(c.config.lane, &c.name, c.limits.max_concurrency)
+        })
+        .map(|c| c.config.lane);
     if let Some(lane) = full_lane {
         return Err(ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, lane));
     }

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::config::{Lane, LaneConfig, LanesConfig};
@@ -41,10 +42,13 @@ pub struct Lanes {
 }
 
 impl Lanes {
-    /// Start every lane's threads.
-    pub fn start(config: &LanesConfig) -> std::io::Result<Lanes> {
+    /// Start the segmentation and care lanes' threads. The speed lane runs
+    /// on `speed_threads`, the ingress runtime's: no thread hop between
+    /// accepting a request and running its plugin, and both get the highest
+    /// priority. (Size that runtime with `lanes.speed.workers`.)
+    pub fn start(config: &LanesConfig, speed_threads: Handle) -> std::io::Result<Lanes> {
         Ok(Lanes {
-            speed: LaneScheduler::start(Lane::Speed, &config.speed)?,
+            speed: LaneScheduler::new(Lane::Speed, &config.speed, Threads::Shared(speed_threads))?,
             segmentation: LaneScheduler::start(Lane::Segmentation, &config.segmentation)?,
             care: LaneScheduler::start(Lane::Care, &config.care)?,
         })
@@ -71,9 +75,9 @@ impl Lanes {
             .submit(campaign, campaign_cap, Box::pin(work))
     }
 
-    /// Whether `lane` could take one more event right now.
-    pub fn has_room(&self, lane: Lane) -> bool {
-        self.get(lane).has_room()
+    /// Whether `lane` could take one more event of `campaign` right now.
+    pub fn has_room(&self, lane: Lane, campaign: &str, campaign_cap: usize) -> bool {
+        self.get(lane).shared.lock().admits(campaign, campaign_cap)
     }
 
     /// Events waiting and running in `lane`.
@@ -99,8 +103,15 @@ pub struct LaneDepth {
 struct LaneScheduler {
     lane: Lane,
     shared: Arc<LaneShared>,
-    /// Owns the lane's threads; `shared.threads` is a handle to it.
+    /// The lane's own threads, if it has them; `shared.threads` is a handle
+    /// to whichever threads it runs on.
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Where a lane's work runs.
+enum Threads {
+    Own(tokio::runtime::Runtime),
+    Shared(Handle),
 }
 
 /// What runs in the lane need to give their slot back.
@@ -108,7 +119,7 @@ struct LaneShared {
     state: Mutex<LaneState>,
     /// Queued plus running events, for `drain`.
     outstanding: watch::Sender<usize>,
-    threads: tokio::runtime::Handle,
+    threads: Handle,
 }
 
 /// The scheduler's bookkeeping. Critical sections are a few pointer moves,
@@ -138,6 +149,7 @@ impl CampaignQueue {
 }
 
 impl LaneScheduler {
+    /// A lane on OS threads of its own, at the lane's niceness.
     fn start(lane: Lane, config: &LaneConfig) -> std::io::Result<Self> {
         let nice = config.nice;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -146,6 +158,14 @@ impl LaneScheduler {
             .on_thread_start(move || lower_priority(lane, nice))
             .enable_all()
             .build()?;
+        Self::new(lane, config, Threads::Own(runtime))
+    }
+
+    fn new(lane: Lane, config: &LaneConfig, threads: Threads) -> std::io::Result<Self> {
+        let (handle, runtime) = match threads {
+            Threads::Own(runtime) => (runtime.handle().clone(), Some(runtime)),
+            Threads::Shared(handle) => (handle, None),
+        };
         Ok(LaneScheduler {
             lane,
             shared: Arc::new(LaneShared {
@@ -158,15 +178,10 @@ impl LaneScheduler {
                     turns: VecDeque::new(),
                 }),
                 outstanding: watch::channel(0).0,
-                threads: runtime.handle().clone(),
+                threads: handle,
             }),
-            runtime: Some(runtime),
+            runtime,
         })
-    }
-
-    fn has_room(&self) -> bool {
-        let state = self.shared.lock();
-        state.running < state.max_in_flight || state.queued < state.queue_bound
     }
 
     fn depth(&self) -> LaneDepth {
@@ -180,8 +195,7 @@ impl LaneScheduler {
     fn submit(&self, campaign: &Arc<str>, cap: usize, work: Work) -> Result<(), LaneFull> {
         let ready = {
             let mut state = self.shared.lock();
-            // Room means a free run slot, or space in the queue behind them.
-            if state.running >= state.max_in_flight && state.queued >= state.queue_bound {
+            if !state.admits(campaign, cap) {
                 return Err(LaneFull {
                     lane: self.lane,
                     queued: state.queued,
@@ -220,6 +234,14 @@ impl Drop for LaneScheduler {
 }
 
 impl LaneState {
+    /// Room means the event can start at once (a free run slot and the
+    /// campaign under its cap), or space in the queue.
+    fn admits(&self, campaign: &str, cap: usize) -> bool {
+        let campaign_running = self.campaigns.get(campaign).map_or(0, |q| q.running);
+        let starts_now = self.running < self.max_in_flight && campaign_running < cap;
+        starts_now || self.queued < self.queue_bound
+    }
+
     /// Move work from the queues to run slots, one campaign turn at a time.
     fn take_ready(&mut self) -> Vec<(Arc<str>, Work)> {
         let mut ready = Vec::new();
@@ -357,7 +379,7 @@ mod tests {
         assert_eq!(starts.recv().await, Some("first"));
         release_first.send(()).unwrap();
         assert_eq!(starts.recv().await, Some("second"));
-        assert!(lane.has_room());
+        assert!(lane.shared.lock().admits("a", 10));
         release_second.send(()).unwrap();
         lane.drain().await;
         assert_eq!(
@@ -367,6 +389,37 @@ mod tests {
                 running: 0
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_capped_campaign_queues_within_the_bound() {
+        let lane = lane(8, 1);
+        let (started, _starts) = mpsc::unbounded_channel();
+        let a: Arc<str> = "a".into();
+        let mut releases = vec![];
+        // One runs (cap 1), one waits; the free run slots are no room for a.
+        for _ in 0..2 {
+            let (work, release) = gated(&started, "a");
+            lane.submit(&a, 1, work).unwrap();
+            releases.push(release);
+        }
+        let (work, _) = gated(&started, "a");
+        assert!(lane.submit(&a, 1, work).is_err());
+        assert_eq!(
+            lane.depth(),
+            LaneDepth {
+                queued: 1,
+                running: 1
+            }
+        );
+        // Another campaign can still start in a free slot.
+        let (work, release) = gated(&started, "b");
+        lane.submit(&"b".into(), 1, work).unwrap();
+        releases.push(release);
+        for release in releases {
+            let _ = release.send(());
+        }
+        lane.drain().await;
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 
 pub mod actions;
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod event;

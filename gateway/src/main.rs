@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use hooklane::bench::process::listening_line;
+use hooklane::bench::BenchOptions;
 use hooklane::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -42,6 +44,21 @@ enum Command {
         #[arg(long, short, default_value = "hooklane.toml")]
         config: PathBuf,
     },
+    /// Run the lane-isolation load benchmark on loopback (about 1 minute).
+    Bench {
+        /// Directory of the built plugins.
+        #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
+        plugins: PathBuf,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "target/bench/lanes.json")]
+        out: PathBuf,
+        /// A few seconds' run that only proves the bench works.
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// The bench's floor: a bare hyper server answering a fixed body.
+    #[command(hide = true)]
+    BenchFloor,
 }
 
 fn main() -> ExitCode {
@@ -55,33 +72,49 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => {
+            runtime(None).and_then(|rt| rt.block_on(check_config(config)))
         }
+        Command::Bench {
+            plugins,
+            out,
+            smoke,
+        } => runtime(None).and_then(|rt| {
+            rt.block_on(bench(BenchOptions {
+                plugins,
+                out,
+                smoke,
+            }))
+        }),
+        Command::BenchFloor => runtime(None).and_then(|rt| rt.block_on(bench_floor())),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve { config } => serve(config).await,
-            Command::CheckConfig { config } => check_config(config).await,
-        }
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(path: PathBuf) -> anyhow::Result<()> {
+/// A multi-threaded runtime with `workers` threads (default: one per core).
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    Ok(builder.enable_all().build()?)
+}
+
+fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    // Ingress and the speed lane share these threads (see `lanes`).
+    runtime(Some(config.lanes.speed.workers))?.block_on(serve_config(config))
+}
+
+async fn serve_config(config: Config) -> anyhow::Result<()> {
     let token = std::env::var(&config.admin.token_env)
         .ok()
         .filter(|t| !t.is_empty());
@@ -97,8 +130,8 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         |bound| {
             // On stdout, one line each, so scripts and tests can find the
             // ports when the config asks for port 0.
-            println!("hooklane ingress listening on http://{}", bound.ingress);
-            println!("hooklane admin listening on http://{}", bound.admin);
+            println!("{}", listening_line("ingress", bound.ingress));
+            println!("{}", listening_line("admin", bound.admin));
             tracing::info!(ingress = %bound.ingress, admin = %bound.admin, "Gateway ready");
         },
         shutdown_signal(),
@@ -122,6 +155,20 @@ async fn check_config(path: PathBuf) -> anyhow::Result<()> {
         config.campaigns.len(),
         config.destinations.len()
     );
+    Ok(())
+}
+
+async fn bench(options: BenchOptions) -> anyhow::Result<()> {
+    let report = hooklane::bench::run(&options).await?;
+    print!("{}", report.render());
+    println!("report: {}", options.out.display());
+    Ok(())
+}
+
+async fn bench_floor() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("{}", listening_line("floor", listener.local_addr()?));
+    hooklane::bench::floor::serve(listener).await?;
     Ok(())
 }
 

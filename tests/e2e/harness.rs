@@ -2,16 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
+use hooklane::bench::process::Server;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 
 /// How long any single wait in a test may take before the test fails: long
@@ -42,7 +41,7 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
 
 /// A running `hooklane serve`, killed on drop.
 pub struct Gateway {
-    child: Child,
+    server: Server,
     pub ingress: SocketAddr,
     pub admin: SocketAddr,
     dir: tempfile::TempDir,
@@ -74,39 +73,25 @@ impl Gateway {
         let config_path = dir.path().join("hooklane.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hooklane"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hooklane"));
+        command
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("HOOKLANE_LOG", "info,hooklane=debug")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn hooklane");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut ingress = None;
-        let mut admin = None;
-        within("the gateway to listen", async {
-            while ingress.is_none() || admin.is_none() {
-                let Some(line) = lines.next_line().await.expect("read stdout") else {
-                    let log =
-                        std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
-                    panic!("gateway exited before listening:\n{log}");
-                };
-                let addr = |prefix: &str| {
-                    line.strip_prefix(prefix)
-                        .map(|a| a.parse::<SocketAddr>().expect("address"))
-                };
-                ingress = ingress.or(addr("hooklane ingress listening on http://"));
-                admin = admin.or(addr("hooklane admin listening on http://"));
+            .stderr(log);
+        let server = match Server::spawn(command, &["ingress", "admin"], PATIENCE).await {
+            Ok(server) => server,
+            Err(e) => {
+                let log =
+                    std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+                panic!("gateway did not start: {e}\n{log}");
             }
-        })
-        .await;
+        };
         Gateway {
-            child,
-            ingress: ingress.expect("ingress"),
-            admin: admin.expect("admin"),
+            ingress: server.addr("ingress"),
+            admin: server.addr("admin"),
+            server,
             dir,
             http: reqwest::Client::new(),
         }
@@ -184,7 +169,7 @@ impl Gateway {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("wait").is_none()
+        self.server.child.try_wait().expect("wait").is_none()
     }
 }
 
@@ -252,13 +237,7 @@ impl Recorder {
 
 /// A loopback host that accepts connections and never answers.
 pub async fn black_hole() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    addr
+    hooklane::bench::black_hole()
+        .await
+        .expect("bind a black hole")
 }

@@ -1,0 +1,362 @@
+//! `hooklane bench`: the load benchmark that proves lane isolation.
+//!
+//! One invocation runs four scenarios against the same machine state:
+//! 1. **floor** — a bare hyper server (its own process) at the highest rate
+//!    it sustains (closed loop): the physical limit of this machine;
+//! 2. **trivial** — the real gateway with a speed campaign whose plugin only
+//!    responds, under the same closed-loop load;
+//! 3. **speed idle** — `login-code` at a fixed open-loop rate, nothing else;
+//! 4. **hostile mix** — `login-code` at the same rate, plus a flood of the
+//!    CPU-heavy `burn` plugin above the segmentation lane's capacity, a care
+//!    backlog of `daily-enrich`, and `hang` plugins waiting on a host that
+//!    never answers.
+//!
+//! It prints the two ratios that matter — trivial ÷ floor throughput and
+//! speed p99 in the mix ÷ speed p99 idle — as a table and as JSON. All traffic
+//! stays on loopback and every phase is bounded in time and count.
+
+pub mod floor;
+pub mod process;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::process::Command;
+
+use crate::loadgen::{self, ClassReport, LoadError, Plan, ThroughputReport, TrafficClass};
+use process::{Server, SpawnError};
+
+/// What a bench run may be asked.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Where the built plugins are (`plugins/target/wasm32-wasip2/release`).
+    pub plugins: PathBuf,
+    /// Where the JSON report goes.
+    pub out: PathBuf,
+    /// A short run that only proves the bench works end to end.
+    pub smoke: bool,
+}
+
+/// Targets on a 2-core machine.
+const TARGET_TRIVIAL_OVER_FLOOR: f64 = 0.6;
+const TARGET_MIX_OVER_IDLE_P99: f64 = 1.5;
+
+/// The load of each phase.
+struct Load {
+    throughput_window: Duration,
+    concurrency: usize,
+    latency_window: Duration,
+    speed_rate: f64,
+    burn_rate: f64,
+    care_rate: f64,
+    hang_rate: f64,
+}
+
+impl Load {
+    fn new(smoke: bool) -> Self {
+        if smoke {
+            Load {
+                throughput_window: Duration::from_millis(500),
+                concurrency: 8,
+                latency_window: Duration::from_secs(1),
+                speed_rate: 20.0,
+                burn_rate: 20.0,
+                care_rate: 10.0,
+                hang_rate: 5.0,
+            }
+        } else {
+            Load {
+                throughput_window: Duration::from_secs(5),
+                concurrency: 32,
+                latency_window: Duration::from_secs(15),
+                speed_rate: 200.0,
+                burn_rate: 100.0,
+                care_rate: 50.0,
+                hang_rate: 20.0,
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("plugin {0} is missing: run scripts/setup.sh first")]
+    MissingPlugin(PathBuf),
+    #[error("cannot prepare the bench: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot start a server for the bench: {0}")]
+    Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// Everything a run measured.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub smoke: bool,
+    pub floor: ThroughputReport,
+    pub trivial: ThroughputReport,
+    pub speed_idle: Vec<ClassReport>,
+    pub hostile_mix: Vec<ClassReport>,
+    pub trivial_over_floor: f64,
+    pub speed_p99_mix_over_idle: Option<f64>,
+    pub speed_errors_in_mix: u64,
+}
+
+impl BenchReport {
+    /// The human summary: tables, ratios and targets.
+    pub fn render(&self) -> String {
+        let throughput = |name: &str, t: &ThroughputReport| {
+            format!(
+                "{name:<8} {:>10.0} ok/s  ({} ok, {} refused, {} errors, p50 {} ms, p99 {} ms)\n",
+                t.ok_per_s,
+                t.ok,
+                t.refused,
+                t.errors,
+                millis(t.p50_us),
+                millis(t.p99_us)
+            )
+        };
+        let verdict = |met: bool| if met { "met" } else { "MISSED" };
+        let mut out = String::from("== throughput (closed loop)\n");
+        out += &throughput("floor", &self.floor);
+        out += &throughput("trivial", &self.trivial);
+        out += "\n== speed idle (open loop)\n";
+        out += &loadgen::table(&self.speed_idle);
+        out += "\n== hostile mix (open loop)\n";
+        out += &loadgen::table(&self.hostile_mix);
+        out += &format!(
+            "\ntrivial / floor throughput:      {:.2}  (target >= {TARGET_TRIVIAL_OVER_FLOOR}: {})\n",
+            self.trivial_over_floor,
+            verdict(self.trivial_over_floor >= TARGET_TRIVIAL_OVER_FLOOR)
+        );
+        match self.speed_p99_mix_over_idle {
+            Some(ratio) => {
+                out += &format!(
+                    "speed p99, hostile mix / idle:  {ratio:.2}  (target <= {TARGET_MIX_OVER_IDLE_P99}: {})\n",
+                    verdict(ratio <= TARGET_MIX_OVER_IDLE_P99)
+                )
+            }
+            None => out += "speed p99, hostile mix / idle:  n/a (no successful speed request)\n",
+        }
+        out += &format!(
+            "speed-lane errors in the mix:    {}  (target 0: {})\n",
+            self.speed_errors_in_mix,
+            verdict(self.speed_errors_in_mix == 0)
+        );
+        out
+    }
+}
+
+fn millis(us: Option<u64>) -> String {
+    us.map_or("-".into(), |us| format!("{:.2}", us as f64 / 1000.0))
+}
+
+/// Run every scenario and write the JSON report to `options.out`.
+pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let load = Load::new(options.smoke);
+    let plugin = |name: &str| -> Result<PathBuf, BenchError> {
+        let path = std::path::absolute(options.plugins.join(format!("{name}.wasm")))?;
+        path.exists()
+            .then(|| path.clone())
+            .ok_or(BenchError::MissingPlugin(path))
+    };
+    let plugins = [
+        plugin("trivial")?,
+        plugin("login_code")?,
+        plugin("burn")?,
+        plugin("daily_enrich")?,
+        plugin("hang")?,
+    ];
+    let exe = std::env::current_exe()?;
+    let patience = Duration::from_secs(120);
+    let request_timeout = Duration::from_secs(10);
+    let body = Bytes::from_static(b"{}");
+
+    if let Some(parent) = options.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    eprintln!("bench: starting the floor server");
+    let mut floor_command = Command::new(&exe);
+    floor_command.arg("bench-floor");
+    let floor = Server::spawn(floor_command, &["floor"], patience).await?;
+    let floor_url = format!("http://{}/", floor.addr("floor"));
+    eprintln!("bench: floor, closed loop for {:?}", load.throughput_window);
+    let floor_report = loadgen::run_closed_loop(
+        &floor_url,
+        body.clone(),
+        load.concurrency,
+        load.throughput_window,
+        request_timeout,
+    )
+    .await?;
+
+    let never = black_hole().await?;
+    // The gateway's files go beside the report, so its log is there to read
+    // after a run; its data directory starts empty every time.
+    let dir = options.out.with_extension("gateway");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("bench.toml");
+    std::fs::write(&config, gateway_config(&plugins, &floor_url, never))?;
+    let log = dir.join("gateway.log");
+    let mut gateway_command = Command::new(&exe);
+    gateway_command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("HOOKLANE_LOG", "warn")
+        .stderr(std::fs::File::create(&log)?);
+    eprintln!("bench: starting the gateway (log: {})", log.display());
+    let gateway = Server::spawn(gateway_command, &["ingress"], patience).await?;
+    let hooks = |source: &str| format!("http://{}/hooks/{source}", gateway.addr("ingress"));
+
+    eprintln!(
+        "bench: trivial, closed loop for {:?}",
+        load.throughput_window
+    );
+    let trivial = loadgen::run_closed_loop(
+        &hooks("trivial"),
+        body.clone(),
+        load.concurrency,
+        load.throughput_window,
+        request_timeout,
+    )
+    .await?;
+
+    let class = |name: &str, source: &str, rate: f64, payload: &'static [u8]| TrafficClass {
+        name: name.into(),
+        rate_per_s: rate,
+        url: hooks(source),
+        body: Bytes::from_static(payload),
+        ok_statuses: 200..300,
+    };
+    let login = || {
+        class(
+            "speed",
+            "login-form",
+            load.speed_rate,
+            br#"{"phone": "+4915112345678"}"#,
+        )
+    };
+    let plan = |classes| Plan {
+        classes,
+        duration: load.latency_window,
+        max_requests_per_class: 1_000_000,
+        request_timeout,
+    };
+    eprintln!("bench: speed idle, open loop for {:?}", load.latency_window);
+    let speed_idle = loadgen::run_open_loop(&plan(vec![login()])).await?;
+    eprintln!(
+        "bench: hostile mix, open loop for {:?}",
+        load.latency_window
+    );
+    let hostile_mix = loadgen::run_open_loop(&plan(vec![
+        login(),
+        class("segmentation-burn", "scoring", load.burn_rate, b"{}"),
+        class(
+            "care-backlog",
+            "crm",
+            load.care_rate,
+            br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#,
+        ),
+        class("segmentation-hang", "partner", load.hang_rate, b"{}"),
+    ]))
+    .await?;
+
+    let trivial_over_floor = trivial.ok_per_s / floor_report.ok_per_s.max(f64::MIN_POSITIVE);
+    let speed_p99_mix_over_idle = match (speed_idle[0].p99_us, hostile_mix[0].p99_us) {
+        (Some(idle), Some(mix)) => Some(mix as f64 / idle.max(1) as f64),
+        _ => None,
+    };
+    let speed = &hostile_mix[0];
+    let report = BenchReport {
+        smoke: options.smoke,
+        floor: floor_report,
+        trivial,
+        speed_errors_in_mix: speed.errors + speed.refused,
+        speed_idle,
+        hostile_mix,
+        trivial_over_floor,
+        speed_p99_mix_over_idle,
+    };
+    let json = serde_json::to_string_pretty(&report).expect("report serialises");
+    std::fs::write(&options.out, json)?;
+    Ok(report)
+}
+
+/// The bench gateway: one campaign per traffic class.
+fn gateway_config(plugins: &[PathBuf; 5], sms: &str, never: SocketAddr) -> String {
+    let [trivial, login, burn, enrich, hang] = plugins.each_ref().map(|p| toml_path(p));
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+data_dir = "data"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.trivial]
+[campaigns.trivial]
+source = "trivial"
+lane = "speed"
+plugin = {trivial}
+
+[sources.login-form]
+[campaigns.login-code]
+source = "login-form"
+lane = "speed"
+plugin = {login}
+destinations = ["sms"]
+[destinations.sms]
+url = "{sms}"
+
+# About 50 ms of CPU per event, far above what the lane can take at the
+# bench's rate.
+[sources.scoring]
+[campaigns.burn]
+source = "scoring"
+lane = "segmentation"
+plugin = {burn}
+fuel = 10_000_000_000
+deadline_ms = 10_000
+settings = {{ iterations = "25000000" }}
+
+[sources.crm]
+[campaigns.daily-enrich]
+source = "crm"
+lane = "care"
+plugin = {enrich}
+
+[sources.partner]
+[campaigns.hang]
+source = "partner"
+lane = "segmentation"
+plugin = {hang}
+deadline_ms = 30_000
+fetch_timeout_ms = 30_000
+allowed_hosts = ["{never}"]
+settings = {{ url = "http://{never}/" }}
+"#
+    )
+}
+
+/// A path as a TOML string (escaped by the TOML serialiser).
+fn toml_path(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
+/// A loopback host that accepts connections and never answers them.
+pub async fn black_hole() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    Ok(addr)
+}

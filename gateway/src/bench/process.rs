@@ -1,0 +1,71 @@
+//! Starting a `hooklane` process and learning its addresses: each server
+//! prints `hooklane <name> listening on http://<addr>` on stdout once bound,
+//! which makes port 0 usable by scripts, tests and the bench.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The stdout line a server prints once `name` is bound to `addr`.
+pub fn listening_line(name: &str, addr: SocketAddr) -> String {
+    format!("hooklane {name} listening on http://{addr}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start the process: {0}")]
+    Start(#[from] std::io::Error),
+    #[error("the process exited before listening on {0:?}")]
+    Exited(Vec<String>),
+    #[error("the process did not listen on {0:?} within {1:?}")]
+    Timeout(Vec<String>, Duration),
+}
+
+/// A child process that is listening; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    addresses: HashMap<String, SocketAddr>,
+}
+
+impl Server {
+    /// Spawn `command` and wait until it has printed the address of every
+    /// listener in `names`.
+    pub async fn spawn(
+        mut command: Command,
+        names: &[&str],
+        patience: Duration,
+    ) -> Result<Server, SpawnError> {
+        let mut child = command.stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addresses = HashMap::new();
+        let wanted = || names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let read = async {
+            while addresses.len() < names.len() {
+                let Some(line) = lines.next_line().await? else {
+                    return Err(SpawnError::Exited(wanted()));
+                };
+                for name in names {
+                    let prefix = format!("hooklane {name} listening on http://");
+                    if let Some(addr) = line.strip_prefix(&prefix).and_then(|a| a.parse().ok()) {
+                        addresses.insert(name.to_string(), addr);
+                    }
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(patience, read)
+            .await
+            .map_err(|_| SpawnError::Timeout(wanted(), patience))??;
+        Ok(Server { child, addresses })
+    }
+
+    /// The address `name` listens on.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addresses[name]
+    }
+}
