@@ -172,8 +172,15 @@ impl Gateway {
         event: &Event,
     ) -> Result<Option<Reply>, RunError> {
         let loaded = self.loaded(campaign)?;
-        let (answer, answered) = oneshot::channel();
         let deadline = Duration::from_millis(loaded.limits.deadline_ms);
+        let lane = loaded.config.lane;
+        if let Some(_slot) =
+            self.lanes
+                .try_run_here(lane, &loaded.name, loaded.limits.max_concurrency)
+        {
+            return self.run(&loaded, event, deadline).await;
+        }
+        let (answer, answered) = oneshot::channel();
         let queued_at = Instant::now();
         let (gateway, running, event) = (self.clone(), loaded.clone(), event.clone());
         self.submit(&loaded, async move {
