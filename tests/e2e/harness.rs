@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use hooklane::bench::process::Server;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -240,4 +240,59 @@ pub async fn black_hole() -> SocketAddr {
     hooklane::bench::black_hole()
         .await
         .expect("bind a black hole")
+}
+
+/// The `login-code` speed campaign on source `login-form`, delivering to the
+/// `sms` recorder, as config TOML.
+pub fn login_code_toml(sms: &Recorder) -> String {
+    format!(
+        r#"
+[sources.login-form]
+[campaigns.login-code]
+source = "login-form"
+lane = "speed"
+plugin = "{}"
+destinations = ["sms"]
+[destinations.sms]
+url = "{}"
+"#,
+        plugin("login-code"),
+        sms.url()
+    )
+}
+
+/// A login is answered `sent` and its code delivered: the speed lane works.
+pub async fn assert_speed_lane_answers(gateway: &Gateway, sms: &mut Recorder, after: &str) {
+    let login = gateway
+        .post_json("login-form", json!({ "phone": "+4915112345678" }))
+        .await;
+    assert_eq!(
+        login.status,
+        200,
+        "login after {after}: {}",
+        String::from_utf8_lossy(&login.body)
+    );
+    assert_eq!(login.json()["status"], "sent");
+    sms.next().await;
+}
+
+/// A segmentation campaign `name` (on source `name`) running the `hang`
+/// plugin against `never`, so each of its events holds a run slot for a
+/// minute; `extra` adds config lines.
+pub fn hanging_campaign_toml(name: &str, never: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[sources.{name}]
+[campaigns.{name}]
+source = "{name}"
+lane = "segmentation"
+plugin = "{hang}"
+deadline_ms = 60_000
+fetch_timeout_ms = 60_000
+allowed_hosts = ["{never}"]
+settings = {{ url = "http://{never}/" }}
+{extra}
+"#,
+        hang = plugin("hang"),
+    )
 }

@@ -3,22 +3,15 @@
 
 use serde_json::json;
 
-use crate::harness::{black_hole, plugin, Gateway, Recorder};
+use crate::harness::{
+    assert_speed_lane_answers, black_hole, login_code_toml, plugin, Gateway, Recorder,
+};
 
 async fn hostile_gateway(sms: &Recorder) -> Gateway {
     let hang_target = black_hole().await;
     let mut config = format!(
         r#"
-[sources.login-form]
-
-[campaigns.login-code]
-source = "login-form"
-lane = "speed"
-plugin = "{login}"
-destinations = ["sms"]
-
-[destinations.sms]
-url = "{sms}"
+{login}
 
 # Fuel runs out long before the deadline.
 [sources.spin-fuel]
@@ -57,12 +50,11 @@ memory_mb = 256
 fuel = 1_000_000_000
 deadline_ms = 30_000
 "#,
-        login = plugin("login-code"),
+        login = login_code_toml(sms),
         spin = plugin("spin"),
         hang = plugin("hang"),
         bloat = plugin("bloat"),
         hang_port = hang_target.port(),
-        sms = sms.url(),
     );
     for name in ["hog", "panic", "trap"] {
         config.push_str(&format!(
@@ -103,17 +95,7 @@ async fn each_hostile_plugin_is_stopped_with_its_own_cause() {
         assert!(text.contains(detail), "{source}: {text}");
 
         // The speed lane still answers right after.
-        let login = gateway
-            .post_json("login-form", json!({ "phone": "+4915112345678" }))
-            .await;
-        assert_eq!(
-            login.status,
-            200,
-            "login after {source}: {}",
-            String::from_utf8_lossy(&login.body)
-        );
-        assert_eq!(login.json()["status"], "sent");
-        sms.next().await;
+        assert_speed_lane_answers(&gateway, &mut sms, source).await;
         assert!(gateway.is_running(), "gateway died after {source}");
     }
     let log = gateway.log();

@@ -4,7 +4,10 @@
 
 use serde_json::json;
 
-use crate::harness::{black_hole, plugin, Gateway, Recorder, Reply};
+use crate::harness::{
+    assert_speed_lane_answers, black_hole, hanging_campaign_toml, login_code_toml, plugin, Gateway,
+    Recorder, Reply,
+};
 
 fn assert_overloaded(reply: &Reply, status: u16, lane: &str) {
     let body = reply.json();
@@ -28,37 +31,17 @@ async fn a_full_segmentation_lane_refuses_while_speed_still_answers() {
 max_in_flight = 2
 queue = 2
 
-[sources.login-form]
-[campaigns.login-code]
-source = "login-form"
-lane = "speed"
-plugin = "{login}"
-destinations = ["sms"]
-[destinations.sms]
-url = "{sms}"
-
-# Each event holds a segmentation slot, waiting on a host that never answers.
-[sources.slow]
-[campaigns.slow]
-source = "slow"
-lane = "segmentation"
-plugin = "{hang}"
-deadline_ms = 60_000
-fetch_timeout_ms = 60_000
-allowed_hosts = ["127.0.0.1:{port}"]
-settings = {{ url = "http://127.0.0.1:{port}/" }}
-
 [sources.slow-sync]
 [campaigns.slow-sync]
 source = "slow-sync"
 lane = "segmentation"
 mode = "sync"
 plugin = "{hang}"
-"#,
-        login = plugin("login-code"),
+{login}
+{slow}"#,
         hang = plugin("hang"),
-        sms = sms.url(),
-        port = never.port(),
+        login = login_code_toml(&sms),
+        slow = hanging_campaign_toml("slow", never, ""),
     ))
     .await;
 
@@ -83,17 +66,7 @@ plugin = "{hang}"
         "segmentation",
     );
 
-    let login = gateway
-        .post_json("login-form", json!({ "phone": "+4915112345678" }))
-        .await;
-    assert_eq!(
-        login.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&login.body)
-    );
-    assert_eq!(login.json()["status"], "sent");
-    sms.next().await;
+    assert_speed_lane_answers(&gateway, &mut sms, "a full segmentation lane").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,27 +77,15 @@ async fn a_campaign_at_its_cap_does_not_block_another_in_its_lane() {
 [lanes.segmentation]
 max_in_flight = 8
 
-# At most one run at a time, and that run never finishes.
-[sources.capped]
-[campaigns.capped]
-source = "capped"
-lane = "segmentation"
-plugin = "{hang}"
-max_concurrency = 1
-deadline_ms = 60_000
-fetch_timeout_ms = 60_000
-allowed_hosts = ["127.0.0.1:{port}"]
-settings = {{ url = "http://127.0.0.1:{port}/" }}
-
 [sources.crm]
 [campaigns.enrich]
 source = "crm"
 lane = "segmentation"
 plugin = "{enrich}"
-"#,
-        hang = plugin("hang"),
+{capped}"#,
         enrich = plugin("daily-enrich"),
-        port = never.port(),
+        // At most one run at a time, and that run never finishes.
+        capped = hanging_campaign_toml("capped", never, "max_concurrency = 1"),
     ))
     .await;
     for _ in 0..3 {
