@@ -10,4 +10,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 echo "==> building the plugins (wasm32-wasip2, release)"
-cargo build --manifest-path plugins/Cargo.toml --release --target wasm32-wasip2 --locked
+# An explicit target dir: tests and the demo look for the plugins there,
+# whatever CARGO_TARGET_DIR says.
+cargo build --manifest-path plugins/Cargo.toml --release --target wasm32-wasip2 --locked \
+    --target-dir plugins/target

@@ -83,7 +83,7 @@ plugin = "{}"
     );
     let config =
         Config::parse(&toml, Path::new("bench.toml"), Path::new(".")).expect("bench config");
-    let store = EmbeddedStore::open(&data.join(allocator)).expect("store");
+    let store = EmbeddedStore::open(&data.join(allocator), true).expect("store");
     let services = HostServices::new(Arc::new(store)).expect("services");
     let runtime = Runtime::new(&config.runtime, 64, services).expect("runtime");
     let campaign = &config.campaigns["trivial"];

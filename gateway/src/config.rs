@@ -58,6 +58,9 @@ pub struct Config {
     /// Execution capacity and campaign defaults per lane.
     #[serde(default)]
     pub lanes: LanesConfig,
+    /// The durable store.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Webhook senders, by name: each is reachable at `POST /hooks/{name}`.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
@@ -119,6 +122,28 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The embedded store in `data_dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Sync every commit to disk before acknowledging. Default true; off
+    /// loses acknowledged events on a crash (for benchmarks only).
+    #[serde(default = "defaults::fsync")]
+    pub fsync: bool,
+    /// How long dead letters are kept, in hours. Default 168 (a week).
+    #[serde(default = "defaults::retention_hours")]
+    pub dead_letter_retention_hours: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            fsync: defaults::fsync(),
+            dead_letter_retention_hours: defaults::retention_hours(),
+        }
+    }
+}
+
 /// The instance allocator of the wasm engine.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -139,6 +164,37 @@ pub struct SourceConfig {
     /// Human description, for operators.
     #[serde(default)]
     pub description: String,
+    /// How repeated deliveries of one webhook are recognised.
+    #[serde(default)]
+    pub dedup: DedupConfig,
+}
+
+/// Deduplication of a source's webhooks: a webhook whose id was seen within
+/// the window is answered with the first copy's event id and not run again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Headers that carry the sender's webhook id, first present wins.
+    /// Default `webhook-id`, `x-github-delivery`, `x-shopify-webhook-id`,
+    /// `idempotency-key`. An empty list and no `json_pointer` turn it off.
+    #[serde(default = "defaults::dedup_headers")]
+    pub headers: Vec<String>,
+    /// A JSON pointer into the body used when no header matched, e.g. `/id`
+    /// for Stripe's event id. Default: none.
+    pub json_pointer: Option<String>,
+    /// How long an id is remembered, in seconds. Default 86400 (a day).
+    #[serde(default = "defaults::dedup_window_s")]
+    pub window_s: u64,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            headers: defaults::dedup_headers(),
+            json_pointer: None,
+            window_s: defaults::dedup_window_s(),
+        }
+    }
 }
 
 /// The success factor of a campaign, which decides how its events are run.
@@ -292,6 +348,9 @@ struct LaneSettings {
     fuel: Option<u64>,
     deadline_ms: Option<u64>,
     memory_mb: Option<u64>,
+    max_attempts: Option<u32>,
+    retry_base_ms: Option<u64>,
+    retry_max_ms: Option<u64>,
 }
 
 impl From<LaneOverrides> for LanesConfig {
@@ -351,6 +410,15 @@ pub struct LaneConfig {
     pub deadline_ms: u64,
     /// Default memory cap per event, in MiB. Defaults 32 / 64 / 128.
     pub memory_mb: u64,
+    /// Tries of an async event before it is dead-lettered; failures that
+    /// would repeat (fuel, memory, trap, panic, bad output, invalid input)
+    /// are not retried. Defaults 3 / 5 / 10.
+    pub max_attempts: u32,
+    /// Base of the exponential retry backoff, in ms (full jitter). Defaults
+    /// 1000 / 1000 / 5000.
+    pub retry_base_ms: u64,
+    /// Cap of the retry backoff, in ms. Defaults 60000 / 300000 / 3600000.
+    pub retry_max_ms: u64,
 }
 
 impl LaneConfig {
@@ -366,6 +434,9 @@ impl LaneConfig {
             fuel: written.fuel.unwrap_or(self.fuel),
             deadline_ms: written.deadline_ms.unwrap_or(self.deadline_ms),
             memory_mb: written.memory_mb.unwrap_or(self.memory_mb),
+            max_attempts: written.max_attempts.unwrap_or(self.max_attempts),
+            retry_base_ms: written.retry_base_ms.unwrap_or(self.retry_base_ms),
+            retry_max_ms: written.retry_max_ms.unwrap_or(self.retry_max_ms),
         }
     }
 
@@ -379,6 +450,9 @@ impl LaneConfig {
             fuel: 100_000_000,
             deadline_ms: 250,
             memory_mb: 32,
+            max_attempts: 3,
+            retry_base_ms: 1000,
+            retry_max_ms: 60_000,
         }
     }
 
@@ -392,6 +466,9 @@ impl LaneConfig {
             fuel: 1_000_000_000,
             deadline_ms: 2000,
             memory_mb: 64,
+            max_attempts: 5,
+            retry_base_ms: 1000,
+            retry_max_ms: 300_000,
         }
     }
 
@@ -405,6 +482,9 @@ impl LaneConfig {
             fuel: 10_000_000_000,
             deadline_ms: 30_000,
             memory_mb: 128,
+            max_attempts: 10,
+            retry_base_ms: 5000,
+            retry_max_ms: 3_600_000,
         }
     }
 }
@@ -418,6 +498,25 @@ pub struct DestinationConfig {
     /// Give up on one attempt after this many ms. Default 5000.
     #[serde(default = "defaults::delivery_timeout_ms")]
     pub timeout_ms: u64,
+    /// Environment variable holding the destination's `whsec_` secret:
+    /// deliveries are then signed per Standard Webhooks. Default: unsigned.
+    pub secret_env: Option<String>,
+    /// Delay before each retry, in ms; the delivery is dead-lettered after
+    /// the last. Each delay is drawn uniformly from (0, delay] (full jitter),
+    /// and a longer `Retry-After` wins. Default 5 s, 5 min, 30 min, 2 h, 5 h,
+    /// 10 h, 10 h.
+    #[serde(default = "defaults::retry_schedule_ms")]
+    pub retry_schedule_ms: Vec<u64>,
+    /// Most attempts per second to this destination. Default 100.
+    #[serde(default = "defaults::rate_per_s")]
+    pub rate_per_s: f64,
+    /// The circuit breaker opens when at least this share of the last 20
+    /// attempts failed (and at least 5 did). Default 0.5.
+    #[serde(default = "defaults::breaker_failure_ratio")]
+    pub breaker_failure_ratio: f64,
+    /// How long an open breaker waits before one probe, in ms. Default 30000.
+    #[serde(default = "defaults::breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
 }
 
 mod defaults {
@@ -453,6 +552,40 @@ mod defaults {
     }
     pub fn delivery_timeout_ms() -> u64 {
         5000
+    }
+    pub fn retry_schedule_ms() -> Vec<u64> {
+        [5, 300, 1800, 7200, 18000, 36000, 36000]
+            .iter()
+            .map(|s| s * 1000)
+            .collect()
+    }
+    pub fn rate_per_s() -> f64 {
+        100.0
+    }
+    pub fn breaker_failure_ratio() -> f64 {
+        0.5
+    }
+    pub fn breaker_cooldown_ms() -> u64 {
+        30_000
+    }
+    pub fn dedup_headers() -> Vec<String> {
+        [
+            "webhook-id",
+            "x-github-delivery",
+            "x-shopify-webhook-id",
+            "idempotency-key",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    pub fn dedup_window_s() -> u64 {
+        86_400
+    }
+    pub fn fsync() -> bool {
+        true
+    }
+    pub fn retention_hours() -> u64 {
+        168
     }
 }
 
@@ -610,6 +743,24 @@ impl Config {
         }
         for (name, destination) in &self.destinations {
             check_name(name).map_err(|e| invalid(format!("destinations.{name}"), e))?;
+            if destination.retry_schedule_ms.len() > 20 {
+                return Err(invalid(
+                    format!("destinations.{name}.retry_schedule_ms"),
+                    "expected at most 20 retries".into(),
+                ));
+            }
+            if destination.rate_per_s.is_nan() || destination.rate_per_s <= 0.0 {
+                return Err(invalid(
+                    format!("destinations.{name}.rate_per_s"),
+                    "expected a positive number".into(),
+                ));
+            }
+            if !(0.0..=1.0).contains(&destination.breaker_failure_ratio) {
+                return Err(invalid(
+                    format!("destinations.{name}.breaker_failure_ratio"),
+                    "expected a ratio between 0 and 1".into(),
+                ));
+            }
             if !matches!(destination.url.scheme(), "http" | "https") {
                 return Err(invalid(
                     format!("destinations.{name}.url"),

@@ -7,7 +7,7 @@ use bytes::Bytes;
 pub type Headers = Vec<(String, String)>;
 
 /// One webhook (or emitted body) to be handled by one campaign.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// UUIDv7 given by the gateway at ingress.
     pub id: String,

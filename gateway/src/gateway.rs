@@ -10,14 +10,18 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
-use crate::actions::{self, Destinations};
-use crate::config::{CampaignConfig, CampaignLimits, Config, Lane};
-use crate::event::{Action, Event, Headers};
+use crate::actions;
+use crate::config::{CampaignConfig, CampaignLimits, Config, Lane, LanesConfig};
+use crate::delivery::{Deliveries, SecretError};
+use crate::event::{now_ms, Action, Event, Headers};
 use crate::lanes::{LaneFull, Lanes};
 use crate::router::Router;
 use crate::runtime::{HostServices, LoadError, Plugin, PluginFailure, Runtime};
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{KvStore, StoreError};
+use crate::store::{
+    Attempt, Committed, DeadItem, Dedup, Enqueued, EventQueue, KvChange, KvStore, NewDelivery,
+    NewWebhook, Outcome, QueuedEvent, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -29,6 +33,8 @@ pub enum StartError {
     Load(#[from] LoadError),
     #[error("cannot start the lane threads: {0}")]
     Lanes(#[from] std::io::Error),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 /// Why handling an event failed.
@@ -59,6 +65,28 @@ impl RunError {
             RunError::ShuttingDown => "shutting_down",
         }
     }
+
+    /// Whether trying again may succeed: deterministic failures (fuel,
+    /// memory, traps, panics, bad output, refused input) would only repeat.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RunError::Plugin(failure) => failure.is_retryable(),
+            RunError::UnknownCampaign(_) => false,
+            RunError::Store(_)
+            | RunError::LaneFull(_)
+            | RunError::QueuedTooLong(_)
+            | RunError::ShuttingDown => true,
+        }
+    }
+}
+
+/// What became of an accepted webhook.
+#[derive(Debug, Clone)]
+pub enum Accepted {
+    /// Stored durably; its events will run.
+    Stored,
+    /// A copy seen within the dedup window; this is the first copy's id.
+    Duplicate { event_id: String },
 }
 
 /// A plugin's answer to a synchronous caller.
@@ -81,10 +109,13 @@ pub struct Gateway {
     campaigns: DashMap<String, Arc<LoadedCampaign>>,
     router: Router,
     lanes: Lanes,
+    lane_configs: LanesConfig,
     kv: Arc<dyn KvStore>,
-    destinations: Destinations,
-    /// Deliveries in flight, so shutdown can wait for them.
-    deliveries: TaskTracker,
+    queue: Arc<dyn EventQueue>,
+    deliveries: Arc<Deliveries>,
+    /// Events sleeping until their retry, so shutdown does not wait on them
+    /// (they are stored and resume after a restart).
+    retries: TaskTracker,
     // Kept alive for the plugins: owns the engine and its epoch ticker.
     _runtime: Runtime,
 }
@@ -93,7 +124,9 @@ impl Gateway {
     /// Open the store, start the lanes and compile every campaign's plugin.
     /// Call it on the ingress runtime: the speed lane runs on its threads.
     pub fn start(config: &Config) -> Result<Arc<Gateway>, StartError> {
-        let kv: Arc<dyn KvStore> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+        let store = Arc::new(EmbeddedStore::open(&config.data_dir, config.store.fsync)?);
+        let kv: Arc<dyn KvStore> = store.clone();
+        let queue: Arc<dyn EventQueue> = store;
         let services = HostServices::new(kv.clone())?;
         let max_memory_mb = config
             .campaigns
@@ -120,19 +153,42 @@ impl Gateway {
             };
             campaigns.insert(name.clone(), Arc::new(loaded));
         }
-        let destinations = Destinations::new(
-            services.http.clone(),
-            config.destinations.clone().into_iter().collect(),
-        );
+        let deliveries =
+            Deliveries::new(queue.clone(), services.http.clone(), &config.destinations)?;
         Ok(Arc::new(Gateway {
             campaigns,
             router: Router::new(config),
             lanes: Lanes::start(&config.lanes, tokio::runtime::Handle::current())?,
+            lane_configs: config.lanes.clone(),
             kv,
-            destinations,
-            deliveries: TaskTracker::new(),
+            queue,
+            deliveries: Arc::new(deliveries),
+            retries: TaskTracker::new(),
             _runtime: runtime,
         }))
+    }
+
+    /// Schedule everything the store holds from before a restart: events
+    /// accepted but not finished, deliveries not yet done.
+    pub async fn resume(self: &Arc<Self>) -> Result<(usize, usize), StoreError> {
+        let (events, deliveries) = self.queue.pending().await?;
+        let counts = (events.len(), deliveries.len());
+        self.schedule(Committed { deliveries, events });
+        Ok(counts)
+    }
+
+    pub fn queue(&self) -> &Arc<dyn EventQueue> {
+        &self.queue
+    }
+
+    /// Run what a commit or a replay stored.
+    pub fn schedule(self: &Arc<Self>, committed: Committed) {
+        for delivery in committed.deliveries {
+            self.deliveries.schedule(delivery);
+        }
+        for event in committed.events {
+            self.schedule_event(event);
+        }
     }
 
     pub fn router(&self) -> &Router {
@@ -178,7 +234,7 @@ impl Gateway {
             self.lanes
                 .try_run_here(lane, &loaded.name, loaded.limits.max_concurrency)
         {
-            return self.run(&loaded, event, deadline).await;
+            return self.run(&loaded, event, deadline, None).await;
         }
         let (answer, answered) = oneshot::channel();
         let queued_at = Instant::now();
@@ -188,7 +244,7 @@ impl Gateway {
                 return; // The caller went away while the event was queued.
             }
             let result = match deadline.checked_sub(queued_at.elapsed()) {
-                Some(left) => gateway.run(&running, &event, left).await,
+                Some(left) => gateway.run(&running, &event, left, None).await,
                 None => Err(RunError::QueuedTooLong(running.config.lane)),
             };
             let _ = answer.send(result);
@@ -196,17 +252,110 @@ impl Gateway {
         answered.await.map_err(|_| RunError::ShuttingDown)?
     }
 
-    /// Queue `event` for `campaign` in its lane, or refuse at once if the
-    /// lane is full; failures of the run itself are logged.
-    pub fn enqueue(self: &Arc<Self>, campaign: &str, event: Event) -> Result<(), RunError> {
-        let loaded = self.loaded(campaign)?;
-        let (gateway, running) = (self.clone(), loaded.clone());
-        self.submit(&loaded, async move {
-            let deadline = Duration::from_millis(running.limits.deadline_ms);
-            if let Err(error) = gateway.run(&running, &event, deadline).await {
-                log_failure(&running, &event, &error);
+    /// Store `event` durably for the async `campaigns`, then run it in
+    /// their lanes. The caller checked the lanes' room first; once stored,
+    /// the events run whatever the lanes' load.
+    pub async fn accept(
+        self: &Arc<Self>,
+        event: Event,
+        campaigns: Vec<String>,
+        dedup: Option<Dedup>,
+    ) -> Result<Accepted, RunError> {
+        let webhook = NewWebhook {
+            event,
+            campaigns,
+            dedup,
+        };
+        match self.queue.enqueue(webhook).await? {
+            Enqueued::Stored(events) => {
+                for event in events {
+                    self.schedule_event(event);
+                }
+                Ok(Accepted::Stored)
             }
+            Enqueued::Duplicate { event_id } => Ok(Accepted::Duplicate { event_id }),
+        }
+    }
+
+    /// Whether `campaign`'s lane could take one more event now.
+    pub fn has_room(&self, campaign: &str) -> bool {
+        self.campaign(campaign).is_none_or(|c| {
+            self.lanes
+                .has_room(c.config.lane, &c.name, c.limits.max_concurrency)
         })
+    }
+
+    /// Run a stored event in its lane once it is due.
+    fn schedule_event(self: &Arc<Self>, queued: QueuedEvent) {
+        let gateway = self.clone();
+        let Some(loaded) = self.campaign(&queued.campaign) else {
+            // The campaign left the config: keep the event for an operator.
+            self.retries.spawn(async move {
+                let error = RunError::UnknownCampaign(queued.campaign.clone());
+                gateway.bury_event(queued, &error).await;
+            });
+            return;
+        };
+        let wait = queued.not_before_ms.saturating_sub(now_ms());
+        let submit = move || {
+            let (lane, name, cap) = (
+                loaded.config.lane,
+                loaded.name.clone(),
+                loaded.limits.max_concurrency,
+            );
+            let worker = gateway.clone();
+            gateway.lanes.submit_admitted(lane, &name, cap, async move {
+                worker.process(&loaded, queued).await
+            });
+        };
+        if wait == 0 {
+            submit();
+        } else {
+            self.retries.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                submit();
+            });
+        }
+    }
+
+    /// Run a stored event; on failure retry it with backoff or bury it.
+    async fn process(self: &Arc<Self>, loaded: &Arc<LoadedCampaign>, mut queued: QueuedEvent) {
+        let deadline = Duration::from_millis(loaded.limits.deadline_ms);
+        let Err(error) = self
+            .run(loaded, &queued.event, deadline, Some(queued.seq))
+            .await
+        else {
+            return;
+        };
+        log_failure(loaded, &queued.event, &error);
+        let policy = self.lane_configs.get(loaded.config.lane);
+        let tries = queued.attempts.len() as u32 + 1;
+        if !error.is_retryable() || tries >= policy.max_attempts {
+            return self.bury_event(queued, &error).await;
+        }
+        queued.attempts.push(attempt(&error));
+        let ceiling = policy
+            .retry_base_ms
+            .saturating_mul(1 << (tries - 1).min(30))
+            .min(policy.retry_max_ms);
+        queued.not_before_ms = now_ms() + fastrand::u64(1..=ceiling.max(1));
+        if let Err(store) = self.queue.retry_event(&queued).await {
+            tracing::error!(campaign = %loaded.name, event = %queued.event.id, error = %store, "Could not store a retry; retrying from memory");
+        }
+        self.schedule_event(queued);
+    }
+
+    async fn bury_event(&self, mut queued: QueuedEvent, error: &RunError) {
+        queued.attempts.push(attempt(error));
+        let (campaign, event) = (queued.campaign.clone(), queued.event.id.clone());
+        match self.queue.bury(DeadItem::Event(queued)).await {
+            Ok(dead) => {
+                tracing::warn!(%campaign, %event, dead_letter = dead.seq, cause = error.cause(), "Event dead-lettered")
+            }
+            Err(store) => {
+                tracing::error!(%campaign, %event, error = %store, "Could not dead-letter an event; it runs again after a restart")
+            }
+        }
     }
 
     fn submit(
@@ -220,17 +369,25 @@ impl Gateway {
             .submit(lane, &loaded.name, loaded.limits.max_concurrency, work)?)
     }
 
+    /// Run the plugin and commit what it asked for — KV changes,
+    /// deliveries, emitted events and the acknowledgement of `ack` — in one
+    /// durable commit, then schedule the deliveries and events.
     async fn run(
         self: &Arc<Self>,
         loaded: &Arc<LoadedCampaign>,
         event: &Event,
         deadline: Duration,
+        ack: Option<u64>,
     ) -> Result<Option<Reply>, RunError> {
         let actions = loaded.plugin.handle(event, deadline).await?;
         actions::check(&loaded.config, &loaded.name, &actions)?;
-        let namespace = &loaded.plugin.sandbox().kv_namespace;
         let mut reply = None;
-        for action in actions {
+        let mut outcome = Outcome {
+            ack,
+            kv_namespace: loaded.plugin.sandbox().kv_namespace.clone(),
+            ..Outcome::default()
+        };
+        for (index, action) in actions.into_iter().enumerate() {
             match action {
                 Action::Respond {
                     status,
@@ -247,79 +404,86 @@ impl Gateway {
                     key,
                     value,
                     ttl_seconds,
-                } => {
-                    let ttl = ttl_seconds.map(|s| Duration::from_secs(s.into()));
-                    self.kv.set(namespace, &key, &value, ttl).await?;
-                }
-                Action::KvDelete { key } => self.kv.delete(namespace, &key).await?,
+                } => outcome.kv.push(KvChange::Set {
+                    key,
+                    value,
+                    ttl: ttl_seconds.map(|s| Duration::from_secs(s.into())),
+                }),
+                Action::KvDelete { key } => outcome.kv.push(KvChange::Delete { key }),
                 Action::Deliver {
                     destination,
                     headers,
                     body,
-                } => self.deliver(loaded, event, destination, headers, body),
+                } => outcome.deliveries.push(NewDelivery {
+                    // Stable across re-runs of the event, so a destination
+                    // can deduplicate by `webhook-id`.
+                    id: format!("msg_{}_{index}", event.id),
+                    campaign: loaded.name.to_string(),
+                    event_id: event.id.clone(),
+                    destination,
+                    headers,
+                    body,
+                }),
                 Action::Emit {
                     campaign,
                     body,
                     content_type,
-                } => self.emit(loaded, event, &campaign, body, content_type),
+                } => outcome.emitted.push(emitted(
+                    loaded,
+                    event,
+                    index,
+                    campaign,
+                    body,
+                    content_type,
+                )),
             }
         }
+        let committed = self.queue.commit(outcome).await?;
+        self.schedule(committed);
         Ok(reply)
     }
 
-    /// Hand `body` to `campaign` as a new event in its lane.
-    fn emit(
-        self: &Arc<Self>,
-        loaded: &LoadedCampaign,
-        parent: &Event,
-        campaign: &str,
-        body: Bytes,
-        content_type: Option<String>,
-    ) {
-        let headers = vec![
-            ("hooklane-emitted-by".to_owned(), loaded.name.to_string()),
-            ("hooklane-parent-event".to_owned(), parent.id.clone()),
-        ];
-        let source = format!("campaign:{}", loaded.name);
-        let emitted = Event::new(source, headers, body, content_type);
-        if let Err(error) = self.enqueue(campaign, emitted) {
-            // Not durable yet: the durable queue will hold emitted events.
-            tracing::error!(
-                campaign = %loaded.name,
-                event = %parent.id,
-                target = campaign,
-                %error,
-                "Dropped an emitted event"
-            );
-        }
-    }
-
-    /// Post to a destination in the background so the caller does not wait
-    /// on a third party.
-    fn deliver(
-        self: &Arc<Self>,
-        loaded: &Arc<LoadedCampaign>,
-        event: &Event,
-        destination: String,
-        headers: Headers,
-        body: Bytes,
-    ) {
-        let gateway = self.clone();
-        let loaded = loaded.clone();
-        let event_id = event.id.clone();
-        self.deliveries.spawn(async move {
-            match gateway.destinations.deliver(&destination, &headers, body).await {
-                Ok(status) => tracing::debug!(campaign = %loaded.name, event = %event_id, destination, status, "Delivered"),
-                Err(error) => tracing::warn!(campaign = %loaded.name, event = %event_id, %error, "Delivery failed"),
-            }
-        });
-    }
-
-    /// Wait for background work (async campaigns, deliveries) to finish.
+    /// Wait for the events and deliveries in flight to finish. Events
+    /// waiting for a retry are stored and resume after a restart.
     pub async fn drain(&self) {
         self.lanes.drain().await;
-        self.deliveries.close();
-        self.deliveries.wait().await;
+        self.deliveries.idle().await;
+    }
+}
+
+/// The event another campaign emitted. Its id derives from the parent's, so
+/// a re-run of the parent emits the same event again, recognisably.
+fn emitted(
+    loaded: &LoadedCampaign,
+    parent: &Event,
+    index: usize,
+    campaign: String,
+    body: Bytes,
+    content_type: Option<String>,
+) -> NewWebhook {
+    let headers = vec![
+        ("hooklane-emitted-by".to_owned(), loaded.name.to_string()),
+        ("hooklane-parent-event".to_owned(), parent.id.clone()),
+    ];
+    let mut event = Event::new(
+        format!("campaign:{}", loaded.name),
+        headers,
+        body,
+        content_type,
+    );
+    event.id = format!("{}.{index}", parent.id);
+    NewWebhook {
+        event,
+        campaigns: vec![campaign],
+        dedup: None,
+    }
+}
+
+fn attempt(error: &RunError) -> Attempt {
+    Attempt {
+        at_ms: now_ms(),
+        cause: error.cause().into(),
+        detail: error.to_string(),
     }
 }
 

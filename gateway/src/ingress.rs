@@ -4,7 +4,9 @@
 //! verification and deduplication land here with the security issue. Must
 //! never touch wasmtime.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -15,23 +17,32 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
+use crate::config::{Config, DedupConfig};
 use crate::error::ApiError;
 use crate::event::{Event, Headers};
-use crate::gateway::{log_failure, Gateway, RunError};
+use crate::gateway::{log_failure, Accepted, Gateway, RunError};
+use crate::store::Dedup;
 
 struct Ingress {
     gateway: Arc<Gateway>,
     max_body_bytes: usize,
+    dedup: HashMap<String, DedupConfig>,
 }
 
 /// The source-facing routes.
-pub fn routes(gateway: Arc<Gateway>, max_body_bytes: usize) -> Router {
+pub fn routes(gateway: Arc<Gateway>, config: &Config) -> Router {
+    let dedup = config
+        .sources
+        .iter()
+        .map(|(name, source)| (name.clone(), source.dedup.clone()))
+        .collect();
     Router::new()
         .route("/hooks/{source}", post(receive))
         .fallback(not_found)
         .with_state(Arc::new(Ingress {
             gateway,
-            max_body_bytes,
+            max_body_bytes: config.max_body_kb << 10,
+            dedup,
         }))
 }
 
@@ -65,36 +76,42 @@ async fn receive(
         .map(str::to_owned);
     let event = Event::new(source, headers(&parts.headers), body, content_type);
 
-    // Refuse before queuing anything when a lane is already full, so an
-    // early 429 is the common answer to overload. (A lane filling up between
-    // the check and the queuing still refuses; the campaigns queued before
-    // it run, and the sender's retry may run them again: at-least-once.)
-    let full_lane = route
-        .async_campaigns
-        .iter()
-        .filter_map(|c| gateway.campaign(c))
-        .find(|c| {
-            !gateway
-                .lanes()
-                .has_room(c.config.lane, &c.name, c.limits.max_concurrency)
-        })
-        .map(|c| c.config.lane);
-    if let Some(lane) = full_lane {
-        return Err(ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, lane));
-    }
-    for campaign in &route.async_campaigns {
-        if let Err(error) = gateway.enqueue(campaign, event.clone()) {
-            return Err(match error {
-                RunError::LaneFull(full) => {
-                    ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, full.lane)
-                }
-                other => ApiError::internal(campaign, &event.id, &other),
-            });
+    let mut accepted = json!({ "event_id": event.id, "campaigns": route.async_campaigns });
+    if !route.async_campaigns.is_empty() {
+        // Refuse before storing anything when a lane is already full, so
+        // overload is answered early and never by an unbounded backlog.
+        if let Some(full) = route.async_campaigns.iter().find(|c| !gateway.has_room(c)) {
+            let lane = gateway.campaign(full).map(|c| c.config.lane);
+            return Err(ApiError::overloaded(
+                StatusCode::TOO_MANY_REQUESTS,
+                lane.unwrap_or(crate::config::Lane::Care),
+            ));
+        }
+        let dedup = ingress
+            .dedup
+            .get(&event.source)
+            .and_then(|config| dedup_key(&event, config));
+        match gateway
+            .accept(event.clone(), route.async_campaigns.clone(), dedup)
+            .await
+        {
+            Ok(Accepted::Stored) => {}
+            Ok(Accepted::Duplicate { event_id }) => {
+                accepted["event_id"] = event_id.into();
+                accepted["duplicate"] = true.into();
+            }
+            Err(error) => {
+                tracing::error!(source = %event.source, event = %event.id, %error, "Could not store an event");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the event could not be stored; nothing was accepted",
+                ));
+            }
         }
     }
     let Some(campaign) = &route.sync_campaign else {
-        let body = json!({ "event_id": event.id, "campaigns": route.async_campaigns });
-        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+        return Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response());
     };
     match gateway.run_sync(campaign, &event).await {
         Ok(Some(reply)) => {
@@ -152,6 +169,30 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
             format!("the body could not be read: {e}"),
         )),
     }
+}
+
+/// The sender's id of this webhook: the first configured header present,
+/// else the JSON pointer into the body.
+fn dedup_key(event: &Event, config: &DedupConfig) -> Option<Dedup> {
+    let header = config.headers.iter().find_map(|name| {
+        event
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    });
+    let id = header.or_else(|| {
+        let pointer = config.json_pointer.as_deref()?;
+        let body: serde_json::Value = serde_json::from_slice(&event.body).ok()?;
+        match body.pointer(pointer)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    })?;
+    (!id.is_empty() && config.window_s > 0).then(|| Dedup {
+        key: format!("{}/{id}", event.source),
+        window: Duration::from_secs(config.window_s),
+    })
 }
 
 fn headers(map: &HeaderMap) -> Headers {

@@ -110,7 +110,23 @@ impl Lanes {
         work: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), LaneFull> {
         self.get(lane)
-            .submit(campaign, campaign_cap, Box::pin(work))
+            .submit(campaign, campaign_cap, Box::pin(work), Admission::Checked)
+    }
+
+    /// Queue `work` that was already admitted and persisted (a stored event,
+    /// a retry, a restart's backlog): it must run, so the queue bound does
+    /// not apply.
+    pub fn submit_admitted(
+        &self,
+        lane: Lane,
+        campaign: &Arc<str>,
+        campaign_cap: usize,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let admitted =
+            self.get(lane)
+                .submit(campaign, campaign_cap, Box::pin(work), Admission::Admitted);
+        debug_assert!(admitted.is_ok(), "admitted work is never refused");
     }
 
     /// Whether `lane` could take one more event of `campaign` right now.
@@ -144,6 +160,13 @@ struct LaneScheduler {
     /// The lane's own threads, if it has them; `shared.threads` is a handle
     /// to whichever threads it runs on.
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Whether the queue bound applies to a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Checked,
+    Admitted,
 }
 
 /// Where a lane's work runs.
@@ -230,10 +253,16 @@ impl LaneScheduler {
         }
     }
 
-    fn submit(&self, campaign: &Arc<str>, cap: usize, work: Work) -> Result<(), LaneFull> {
+    fn submit(
+        &self,
+        campaign: &Arc<str>,
+        cap: usize,
+        work: Work,
+        admission: Admission,
+    ) -> Result<(), LaneFull> {
         let ready = {
             let mut state = self.shared.lock();
-            if !state.admits(campaign, cap) {
+            if admission == Admission::Checked && !state.admits(campaign, cap) {
                 return Err(LaneFull {
                     lane: self.lane,
                     queued: state.queued,
@@ -410,11 +439,11 @@ mod tests {
         let a: Arc<str> = "a".into();
         let (first, release_first) = gated(&started, "first");
         let (second, release_second) = gated(&started, "second");
-        lane.submit(&a, 10, first).unwrap();
-        lane.submit(&a, 10, second).unwrap();
+        lane.submit(&a, 10, first, Admission::Checked).unwrap();
+        lane.submit(&a, 10, second, Admission::Checked).unwrap();
         let (third, _) = gated(&started, "third");
         assert_eq!(
-            lane.submit(&a, 10, third),
+            lane.submit(&a, 10, third, Admission::Checked),
             Err(LaneFull {
                 lane: Lane::Segmentation,
                 queued: 1
@@ -444,11 +473,11 @@ mod tests {
         // One runs (cap 1), one waits; the free run slots are no room for a.
         for _ in 0..2 {
             let (work, release) = gated(&started, "a");
-            lane.submit(&a, 1, work).unwrap();
+            lane.submit(&a, 1, work, Admission::Checked).unwrap();
             releases.push(release);
         }
         let (work, _) = gated(&started, "a");
-        assert!(lane.submit(&a, 1, work).is_err());
+        assert!(lane.submit(&a, 1, work, Admission::Checked).is_err());
         assert_eq!(
             lane.depth(),
             LaneDepth {
@@ -458,7 +487,8 @@ mod tests {
         );
         // Another campaign can still start in a free slot.
         let (work, release) = gated(&started, "b");
-        lane.submit(&"b".into(), 1, work).unwrap();
+        lane.submit(&"b".into(), 1, work, Admission::Checked)
+            .unwrap();
         releases.push(release);
         for release in releases {
             let _ = release.send(());
@@ -474,11 +504,11 @@ mod tests {
         let mut releases = Vec::new();
         for _ in 0..5 {
             let (work, release) = gated(&started, "greedy");
-            lane.submit(&greedy, 2, work).unwrap();
+            lane.submit(&greedy, 2, work, Admission::Checked).unwrap();
             releases.push(release);
         }
         let (work, release_polite) = gated(&started, "polite");
-        lane.submit(&polite, 2, work).unwrap();
+        lane.submit(&polite, 2, work, Admission::Checked).unwrap();
         // greedy is capped at 2 runs, so polite starts despite queuing last.
         let mut first_three = vec![];
         for _ in 0..3 {
@@ -506,13 +536,18 @@ mod tests {
         let (started, mut starts) = mpsc::unbounded_channel();
         let (blocker, release_blocker) = gated(&started, "blocker");
         let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
-        lane.submit(&c, 10, blocker).unwrap();
+        lane.submit(&c, 10, blocker, Admission::Checked).unwrap();
         assert_eq!(starts.recv().await, Some("blocker"));
         let mut releases: HashMap<&str, VecDeque<oneshot::Sender<()>>> = HashMap::new();
         for name in ["a", "a", "a", "b"] {
             let (work, release) = gated(&started, name);
-            lane.submit(if name == "a" { &a } else { &b }, 10, work)
-                .unwrap();
+            lane.submit(
+                if name == "a" { &a } else { &b },
+                10,
+                work,
+                Admission::Checked,
+            )
+            .unwrap();
             releases.entry(name).or_default().push_back(release);
         }
         release_blocker.send(()).unwrap();

@@ -10,6 +10,7 @@ pub mod actions;
 pub mod admin;
 pub mod bench;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod gateway;

@@ -9,6 +9,26 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::gateway::{Gateway, StartError};
 
+/// How often expired dedup records, KV values and old dead letters are swept.
+const RETENTION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keep the data directory from growing without bound.
+fn spawn_retention(gateway: &std::sync::Arc<Gateway>, retention_hours: u64) {
+    let queue = gateway.queue().clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(RETENTION_SWEEP);
+        loop {
+            every.tick().await;
+            let cutoff = crate::event::now_ms().saturating_sub(retention_hours * 3_600_000);
+            match queue.purge(cutoff).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "Swept expired records"),
+                Err(error) => tracing::warn!(%error, "Retention sweep failed"),
+            }
+        }
+    });
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
@@ -39,6 +59,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let gateway = tokio::task::block_in_place(|| Gateway::start(&config))?;
+    let (events, deliveries) = gateway.resume().await.map_err(StartError::Store)?;
+    if events + deliveries > 0 {
+        tracing::info!(
+            events,
+            deliveries,
+            "Resumed stored work from before the restart"
+        );
+    }
+    spawn_retention(&gateway, config.store.dead_letter_retention_hours);
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -61,7 +90,7 @@ pub async fn serve(
     };
     let ingress = axum::serve(
         ingress_listener,
-        crate::ingress::routes(gateway.clone(), config.max_body_kb << 10),
+        crate::ingress::routes(gateway.clone(), &config),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let admin = axum::serve(

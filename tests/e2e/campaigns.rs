@@ -213,7 +213,7 @@ async fn personal_offer_depends_on_the_profile_and_the_allowlist() {
         .await;
     assert_eq!(refused.status, 502);
     let body = refused.json();
-    assert_eq!(body["cause"], "plugin_error");
+    assert_eq!(body["cause"], "unavailable");
     assert!(
         body["detail"].as_str().unwrap().contains("allowed_hosts"),
         "{body}"

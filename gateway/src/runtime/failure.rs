@@ -28,6 +28,8 @@ pub enum PluginFailure {
     FetchTimeout(String),
     #[error("refused the event as invalid input: {0}")]
     InvalidInput(String),
+    #[error("reported that a dependency is unavailable: {0}")]
+    Unavailable(String),
     #[error("reported a failure: {0}")]
     Failed(String),
     #[error("returned an action it may not take: {0}")]
@@ -37,6 +39,17 @@ pub enum PluginFailure {
 }
 
 impl PluginFailure {
+    /// Whether the same event may succeed later: time and dependencies
+    /// change, the plugin's code and its input do not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            PluginFailure::Deadline(_)
+                | PluginFailure::FetchTimeout(_)
+                | PluginFailure::Unavailable(_)
+        )
+    }
+
     /// Stable, low-cardinality name of the cause, for JSON bodies and metrics.
     pub fn cause(&self) -> &'static str {
         match self {
@@ -48,6 +61,7 @@ impl PluginFailure {
             PluginFailure::OutputTooLarge { .. } => "output_too_large",
             PluginFailure::FetchTimeout(_) => "fetch_timeout",
             PluginFailure::InvalidInput(_) => "invalid_input",
+            PluginFailure::Unavailable(_) => "unavailable",
             PluginFailure::Failed(_) => "plugin_error",
             PluginFailure::BadOutput(_) => "bad_output",
             PluginFailure::Instantiate(_) => "instantiate",
@@ -85,7 +99,7 @@ pub(super) fn from_plugin_error(error: PluginError, state: &PluginState) -> Plug
         PluginError::InvalidInput(message) => PluginFailure::InvalidInput(message),
         PluginError::Unavailable(message) => match &state.timed_out_fetch {
             Some(url) => PluginFailure::FetchTimeout(url.clone()),
-            None => PluginFailure::Failed(message),
+            None => PluginFailure::Unavailable(message),
         },
         PluginError::Internal(message) => PluginFailure::Failed(message),
     }

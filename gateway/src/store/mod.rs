@@ -1,17 +1,25 @@
-//! Storage behind small traits: plugin key-value state today, the event queue
-//! with the durability work. Backends: [`embedded`] (redb in the data
-//! directory). Must never know about HTTP or plugins.
+//! Storage behind small traits: plugin key-value state ([`KvStore`]) and the
+//! durable event queue with its outbox and dead letters ([`EventQueue`]).
+//! Backends: [`embedded`] (redb in the data directory); the operations map
+//! one to one onto NATS JetStream (streams with ack / nak-with-delay /
+//! redelivery count, KV buckets) for the scale-out backend. Must never know
+//! about HTTP or plugins.
 
 pub mod embedded;
 
 use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, Headers};
 
 /// Largest key a plugin may use, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
 /// Largest value a plugin may store, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
     TooLarge(String),
@@ -52,4 +60,195 @@ pub fn check_sizes(key: &str, value: &[u8]) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// One failed try of an event or a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it ended, ms since the epoch.
+    pub at_ms: u64,
+    /// Low-cardinality cause (`deadline`, `http_503`, ...).
+    pub cause: String,
+    /// What happened, for an operator.
+    pub detail: String,
+}
+
+/// An event of one campaign, stored until its campaign has run it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedEvent {
+    /// Position in the queue, unique for the store's lifetime.
+    pub seq: u64,
+    pub campaign: String,
+    pub event: Event,
+    /// Failed tries so far: the redelivery count is its length.
+    pub attempts: Vec<Attempt>,
+    /// Not to be run before this time (retry backoff), ms since the epoch.
+    pub not_before_ms: u64,
+}
+
+/// A webhook to persist: one event for each of its campaigns.
+#[derive(Debug, Clone)]
+pub struct NewWebhook {
+    pub event: Event,
+    pub campaigns: Vec<String>,
+    /// The sender's id for this webhook and how long to remember it.
+    pub dedup: Option<Dedup>,
+}
+
+/// The identity of a webhook for deduplication.
+#[derive(Debug, Clone)]
+pub struct Dedup {
+    /// Source name and the sender's id, e.g. `shop/evt_123`.
+    pub key: String,
+    pub window: Duration,
+}
+
+/// What [`EventQueue::enqueue`] did.
+#[derive(Debug, Clone)]
+pub enum Enqueued {
+    /// Stored: these events are now durable.
+    Stored(Vec<QueuedEvent>),
+    /// Seen within the dedup window: nothing stored; the first event's id.
+    Duplicate { event_id: String },
+}
+
+/// A call to a destination, stored until it succeeded or was given up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedDelivery {
+    pub seq: u64,
+    /// Stable across retries and re-runs: the `webhook-id` the destination
+    /// sees, so it can deduplicate.
+    pub id: String,
+    pub campaign: String,
+    pub event_id: String,
+    pub destination: String,
+    pub headers: Headers,
+    pub body: Bytes,
+    pub attempts: Vec<Attempt>,
+    pub not_before_ms: u64,
+}
+
+/// A delivery a plugin asked for, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub campaign: String,
+    pub event_id: String,
+    pub destination: String,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+/// A key-value change a plugin asked for.
+#[derive(Debug, Clone)]
+pub enum KvChange {
+    Set {
+        key: String,
+        value: Bytes,
+        ttl: Option<Duration>,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+/// Everything a successful run changes, committed atomically together with
+/// the acknowledgement of the event that caused it.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The queued event this completes, if it came from the queue.
+    pub ack: Option<u64>,
+    pub kv_namespace: String,
+    pub kv: Vec<KvChange>,
+    pub deliveries: Vec<NewDelivery>,
+    pub emitted: Vec<NewWebhook>,
+}
+
+/// What a committed [`Outcome`] scheduled.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    pub deliveries: Vec<QueuedDelivery>,
+    pub events: Vec<QueuedEvent>,
+}
+
+/// Something that was given up on, kept for inspection and replay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The dead letter's id.
+    pub seq: u64,
+    pub dead_at_ms: u64,
+    pub item: DeadItem,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DeadItem {
+    Event(QueuedEvent),
+    Delivery(QueuedDelivery),
+}
+
+impl DeadLetter {
+    pub fn campaign(&self) -> &str {
+        match &self.item {
+            DeadItem::Event(e) => &e.campaign,
+            DeadItem::Delivery(d) => &d.campaign,
+        }
+    }
+
+    pub fn attempts(&self) -> &[Attempt] {
+        match &self.item {
+            DeadItem::Event(e) => &e.attempts,
+            DeadItem::Delivery(d) => &d.attempts,
+        }
+    }
+}
+
+/// Which dead letters to list or replay.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    pub campaign: Option<String>,
+    /// Died at or after, ms since the epoch.
+    pub since_ms: Option<u64>,
+    /// Died before, ms since the epoch.
+    pub until_ms: Option<u64>,
+}
+
+impl DeadLetterFilter {
+    pub fn matches(&self, dead: &DeadLetter) -> bool {
+        self.campaign
+            .as_deref()
+            .is_none_or(|c| c == dead.campaign())
+            && self.since_ms.is_none_or(|t| dead.dead_at_ms >= t)
+            && self.until_ms.is_none_or(|t| dead.dead_at_ms < t)
+    }
+}
+
+/// The durable event queue, outbox and dead letters. Every method that
+/// changes state returns once the change is durable (group-committed).
+///
+/// Leases are in memory: an event handed to a lane is leased until acked,
+/// retried or dead-lettered; after a crash every unacknowledged event and
+/// delivery comes back from [`EventQueue::pending`] (at-least-once).
+#[async_trait::async_trait]
+pub trait EventQueue: Send + Sync + 'static {
+    /// Persist a webhook's events, unless its dedup key was seen in its window.
+    async fn enqueue(&self, webhook: NewWebhook) -> Result<Enqueued, StoreError>;
+    /// Commit a run's effects and acknowledge its event, atomically.
+    async fn commit(&self, outcome: Outcome) -> Result<Committed, StoreError>;
+    /// Keep the event for another try after its `not_before_ms` (a nack with
+    /// delay; `attempts` is the redelivery count).
+    async fn retry_event(&self, event: &QueuedEvent) -> Result<(), StoreError>;
+    /// The delivery succeeded: forget it.
+    async fn delivered(&self, seq: u64) -> Result<(), StoreError>;
+    /// Keep the delivery for another try after its `not_before_ms`.
+    async fn retry_delivery(&self, delivery: &QueuedDelivery) -> Result<(), StoreError>;
+    /// Give up on an event or delivery: move it to the dead letters.
+    async fn bury(&self, item: DeadItem) -> Result<DeadLetter, StoreError>;
+    /// Every stored event and delivery not yet done, for a restart.
+    async fn pending(&self) -> Result<(Vec<QueuedEvent>, Vec<QueuedDelivery>), StoreError>;
+    /// Dead letters matching `filter`, oldest first.
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Move dead letters back to the queue or outbox with a fresh history.
+    async fn replay(&self, seqs: &[u64]) -> Result<Committed, StoreError>;
+    /// Drop dead letters and dedup records older than `before_ms`.
+    async fn purge(&self, before_ms: u64) -> Result<usize, StoreError>;
 }

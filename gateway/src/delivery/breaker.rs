@@ -1,0 +1,134 @@
+//! A circuit breaker per destination: open after a failure ratio over the
+//! recent attempts, then one half-open probe after a cooldown.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Attempts remembered for the failure ratio.
+const WINDOW: usize = 20;
+/// Fewest failures before the breaker may open, so one early failure does
+/// not stop a destination.
+const MIN_FAILURES: usize = 5;
+
+/// Whether an attempt may go.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Permit {
+    Go,
+    Wait(Duration),
+}
+
+#[derive(Debug)]
+enum State {
+    Closed,
+    Open {
+        until: Instant,
+    },
+    /// One probe is out; everyone else waits for its result.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    failure_ratio: f64,
+    cooldown: Duration,
+    recent: VecDeque<bool>,
+    state: State,
+}
+
+impl Breaker {
+    pub fn new(failure_ratio: f64, cooldown: Duration) -> Self {
+        Self {
+            failure_ratio,
+            cooldown,
+            recent: VecDeque::with_capacity(WINDOW),
+            state: State::Closed,
+        }
+    }
+
+    pub fn permit(&mut self) -> Permit {
+        match self.state {
+            State::Closed => Permit::Go,
+            State::Open { until } => {
+                let now = Instant::now();
+                if now >= until {
+                    self.state = State::HalfOpen;
+                    Permit::Go
+                } else {
+                    Permit::Wait(until - now)
+                }
+            }
+            State::HalfOpen => Permit::Wait(self.cooldown),
+        }
+    }
+
+    pub fn record(&mut self, success: bool) {
+        if matches!(self.state, State::HalfOpen) {
+            self.state = if success {
+                self.recent.clear();
+                State::Closed
+            } else {
+                State::Open {
+                    until: Instant::now() + self.cooldown,
+                }
+            };
+            return;
+        }
+        if self.recent.len() == WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(success);
+        let failures = self.recent.iter().filter(|ok| !**ok).count();
+        if failures >= MIN_FAILURES
+            && failures as f64 >= self.failure_ratio * self.recent.len() as f64
+        {
+            self.state = State::Open {
+                until: Instant::now() + self.cooldown,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_on_failures_and_closes_after_a_good_probe() {
+        let mut breaker = Breaker::new(0.5, Duration::from_millis(0));
+        for _ in 0..4 {
+            breaker.record(false);
+            assert_eq!(
+                breaker.permit(),
+                Permit::Go,
+                "fewer than 5 failures keep it closed"
+            );
+        }
+        breaker.record(false);
+        // Open, with a zero cooldown: the next permit is the half-open probe.
+        assert_eq!(breaker.permit(), Permit::Go);
+        assert!(
+            matches!(breaker.permit(), Permit::Wait(_)),
+            "one probe at a time"
+        );
+        breaker.record(true);
+        assert_eq!(breaker.permit(), Permit::Go);
+    }
+
+    #[test]
+    fn a_failed_probe_opens_it_again() {
+        let mut breaker = Breaker::new(0.5, Duration::from_secs(60));
+        for _ in 0..5 {
+            breaker.record(false);
+        }
+        assert!(matches!(breaker.permit(), Permit::Wait(w) if w > Duration::from_secs(50)));
+    }
+
+    #[test]
+    fn successes_keep_the_ratio_low() {
+        let mut breaker = Breaker::new(0.5, Duration::from_secs(60));
+        for i in 0..40 {
+            breaker.record(i % 3 != 0);
+        }
+        assert_eq!(breaker.permit(), Permit::Go);
+    }
+}

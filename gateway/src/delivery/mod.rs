@@ -1,0 +1,320 @@
+//! Deliveries: carrying out plugins' `deliver` actions from the durable
+//! outbox. Each delivery is retried on a per-destination schedule with full
+//! jitter (a longer `Retry-After` wins), signed per Standard Webhooks with
+//! the same `webhook-id` on every try, paced by a per-destination rate limit
+//! and held back by a circuit breaker while its destination is failing, so a
+//! dead destination costs nothing but timers. `410 Gone` disables the
+//! destination; after the last try the delivery becomes a dead letter with
+//! every attempt. Must never run plugins.
+
+mod breaker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use tokio_util::task::TaskTracker;
+
+use crate::config::DestinationConfig;
+use crate::event::now_ms;
+use crate::store::{Attempt, DeadItem, EventQueue, QueuedDelivery};
+use breaker::{Breaker, Permit};
+
+/// A destination and what the gateway knows of it.
+struct Destination {
+    name: String,
+    config: DestinationConfig,
+    /// The decoded `whsec_` secret, if deliveries are signed.
+    secret: Option<Vec<u8>>,
+    /// Set by a `410 Gone`: nothing more is sent there.
+    disabled: AtomicBool,
+    breaker: Mutex<Breaker>,
+    /// When the rate limit lets the next attempt go.
+    next_slot: Mutex<Instant>,
+}
+
+/// A destination's secret could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("destination `{destination}`: {reason}")]
+pub struct SecretError {
+    destination: String,
+    reason: String,
+}
+
+/// The delivery worker: schedules every stored delivery until done.
+pub struct Deliveries {
+    queue: Arc<dyn EventQueue>,
+    client: reqwest::Client,
+    destinations: HashMap<String, Arc<Destination>>,
+    running: TaskTracker,
+}
+
+/// How one attempt ended.
+enum Tried {
+    Delivered,
+    /// Retry unless out of tries; the destination may ask for a minimum wait.
+    Failed {
+        attempt: Attempt,
+        retry_after: Option<Duration>,
+    },
+    /// `410 Gone` or a destination disabled earlier: never retry.
+    Gone(Attempt),
+}
+
+impl Deliveries {
+    pub fn new(
+        queue: Arc<dyn EventQueue>,
+        client: reqwest::Client,
+        configs: &std::collections::BTreeMap<String, DestinationConfig>,
+    ) -> Result<Self, SecretError> {
+        let mut destinations = HashMap::new();
+        for (name, config) in configs {
+            let secret = config
+                .secret_env
+                .as_deref()
+                .map(|env| {
+                    whsec_secret(env).map_err(|reason| SecretError {
+                        destination: name.clone(),
+                        reason,
+                    })
+                })
+                .transpose()?;
+            destinations.insert(
+                name.clone(),
+                Arc::new(Destination {
+                    name: name.clone(),
+                    breaker: Mutex::new(Breaker::new(
+                        config.breaker_failure_ratio,
+                        Duration::from_millis(config.breaker_cooldown_ms),
+                    )),
+                    config: config.clone(),
+                    secret,
+                    disabled: AtomicBool::new(false),
+                    next_slot: Mutex::new(Instant::now()),
+                }),
+            );
+        }
+        Ok(Deliveries {
+            queue,
+            client,
+            destinations,
+            running: TaskTracker::new(),
+        })
+    }
+
+    /// Keep trying `delivery` in the background until it is delivered or
+    /// buried.
+    pub fn schedule(self: &Arc<Self>, delivery: QueuedDelivery) {
+        let deliveries = self.clone();
+        self.running
+            .spawn(async move { deliveries.run(delivery).await });
+    }
+
+    /// Wait for deliveries in flight (new ones are still accepted).
+    pub async fn idle(&self) {
+        self.running.close();
+        self.running.wait().await;
+        self.running.reopen();
+    }
+
+    async fn run(&self, mut delivery: QueuedDelivery) {
+        let Some(destination) = self.destinations.get(&delivery.destination).cloned() else {
+            let attempt = attempt("unknown_destination", "the destination is not configured");
+            return self.bury(delivery, attempt).await;
+        };
+        loop {
+            sleep_until_ms(delivery.not_before_ms).await;
+            let tried = match destination.permit() {
+                Permit::Wait(wait) => {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Permit::Go => self.attempt(&destination, &delivery).await,
+            };
+            match tried {
+                Tried::Delivered => {
+                    if let Err(error) = self.queue.delivered(delivery.seq).await {
+                        tracing::error!(delivery = %delivery.id, %error, "Could not record a delivery; it may be sent again");
+                    }
+                    tracing::debug!(delivery = %delivery.id, destination = %destination.name, "Delivered");
+                    return;
+                }
+                Tried::Gone(attempt) => return self.bury(delivery, attempt).await,
+                Tried::Failed {
+                    attempt,
+                    retry_after,
+                } => {
+                    tracing::warn!(
+                        campaign = %delivery.campaign,
+                        delivery = %delivery.id,
+                        destination = %destination.name,
+                        cause = %attempt.cause,
+                        "Delivery attempt failed: {}", attempt.detail
+                    );
+                    delivery.attempts.push(attempt);
+                    let Some(delay) = destination.retry_delay(delivery.attempts.len(), retry_after)
+                    else {
+                        let last = delivery.attempts.pop().expect("just pushed");
+                        return self.bury(delivery, last).await;
+                    };
+                    delivery.not_before_ms = now_ms() + delay.as_millis() as u64;
+                    if let Err(error) = self.queue.retry_delivery(&delivery).await {
+                        // Still retried from memory; a restart resumes from the last stored try.
+                        tracing::error!(delivery = %delivery.id, %error, "Could not store a delivery retry");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, destination: &Destination, delivery: &QueuedDelivery) -> Tried {
+        if destination.disabled.load(Ordering::Relaxed) {
+            return Tried::Gone(attempt(
+                "destination_disabled",
+                "the destination answered 410 Gone earlier and is disabled",
+            ));
+        }
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut request = self
+            .client
+            .post(destination.config.url.clone())
+            .timeout(Duration::from_millis(destination.config.timeout_ms))
+            .header("webhook-id", &delivery.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .body(delivery.body.clone());
+        if let Some(secret) = &destination.secret {
+            let signature = sign_standard_webhooks(secret, &delivery.id, timestamp, &delivery.body);
+            request = request.header("webhook-signature", signature);
+        }
+        for (name, value) in &delivery.headers {
+            request = request.header(name, value);
+        }
+        let outcome = request.send().await;
+        let tried = match outcome {
+            Ok(response) if response.status().is_success() => Tried::Delivered,
+            Ok(response) if response.status() == reqwest::StatusCode::GONE => {
+                destination.disabled.store(true, Ordering::Relaxed);
+                tracing::warn!(destination = %destination.name, "Destination answered 410 Gone: disabled");
+                Tried::Gone(attempt("http_410", "the destination answered 410 Gone"))
+            }
+            Ok(response) => {
+                let status = response.status().as_u16();
+                Tried::Failed {
+                    retry_after: retry_after(response.headers()),
+                    attempt: attempt(
+                        &format!("http_{status}"),
+                        &format!("the destination answered {status}"),
+                    ),
+                }
+            }
+            Err(e) if e.is_timeout() => Tried::Failed {
+                retry_after: None,
+                attempt: attempt(
+                    "timeout",
+                    &format!("no answer within {} ms", destination.config.timeout_ms),
+                ),
+            },
+            Err(e) => Tried::Failed {
+                retry_after: None,
+                attempt: attempt("connection", &format!("cannot reach the destination: {e}")),
+            },
+        };
+        destination.record(matches!(tried, Tried::Delivered));
+        tried
+    }
+
+    async fn bury(&self, mut delivery: QueuedDelivery, last: Attempt) {
+        tracing::warn!(
+            campaign = %delivery.campaign,
+            delivery = %delivery.id,
+            destination = %delivery.destination,
+            cause = %last.cause,
+            attempts = delivery.attempts.len() + 1,
+            "Delivery given up: dead-lettered"
+        );
+        delivery.attempts.push(last);
+        if let Err(error) = self.queue.bury(DeadItem::Delivery(delivery)).await {
+            tracing::error!(%error, "Could not dead-letter a delivery; it will be retried after a restart");
+        }
+    }
+}
+
+impl Destination {
+    /// Whether an attempt may go now: the breaker must allow it and the
+    /// rate limit must have a slot.
+    fn permit(&self) -> Permit {
+        if let Permit::Wait(wait) = self.breaker.lock().expect("breaker lock").permit() {
+            return Permit::Wait(wait);
+        }
+        let mut next = self.next_slot.lock().expect("rate lock");
+        let now = Instant::now();
+        if *next > now {
+            return Permit::Wait(*next - now);
+        }
+        *next = now.max(*next) + Duration::from_secs_f64(1.0 / self.config.rate_per_s);
+        Permit::Go
+    }
+
+    fn record(&self, success: bool) {
+        self.breaker.lock().expect("breaker lock").record(success);
+    }
+
+    /// The wait before try number `tries + 1`, or `None` when the schedule is
+    /// exhausted.
+    fn retry_delay(&self, tries: usize, retry_after: Option<Duration>) -> Option<Duration> {
+        let scheduled = *self.config.retry_schedule_ms.get(tries - 1)?;
+        let jittered = Duration::from_millis(fastrand::u64(1..=scheduled.max(1)));
+        Some(retry_after.map_or(jittered, |after| after.max(jittered)))
+    }
+}
+
+fn attempt(cause: &str, detail: &str) -> Attempt {
+    Attempt {
+        at_ms: now_ms(),
+        cause: cause.into(),
+        detail: detail.into(),
+    }
+}
+
+async fn sleep_until_ms(not_before_ms: u64) {
+    let now = now_ms();
+    if not_before_ms > now {
+        tokio::time::sleep(Duration::from_millis(not_before_ms - now)).await;
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare for webhooks and
+/// treated as absent).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    Some(Duration::from_secs(seconds.trim().parse().ok()?))
+}
+
+/// The decoded key of a `whsec_` secret read from the environment variable `env`.
+fn whsec_secret(env: &str) -> Result<Vec<u8>, String> {
+    let value =
+        std::env::var(env).map_err(|_| format!("environment variable `{env}` is not set"))?;
+    let encoded = value
+        .trim()
+        .strip_prefix("whsec_")
+        .ok_or_else(|| format!("`{env}` must hold a `whsec_` secret"))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| format!("`{env}` is not valid base64 after `whsec_`"))
+}
+
+/// `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
+pub fn sign_standard_webhooks(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}

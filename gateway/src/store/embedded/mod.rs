@@ -1,0 +1,613 @@
+//! The embedded backend: one redb database file in the data directory.
+//!
+//! redb is pure Rust, ACID with copy-on-write B-trees and a real fsync on
+//! every durable commit, needs no server, and its single-writer model fits a
+//! gateway that writes small records: every write goes through one
+//! [`writer::Writer`] that group-commits. Reads run on tokio's blocking pool
+//! so no async worker waits on the disk.
+
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{
+    check_sizes, Committed, DeadItem, DeadLetter, DeadLetterFilter, Enqueued, EventQueue, KvChange,
+    KvStore, NewDelivery, NewWebhook, Outcome, QueuedDelivery, QueuedEvent, StoreError,
+};
+use crate::event::now_ms;
+use writer::Writer;
+
+/// Key: `namespace \0 key`; value: 8-byte big-endian expiry in ms since the
+/// epoch (0 = never) followed by the value.
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+/// Queued events by seq (postcard).
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Deliveries not yet done, by seq (postcard).
+const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+/// Dead letters by seq (postcard).
+const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// Dedup key → 8-byte big-endian expiry, then the first event's id.
+const DEDUP: TableDefinition<&str, &[u8]> = TableDefinition::new("dedup");
+
+/// The embedded store; cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writer: Writer,
+    /// Next sequence number for events, deliveries and dead letters.
+    next_seq: Arc<AtomicU64>,
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the store in `data_dir`. With `fsync` off, commits
+    /// are not synced to disk (for benchmarks only).
+    pub fn open(data_dir: &Path, fsync: bool) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Backend(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join("hooklane.redb");
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let tx = db.begin_write().map_err(backend)?;
+        tx.open_table(KV).map_err(backend)?;
+        tx.open_table(DEDUP).map_err(backend)?;
+        let mut last_seq = 0;
+        for table in [EVENTS, DELIVERIES, DEAD] {
+            let table = tx.open_table(table).map_err(backend)?;
+            let last = table.last().map_err(backend)?.map(|(seq, _)| seq.value());
+            last_seq = last_seq.max(last.unwrap_or(0));
+        }
+        tx.commit().map_err(backend)?;
+        let db = Arc::new(db);
+        let writer = Writer::start(db.clone(), fsync).map_err(backend)?;
+        Ok(Self {
+            db,
+            writer,
+            next_seq: Arc::new(AtomicU64::new(last_seq + 1)),
+        })
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || op(&db))
+            .await
+            .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
+    }
+
+    fn seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stamp each webhook's events with sequence numbers (outside the write,
+    /// so the writer thread does no more than write).
+    fn queued_events(&self, webhook: &NewWebhook) -> Vec<QueuedEvent> {
+        webhook
+            .campaigns
+            .iter()
+            .map(|campaign| QueuedEvent {
+                seq: self.seq(),
+                campaign: campaign.clone(),
+                event: webhook.event.clone(),
+                attempts: Vec::new(),
+                not_before_ms: 0,
+            })
+            .collect()
+    }
+
+    fn queued_deliveries(&self, deliveries: Vec<NewDelivery>) -> Vec<QueuedDelivery> {
+        deliveries
+            .into_iter()
+            .map(|d| QueuedDelivery {
+                seq: self.seq(),
+                id: d.id,
+                campaign: d.campaign,
+                event_id: d.event_id,
+                destination: d.destination,
+                headers: d.headers,
+                body: d.body,
+                attempts: Vec::new(),
+                not_before_ms: 0,
+            })
+            .collect()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Backend(format!("corrupt record: {e}")))
+}
+
+fn full_key(namespace: &str, key: &str) -> Vec<u8> {
+    let mut full = Vec::with_capacity(namespace.len() + 1 + key.len());
+    full.extend_from_slice(namespace.as_bytes());
+    full.push(0);
+    full.extend_from_slice(key.as_bytes());
+    full
+}
+
+/// Expiry prefix for a value kept `ttl` from now (0 = forever).
+fn expiry(ttl: Option<Duration>) -> [u8; 8] {
+    ttl.map_or(0, |ttl| now_ms() + ttl.as_millis() as u64)
+        .to_be_bytes()
+}
+
+/// The stored value if its expiry prefix has not passed.
+fn unexpired(stored: &[u8]) -> Option<&[u8]> {
+    let (expiry, value) = stored.split_at(8);
+    let expires_at = u64::from_be_bytes(expiry.try_into().expect("8-byte prefix"));
+    (expires_at == 0 || expires_at > now_ms()).then_some(value)
+}
+
+fn put<T: Serialize>(
+    txn: &WriteTransaction,
+    table: TableDefinition<u64, &[u8]>,
+    seq: u64,
+    value: &T,
+) -> Result<(), StoreError> {
+    txn.open_table(table)
+        .map_err(backend)?
+        .insert(seq, encode(value)?.as_slice())
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn remove(
+    txn: &WriteTransaction,
+    table: TableDefinition<u64, &[u8]>,
+    seq: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut table = txn.open_table(table).map_err(backend)?;
+    let removed = table.remove(seq).map_err(backend)?;
+    Ok(removed.map(|v| v.value().to_vec()))
+}
+
+/// Insert a webhook's events unless its dedup key is alive; decided inside
+/// the write so two concurrent copies cannot both pass.
+fn insert_webhook(
+    txn: &WriteTransaction,
+    webhook: &NewWebhook,
+    events: Vec<QueuedEvent>,
+) -> Result<Enqueued, StoreError> {
+    if let Some(dedup) = &webhook.dedup {
+        let mut seen = txn.open_table(DEDUP).map_err(backend)?;
+        let first = seen
+            .get(dedup.key.as_str())
+            .map_err(backend)?
+            .and_then(|stored| unexpired(stored.value()).map(<[u8]>::to_vec));
+        if let Some(first) = first {
+            return Ok(Enqueued::Duplicate {
+                event_id: String::from_utf8_lossy(&first).into_owned(),
+            });
+        }
+        let mut record = expiry(Some(dedup.window)).to_vec();
+        record.extend_from_slice(webhook.event.id.as_bytes());
+        seen.insert(dedup.key.as_str(), record.as_slice())
+            .map_err(backend)?;
+    }
+    for event in &events {
+        put(txn, EVENTS, event.seq, event)?;
+    }
+    Ok(Enqueued::Stored(events))
+}
+
+#[async_trait::async_trait]
+impl KvStore for EmbeddedStore {
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let full = full_key(namespace, key);
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(KV).map_err(backend)?;
+            let stored = table.get(full.as_slice()).map_err(backend)?;
+            Ok(stored.and_then(|s| unexpired(s.value()).map(<[u8]>::to_vec)))
+        })
+        .await
+    }
+
+    async fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        check_sizes(key, value)?;
+        let change = KvChange::Set {
+            key: key.into(),
+            value: bytes::Bytes::copy_from_slice(value),
+            ttl,
+        };
+        let namespace = namespace.to_owned();
+        self.writer
+            .write(move |txn| apply_kv(txn, &namespace, &[change]))
+            .await
+    }
+
+    async fn delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
+        let change = KvChange::Delete { key: key.into() };
+        let namespace = namespace.to_owned();
+        self.writer
+            .write(move |txn| apply_kv(txn, &namespace, &[change]))
+            .await
+    }
+}
+
+fn apply_kv(
+    txn: &WriteTransaction,
+    namespace: &str,
+    changes: &[KvChange],
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(KV).map_err(backend)?;
+    for change in changes {
+        match change {
+            KvChange::Set { key, value, ttl } => {
+                let mut stored = expiry(*ttl).to_vec();
+                stored.extend_from_slice(value);
+                table
+                    .insert(full_key(namespace, key).as_slice(), stored.as_slice())
+                    .map_err(backend)?;
+            }
+            KvChange::Delete { key } => {
+                table
+                    .remove(full_key(namespace, key).as_slice())
+                    .map_err(backend)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl EventQueue for EmbeddedStore {
+    async fn enqueue(&self, webhook: NewWebhook) -> Result<Enqueued, StoreError> {
+        let events = self.queued_events(&webhook);
+        self.writer
+            .write(move |txn| insert_webhook(txn, &webhook, events))
+            .await
+    }
+
+    async fn commit(&self, outcome: Outcome) -> Result<Committed, StoreError> {
+        for change in &outcome.kv {
+            if let KvChange::Set { key, value, .. } = change {
+                check_sizes(key, value)?;
+            }
+        }
+        let deliveries = self.queued_deliveries(outcome.deliveries);
+        let emitted: Vec<_> = outcome
+            .emitted
+            .into_iter()
+            .map(|webhook| {
+                let events = self.queued_events(&webhook);
+                (webhook, events)
+            })
+            .collect();
+        let (ack, namespace, kv) = (outcome.ack, outcome.kv_namespace, outcome.kv);
+        self.writer
+            .write(move |txn| {
+                apply_kv(txn, &namespace, &kv)?;
+                for delivery in &deliveries {
+                    put(txn, DELIVERIES, delivery.seq, delivery)?;
+                }
+                let mut events = Vec::new();
+                for (webhook, queued) in emitted {
+                    if let Enqueued::Stored(stored) = insert_webhook(txn, &webhook, queued)? {
+                        events.extend(stored);
+                    }
+                }
+                if let Some(seq) = ack {
+                    remove(txn, EVENTS, seq)?;
+                }
+                Ok(Committed { deliveries, events })
+            })
+            .await
+    }
+
+    async fn retry_event(&self, event: &QueuedEvent) -> Result<(), StoreError> {
+        let event = event.clone();
+        self.writer
+            .write(move |txn| put(txn, EVENTS, event.seq, &event))
+            .await
+    }
+
+    async fn delivered(&self, seq: u64) -> Result<(), StoreError> {
+        self.writer
+            .write(move |txn| remove(txn, DELIVERIES, seq).map(drop))
+            .await
+    }
+
+    async fn retry_delivery(&self, delivery: &QueuedDelivery) -> Result<(), StoreError> {
+        let delivery = delivery.clone();
+        self.writer
+            .write(move |txn| put(txn, DELIVERIES, delivery.seq, &delivery))
+            .await
+    }
+
+    async fn bury(&self, item: DeadItem) -> Result<DeadLetter, StoreError> {
+        let dead = DeadLetter {
+            seq: self.seq(),
+            dead_at_ms: now_ms(),
+            item,
+        };
+        self.writer
+            .write(move |txn| {
+                match &dead.item {
+                    DeadItem::Event(e) => remove(txn, EVENTS, e.seq)?,
+                    DeadItem::Delivery(d) => remove(txn, DELIVERIES, d.seq)?,
+                };
+                put(txn, DEAD, dead.seq, &dead)?;
+                Ok(dead)
+            })
+            .await
+    }
+
+    async fn pending(&self) -> Result<(Vec<QueuedEvent>, Vec<QueuedDelivery>), StoreError> {
+        self.read(|db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let events = all(&tx.open_table(EVENTS).map_err(backend)?)?;
+            let deliveries = all(&tx.open_table(DELIVERIES).map_err(backend)?)?;
+            Ok((events, deliveries))
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let dead: Vec<DeadLetter> = all(&tx.open_table(DEAD).map_err(backend)?)?;
+            Ok(dead.into_iter().filter(|d| filter.matches(d)).collect())
+        })
+        .await
+    }
+
+    async fn replay(&self, seqs: &[u64]) -> Result<Committed, StoreError> {
+        let seqs = seqs.to_vec();
+        let fresh: Vec<u64> = seqs.iter().map(|_| self.seq()).collect();
+        self.writer
+            .write(move |txn| {
+                let mut committed = Committed::default();
+                for (seq, fresh) in seqs.into_iter().zip(fresh) {
+                    let Some(raw) = remove(txn, DEAD, seq)? else {
+                        continue;
+                    };
+                    match decode::<DeadLetter>(&raw)?.item {
+                        DeadItem::Event(mut event) => {
+                            (event.seq, event.attempts, event.not_before_ms) = (fresh, vec![], 0);
+                            put(txn, EVENTS, event.seq, &event)?;
+                            committed.events.push(event);
+                        }
+                        DeadItem::Delivery(mut delivery) => {
+                            (delivery.seq, delivery.attempts, delivery.not_before_ms) =
+                                (fresh, vec![], 0);
+                            put(txn, DELIVERIES, delivery.seq, &delivery)?;
+                            committed.deliveries.push(delivery);
+                        }
+                    }
+                }
+                Ok(committed)
+            })
+            .await
+    }
+
+    async fn purge(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.writer
+            .write(move |txn| {
+                let mut purged = 0;
+                let mut dead = txn.open_table(DEAD).map_err(backend)?;
+                let before = dead.len().map_err(backend)?;
+                dead.retain(|_, stored| {
+                    decode::<DeadLetter>(stored).is_ok_and(|d| d.dead_at_ms >= before_ms)
+                })
+                .map_err(backend)?;
+                purged += before - dead.len().map_err(backend)?;
+                // Dedup records and KV values go when they expire.
+                let mut seen = txn.open_table(DEDUP).map_err(backend)?;
+                let before = seen.len().map_err(backend)?;
+                seen.retain(|_, stored| unexpired(stored).is_some())
+                    .map_err(backend)?;
+                purged += before - seen.len().map_err(backend)?;
+                let mut kv = txn.open_table(KV).map_err(backend)?;
+                let before = kv.len().map_err(backend)?;
+                kv.retain(|_, stored| unexpired(stored).is_some())
+                    .map_err(backend)?;
+                purged += before - kv.len().map_err(backend)?;
+                Ok(purged as usize)
+            })
+            .await
+    }
+}
+
+fn all<T: DeserializeOwned>(table: &redb::ReadOnlyTable<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
+    let mut items = Vec::with_capacity(table.len().map_err(backend)? as usize);
+    for entry in table.iter().map_err(backend)? {
+        let (_, value) = entry.map_err(backend)?;
+        items.push(decode(value.value())?);
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use crate::store::{Attempt, Dedup};
+
+    fn store(dir: &Path) -> EmbeddedStore {
+        EmbeddedStore::open(dir, true).unwrap()
+    }
+
+    fn webhook(campaigns: &[&str], dedup: Option<&str>) -> NewWebhook {
+        NewWebhook {
+            event: Event::new("src".into(), vec![], bytes::Bytes::from_static(b"{}"), None),
+            campaigns: campaigns.iter().map(|c| c.to_string()).collect(),
+            dedup: dedup.map(|key| Dedup {
+                key: key.into(),
+                window: Duration::from_secs(60),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn kv_namespaces_ttl_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store.set("a", "k", b"1", None).await.unwrap();
+        store.set("b", "k", b"2", None).await.unwrap();
+        store
+            .set("a", "gone", b"x", Some(Duration::from_millis(0)))
+            .await
+            .unwrap();
+        assert_eq!(store.get("a", "k").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.get("b", "k").await.unwrap(), Some(b"2".to_vec()));
+        assert_eq!(store.get("a", "gone").await.unwrap(), None);
+        store.delete("b", "k").await.unwrap();
+        drop(store);
+        let store = self::store(dir.path());
+        assert_eq!(store.get("a", "k").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.get("b", "k").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn oversized_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let big = vec![0; crate::store::MAX_VALUE_BYTES + 1];
+        assert!(matches!(
+            store.set("a", "k", &big, None).await,
+            Err(StoreError::TooLarge(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn events_survive_until_acked_and_duplicates_are_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let Enqueued::Stored(events) = store
+            .enqueue(webhook(&["a", "b"], Some("src/1")))
+            .await
+            .unwrap()
+        else {
+            panic!("first copy must be stored");
+        };
+        assert_eq!(events.len(), 2);
+        let first_id = events[0].event.id.clone();
+        match store
+            .enqueue(webhook(&["a", "b"], Some("src/1")))
+            .await
+            .unwrap()
+        {
+            Enqueued::Duplicate { event_id } => assert_eq!(event_id, first_id),
+            Enqueued::Stored(_) => panic!("a duplicate was stored"),
+        }
+        store
+            .commit(Outcome {
+                ack: Some(events[0].seq),
+                ..Outcome::default()
+            })
+            .await
+            .unwrap();
+        drop(store);
+        let store = self::store(dir.path());
+        let (pending, _) = store.pending().await.unwrap();
+        assert_eq!(
+            pending.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [events[1].seq]
+        );
+        // New sequence numbers never reuse old ones after a restart.
+        let Enqueued::Stored(more) = store.enqueue(webhook(&["a"], None)).await.unwrap() else {
+            panic!("stored");
+        };
+        assert!(more[0].seq > events[1].seq);
+    }
+
+    #[tokio::test]
+    async fn a_commit_applies_kv_deliveries_emits_and_the_ack_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let Enqueued::Stored(events) = store.enqueue(webhook(&["a"], None)).await.unwrap() else {
+            panic!("stored");
+        };
+        let committed = store
+            .commit(Outcome {
+                ack: Some(events[0].seq),
+                kv_namespace: "a".into(),
+                kv: vec![KvChange::Set {
+                    key: "k".into(),
+                    value: bytes::Bytes::from_static(b"v"),
+                    ttl: None,
+                }],
+                deliveries: vec![NewDelivery {
+                    id: "msg_1".into(),
+                    campaign: "a".into(),
+                    event_id: events[0].event.id.clone(),
+                    destination: "sms".into(),
+                    headers: vec![],
+                    body: bytes::Bytes::from_static(b"hi"),
+                }],
+                emitted: vec![webhook(&["b"], None)],
+            })
+            .await
+            .unwrap();
+        assert_eq!(committed.deliveries.len(), 1);
+        assert_eq!(committed.events[0].campaign, "b");
+        assert_eq!(store.get("a", "k").await.unwrap(), Some(b"v".to_vec()));
+        let (pending_events, pending_deliveries) = store.pending().await.unwrap();
+        assert_eq!(pending_events.len(), 1, "only the emitted event is left");
+        assert_eq!(pending_deliveries[0].id, "msg_1");
+    }
+
+    #[tokio::test]
+    async fn buried_items_can_be_listed_and_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let Enqueued::Stored(mut events) = store.enqueue(webhook(&["a", "b"], None)).await.unwrap()
+        else {
+            panic!("stored");
+        };
+        let mut event = events.remove(0);
+        event.attempts.push(Attempt {
+            at_ms: now_ms(),
+            cause: "out_of_fuel".into(),
+            detail: "ran out of fuel".into(),
+        });
+        let dead = store.bury(DeadItem::Event(event)).await.unwrap();
+        let only_a = DeadLetterFilter {
+            campaign: Some("a".into()),
+            ..DeadLetterFilter::default()
+        };
+        let listed = store.dead_letters(&only_a).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].attempts()[0].cause, "out_of_fuel");
+        let none = DeadLetterFilter {
+            campaign: Some("b".into()),
+            ..DeadLetterFilter::default()
+        };
+        assert!(store.dead_letters(&none).await.unwrap().is_empty());
+
+        let replayed = store.replay(&[dead.seq]).await.unwrap();
+        assert_eq!(replayed.events.len(), 1);
+        assert!(replayed.events[0].attempts.is_empty());
+        assert!(store.dead_letters(&only_a).await.unwrap().is_empty());
+        let (pending, _) = store.pending().await.unwrap();
+        assert_eq!(pending.len(), 2);
+    }
+}
