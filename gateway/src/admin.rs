@@ -1,14 +1,15 @@
 //! The operator API on its own listener (loopback by default): health,
-//! readiness, and inspection of campaigns and plugin state. `/v1/*` needs the
-//! bearer token. Reads go through the same gateway paths sources use.
+//! readiness, campaigns, lane depths, plugin state, and dead letters with
+//! replay. `/v1/*` needs the bearer token. Replays go through the same
+//! durable queue and lanes that sources' events use.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -16,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Lane;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::store::{DeadItem, DeadLetter, DeadLetterFilter};
 
 struct Admin {
     gateway: Arc<Gateway>,
@@ -35,6 +37,10 @@ pub fn routes(gateway: Arc<Gateway>, token: Option<String>) -> Router {
         .route("/v1/campaigns", get(campaigns))
         .route("/v1/lanes", get(lanes))
         .route("/v1/kv/{namespace}/{key}", get(kv_get))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/replay", post(replay_matching))
+        .route("/v1/dead-letters/{seq}", get(dead_letter))
+        .route("/v1/dead-letters/{seq}/replay", post(replay_one))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authenticate));
     Router::new()
         .route(
@@ -125,4 +131,133 @@ async fn kv_get(
             e.to_string(),
         )),
     }
+}
+
+/// `?campaign=&since_ms=&until_ms=` of the dead-letter calls.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterQuery {
+    campaign: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+}
+
+impl From<DeadLetterQuery> for DeadLetterFilter {
+    fn from(q: DeadLetterQuery) -> Self {
+        DeadLetterFilter {
+            campaign: q.campaign,
+            since_ms: q.since_ms,
+            until_ms: q.until_ms,
+        }
+    }
+}
+
+fn store_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        e.to_string(),
+    )
+}
+
+/// A dead letter as operators see it; `with_body` adds the payload.
+fn describe(dead: &DeadLetter, with_body: bool) -> Value {
+    let (kind, event_id, target, body) = match &dead.item {
+        DeadItem::Event(e) => ("event", e.event.id.as_str(), None, &e.event.body),
+        DeadItem::Delivery(d) => (
+            "delivery",
+            d.event_id.as_str(),
+            Some(&d.destination),
+            &d.body,
+        ),
+    };
+    let mut value = json!({
+        "id": dead.seq,
+        "kind": kind,
+        "campaign": dead.campaign(),
+        "event_id": event_id,
+        "destination": target,
+        "dead_at_ms": dead.dead_at_ms,
+        "attempts": dead.attempts(),
+    });
+    if with_body {
+        value["body"] = String::from_utf8_lossy(body).into();
+    }
+    value
+}
+
+async fn dead_letters(
+    State(admin): State<Arc<Admin>>,
+    Query(query): Query<DeadLetterQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let dead = admin
+        .gateway
+        .queue()
+        .dead_letters(&query.into())
+        .await
+        .map_err(store_error)?;
+    let listed: Vec<Value> = dead.iter().map(|d| describe(d, false)).collect();
+    Ok(Json(json!({ "dead_letters": listed })))
+}
+
+async fn dead_letter(
+    State(admin): State<Arc<Admin>>,
+    Path(seq): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    let all = admin
+        .gateway
+        .queue()
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .map_err(store_error)?;
+    all.iter()
+        .find(|d| d.seq == seq)
+        .map(|d| Json(describe(d, true)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no dead letter {seq}"),
+            )
+        })
+}
+
+async fn replay(admin: &Admin, seqs: Vec<u64>) -> Result<Json<Value>, ApiError> {
+    let committed = admin
+        .gateway
+        .queue()
+        .replay(&seqs)
+        .await
+        .map_err(store_error)?;
+    let replayed = committed.events.len() + committed.deliveries.len();
+    admin.gateway.schedule(committed);
+    Ok(Json(json!({ "replayed": replayed })))
+}
+
+async fn replay_one(
+    State(admin): State<Arc<Admin>>,
+    Path(seq): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    let answer = replay(&admin, vec![seq]).await?;
+    if answer.0["replayed"] == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dead letter {seq}"),
+        ));
+    }
+    Ok(answer)
+}
+
+async fn replay_matching(
+    State(admin): State<Arc<Admin>>,
+    Query(query): Query<DeadLetterQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let matching = admin
+        .gateway
+        .queue()
+        .dead_letters(&query.into())
+        .await
+        .map_err(store_error)?;
+    replay(&admin, matching.iter().map(|d| d.seq).collect()).await
 }

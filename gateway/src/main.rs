@@ -59,6 +59,80 @@ enum Command {
     /// The bench's floor: a bare hyper server answering a fixed body.
     #[command(hide = true)]
     BenchFloor,
+    /// Inspect and replay dead letters of a running gateway.
+    DeadLetters {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+    /// Show each lane's queued and running events.
+    Lanes {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How to reach a running gateway's admin API.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API's base URL.
+    #[arg(
+        long,
+        env = "HOOKLANE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    admin: String,
+    /// The admin bearer token.
+    #[arg(long, env = "HOOKLANE_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// List dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        filter: DeadLetterFilterArgs,
+    },
+    /// Show one dead letter with its payload and every attempt.
+    Show { id: u64 },
+    /// Replay one dead letter, or all that match the filter.
+    Replay {
+        /// The dead letter to replay; without it, every match of the filter.
+        id: Option<u64>,
+        #[command(flatten)]
+        filter: DeadLetterFilterArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct DeadLetterFilterArgs {
+    /// Only this campaign's.
+    #[arg(long)]
+    campaign: Option<String>,
+    /// Only those that died at or after this time (ms since the epoch).
+    #[arg(long)]
+    since_ms: Option<u64>,
+    /// Only those that died before this time (ms since the epoch).
+    #[arg(long)]
+    until_ms: Option<u64>,
+}
+
+impl DeadLetterFilterArgs {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query = Vec::new();
+        if let Some(c) = &self.campaign {
+            query.push(("campaign", c.clone()));
+        }
+        if let Some(t) = self.since_ms {
+            query.push(("since_ms", t.to_string()));
+        }
+        if let Some(t) = self.until_ms {
+            query.push(("until_ms", t.to_string()));
+        }
+        query
+    }
 }
 
 fn main() -> ExitCode {
@@ -89,6 +163,24 @@ fn main() -> ExitCode {
             }))
         }),
         Command::BenchFloor => runtime(None).and_then(|rt| rt.block_on(bench_floor())),
+        Command::DeadLetters { admin, action } => {
+            let (method, path, query) = match &action {
+                DeadLetterAction::List { filter } => {
+                    ("GET", "/v1/dead-letters".to_owned(), filter.query())
+                }
+                DeadLetterAction::Show { id } => ("GET", format!("/v1/dead-letters/{id}"), vec![]),
+                DeadLetterAction::Replay { id: Some(id), .. } => {
+                    ("POST", format!("/v1/dead-letters/{id}/replay"), vec![])
+                }
+                DeadLetterAction::Replay { id: None, filter } => {
+                    ("POST", "/v1/dead-letters/replay".to_owned(), filter.query())
+                }
+            };
+            runtime(None).and_then(|rt| rt.block_on(admin_call(&admin, method, &path, &query)))
+        }
+        Command::Lanes { admin } => {
+            runtime(None).and_then(|rt| rt.block_on(admin_call(&admin, "GET", "/v1/lanes", &[])))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +261,32 @@ async fn bench_floor() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("{}", listening_line("floor", listener.local_addr()?));
     hooklane::bench::floor::serve(listener).await?;
+    Ok(())
+}
+
+/// Call the admin API and print its JSON answer.
+async fn admin_call(
+    admin: &AdminArgs,
+    method: &str,
+    path: &str,
+    query: &[(&str, String)],
+) -> anyhow::Result<()> {
+    let url = format!("{}{path}", admin.admin.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let request = match method {
+        "POST" => client.post(&url),
+        _ => client.get(&url),
+    };
+    let response = request
+        .query(query)
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the admin API at {url}: {e}"))?;
+    let status = response.status();
+    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    anyhow::ensure!(status.is_success(), "the admin API answered {status}");
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use hooklane::bench::process::Server;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -66,19 +66,40 @@ impl Gateway {
     /// Start the gateway with `campaigns_toml` (sources, campaigns,
     /// destinations) on ephemeral loopback ports and a fresh data directory.
     pub async fn start(campaigns_toml: &str) -> Gateway {
+        Gateway::start_in(tempfile::tempdir().expect("temp dir"), campaigns_toml, &[]).await
+    }
+
+    /// Kill the process at once (SIGKILL: no shutdown of any kind) and hand
+    /// back its data directory.
+    pub async fn kill(mut self) -> tempfile::TempDir {
+        self.server.child.kill().await.expect("kill -9");
         let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Start the gateway in `dir` (reusing its data), with extra environment.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        campaigns_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let config = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{campaigns_toml}"
         );
         let config_path = dir.path().join("hooklane.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("gateway.log"))
+            .expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_hooklane"));
         command
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("HOOKLANE_LOG", "info,hooklane=debug")
+            .envs(env.iter().copied())
             .stderr(log);
         let server = match Server::spawn(command, &["ingress", "admin"], PATIENCE).await {
             Ok(server) => server,
@@ -99,16 +120,26 @@ impl Gateway {
 
     /// POST `body` to `/hooks/{source}`.
     pub async fn post(&self, source: &str, body: impl Into<reqwest::Body>) -> Reply {
-        let response = within(
-            "a webhook answer",
-            self.http
-                .post(format!("http://{}/hooks/{source}", self.ingress))
-                .header("content-type", "application/json")
-                .body(body)
-                .send(),
-        )
-        .await
-        .expect("gateway reachable");
+        self.post_with(source, &[], body).await
+    }
+
+    /// POST `body` with extra `headers` to `/hooks/{source}`.
+    pub async fn post_with(
+        &self,
+        source: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("http://{}/hooks/{source}", self.ingress))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = within("a webhook answer", request.body(body).send())
+            .await
+            .expect("gateway reachable");
         Reply {
             status: response.status(),
             headers: response.headers().clone(),
@@ -119,6 +150,23 @@ impl Gateway {
     /// POST a JSON value to `/hooks/{source}`.
     pub async fn post_json(&self, source: &str, body: Value) -> Reply {
         self.post(source, body.to_string()).await
+    }
+
+    /// Call the admin API (`GET` or `POST`) and return its JSON answer.
+    pub async fn admin(&self, method: reqwest::Method, path: &str) -> Value {
+        let response = self
+            .http
+            .request(method, format!("http://{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin reachable");
+        assert!(
+            response.status().is_success(),
+            "admin {path}: {}",
+            response.status()
+        );
+        serde_json::from_slice(&response.bytes().await.expect("body")).expect("JSON")
     }
 
     /// A key of the plugin store, read through the admin API.
@@ -184,6 +232,7 @@ impl Drop for Gateway {
 /// A request a [`Recorder`] received.
 #[derive(Debug)]
 pub struct Recorded {
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -191,10 +240,19 @@ impl Recorded {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("recorded body is JSON")
     }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .expect("ASCII header")
+    }
 }
 
 /// A loopback HTTP service that records every request and answers each with
-/// the same JSON body.
+/// the same JSON body — after answering the first requests with the given
+/// statuses, for destinations that fail before they work.
 pub struct Recorder {
     pub addr: SocketAddr,
     received: mpsc::UnboundedReceiver<Recorded>,
@@ -202,16 +260,27 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start(answer: Value) -> Recorder {
+        Recorder::failing_first(&[], answer).await
+    }
+
+    /// Answer the first requests with `statuses`, then 200 with `answer`.
+    pub async fn failing_first(statuses: &[u16], answer: Value) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, received) = mpsc::unbounded_channel();
         let answer = Arc::new(answer.to_string());
-        let app = axum::Router::new().fallback(move |body: Bytes| {
+        let statuses = Arc::new(std::sync::Mutex::new(statuses.to_vec().into_iter()));
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let tx = tx.clone();
             let answer = answer.clone();
+            let status = statuses.lock().expect("statuses").next().unwrap_or(200);
             async move {
-                let _ = tx.send(Recorded { body });
-                ([("content-type", "application/json")], answer.to_string())
+                let _ = tx.send(Recorded { headers, body });
+                (
+                    StatusCode::from_u16(status).expect("status"),
+                    [("content-type", "application/json")],
+                    answer.to_string(),
+                )
             }
         });
         tokio::spawn(async move { axum::serve(listener, app).await });

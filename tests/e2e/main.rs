@@ -6,6 +6,7 @@ mod bench;
 mod campaigns;
 mod config_errors;
 mod docs;
+mod durability;
 mod harness;
 mod hostile;
 mod lanes;

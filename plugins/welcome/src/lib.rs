@@ -25,7 +25,10 @@ impl Campaign for Welcome {
         let key = format!("welcomed:{}", signup.email);
         if kv::get(&key)?.is_some() {
             hooklane_sdk::info!("Already welcomed, nothing to do");
-            return Ok(vec![Action::respond_json(200, &json!({ "status": "already-welcomed" }))?]);
+            return Ok(vec![Action::respond_json(
+                200,
+                &json!({ "status": "already-welcomed" }),
+            )?]);
         }
 
         // Settings come from the campaign's config, never from the code.
@@ -43,7 +46,10 @@ impl Campaign for Welcome {
                 }),
             )?,
             // The answer to the caller (for a synchronous campaign).
-            Action::respond_json(201, &json!({ "status": "welcomed", "discount_pct": discount }))?,
+            Action::respond_json(
+                201,
+                &json!({ "status": "welcomed", "discount_pct": discount }),
+            )?,
         ])
     }
 }

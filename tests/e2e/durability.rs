@@ -1,0 +1,219 @@
+//! Durability and delivery, end to end: nothing acknowledged is lost to a
+//! `kill -9`, deliveries retry until their destination is back (signed, with
+//! one id), `410 Gone` disables a destination, exhausted deliveries become
+//! dead letters that replay, and a repeated webhook id runs once.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::{Mutex, Notify};
+
+use crate::harness::{plugin, within, Gateway, Recorder};
+
+/// A `relay` campaign on source `orders` forwarding to the `sink` recorder.
+fn relay_config(sink: &Recorder, destination_extra: &str, campaign_extra: &str) -> String {
+    format!(
+        r#"
+[sources.orders]
+[campaigns.relay]
+source = "orders"
+lane = "care"
+plugin = "{}"
+destinations = ["sink"]
+{campaign_extra}
+[destinations.sink]
+url = "{}"
+rate_per_s = 10000
+{destination_extra}
+"#,
+        plugin("relay"),
+        sink.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_to_kill_9() {
+    let mut sink = Recorder::start(json!({})).await;
+    let config = relay_config(&sink, "", "");
+    let gateway = Gateway::start(&config).await;
+
+    // A flood from 8 senders; the gateway is killed while it is under way.
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let progress = Arc::new(Notify::new());
+    let url = format!("http://{}/hooks/orders", gateway.ingress);
+    let senders: Vec<_> = (0..8u64)
+        .map(|sender| {
+            let (http, url) = (gateway.http.clone(), url.clone());
+            let (acknowledged, progress) = (acknowledged.clone(), progress.clone());
+            tokio::spawn(async move {
+                for i in 0..1000u64 {
+                    let n = sender * 1000 + i;
+                    let body = json!({ "n": n }).to_string();
+                    match http.post(&url).body(body).send().await {
+                        Ok(response) if response.status() == 202 => {
+                            acknowledged.lock().await.insert(n);
+                            progress.notify_one();
+                        }
+                        // Refused or cut off by the kill: not acknowledged.
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    within("300 acknowledged events", async {
+        while acknowledged.lock().await.len() < 300 {
+            progress.notified().await;
+        }
+    })
+    .await;
+    let dir = gateway.kill().await;
+    for sender in senders {
+        let _ = sender.await;
+    }
+    let acknowledged = acknowledged.lock().await.clone();
+
+    let _gateway = Gateway::start_in(dir, &config, &[]).await;
+    let mut delivered = BTreeSet::new();
+    within("every acknowledged event to be delivered", async {
+        while !acknowledged.is_subset(&delivered) {
+            let n = sink.next().await.json()["n"].as_u64().expect("n");
+            delivered.insert(n);
+        }
+    })
+    .await;
+    assert!(acknowledged.len() >= 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_is_retried_until_the_destination_is_back_and_signed() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut sink = Recorder::failing_first(&[503, 503], json!({})).await;
+    let config = relay_config(
+        &sink,
+        "secret_env = \"SINK_SECRET\"\nretry_schedule_ms = [20, 20, 20]",
+        "",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start_in(dir, &config, &[("SINK_SECRET", secret)]).await;
+    let reply = gateway.post_json("orders", json!({ "order": 7 })).await;
+    assert_eq!(reply.status, 202);
+
+    let tries = [sink.next().await, sink.next().await, sink.next().await];
+    let id = tries[0].header("webhook-id").to_owned();
+    let key = base64_decode(secret.strip_prefix("whsec_").unwrap());
+    for tried in &tries {
+        assert_eq!(tried.header("webhook-id"), id, "one id across retries");
+        assert_eq!(tried.json(), json!({ "order": 7 }));
+        let timestamp: i64 = tried.header("webhook-timestamp").parse().unwrap();
+        let expected =
+            hooklane::delivery::sign_standard_webhooks(&key, &id, timestamp, &tried.body);
+        assert_eq!(tried.header("webhook-signature"), expected);
+    }
+    assert!(id.starts_with("msg_"), "{id}");
+    // Delivered on the third try: nothing is dead.
+    let dead = gateway.admin(Method::GET, "/v1/dead-letters").await;
+    assert_eq!(dead["dead_letters"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_destination() {
+    let mut sink = Recorder::failing_first(&[410, 410, 410], json!({})).await;
+    let config = relay_config(&sink, "retry_schedule_ms = [20, 20]", "max_concurrency = 1");
+    let gateway = Gateway::start(&config).await;
+    assert_eq!(
+        gateway.post_json("orders", json!({ "n": 1 })).await.status,
+        202
+    );
+    sink.next().await;
+    assert_eq!(
+        gateway.post_json("orders", json!({ "n": 2 })).await.status,
+        202
+    );
+
+    let dead = dead_letters_eventually(&gateway, 2).await;
+    let causes: Vec<&str> = dead
+        .iter()
+        .map(|d| d["attempts"][0]["cause"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes, ["http_410", "destination_disabled"]);
+    assert!(sink.drain().is_empty(), "nothing is sent after 410 Gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_delivery_is_dead_lettered_and_replays() {
+    let mut sink = Recorder::failing_first(&[500, 500, 500], json!({})).await;
+    let config = relay_config(&sink, "retry_schedule_ms = [20, 20]", "");
+    let gateway = Gateway::start(&config).await;
+    assert_eq!(
+        gateway.post_json("orders", json!({ "n": 9 })).await.status,
+        202
+    );
+
+    let dead = dead_letters_eventually(&gateway, 1).await;
+    let attempts = dead[0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "first try and two retries: {dead:?}");
+    assert!(attempts.iter().all(|a| a["cause"] == "http_500"));
+    assert_eq!(dead[0]["kind"], "delivery");
+    assert_eq!(dead[0]["campaign"], "relay");
+    for _ in 0..3 {
+        sink.next().await;
+    }
+
+    let id = dead[0]["id"].as_u64().unwrap();
+    let replayed = gateway
+        .admin(Method::POST, &format!("/v1/dead-letters/{id}/replay"))
+        .await;
+    assert_eq!(replayed["replayed"], 1);
+    assert_eq!(sink.next().await.json(), json!({ "n": 9 }));
+    let dead = gateway.admin(Method::GET, "/v1/dead-letters").await;
+    assert_eq!(dead["dead_letters"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_webhook_id_runs_once() {
+    let mut sink = Recorder::start(json!({})).await;
+    let config = relay_config(&sink, "", "max_concurrency = 1");
+    let gateway = Gateway::start(&config).await;
+    let id = [("webhook-id", "msg_from_the_shop_1")];
+    let first = gateway.post_with("orders", &id, r#"{"n": 1}"#).await;
+    let again = gateway.post_with("orders", &id, r#"{"n": 1}"#).await;
+    assert_eq!(first.status, 202);
+    assert_eq!(again.status, 202);
+    assert_eq!(again.json()["duplicate"], true);
+    assert_eq!(again.json()["event_id"], first.json()["event_id"]);
+
+    // A later event marks the point by which a duplicate would have run.
+    gateway.post_json("orders", json!({ "n": 2 })).await;
+    let mut seen = Vec::new();
+    while !seen.contains(&2) {
+        seen.push(sink.next().await.json()["n"].as_u64().unwrap());
+    }
+    assert_eq!(seen, [1, 2], "the repeated webhook ran again");
+}
+
+async fn dead_letters_eventually(gateway: &Gateway, count: usize) -> Vec<Value> {
+    within("dead letters", async {
+        loop {
+            let listed = gateway.admin(Method::GET, "/v1/dead-letters").await;
+            let dead = listed["dead_letters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if dead.len() >= count {
+                return dead;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64")
+}
