@@ -1,5 +1,6 @@
 //! Starting the gateway binary and the loopback services tests need.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -269,11 +270,11 @@ impl Recorder {
         let addr = listener.local_addr().expect("addr");
         let (tx, received) = mpsc::unbounded_channel();
         let answer = Arc::new(answer.to_string());
-        let statuses = Arc::new(std::sync::Mutex::new(statuses.to_vec().into_iter()));
+        let statuses = Arc::new(std::sync::Mutex::new(VecDeque::from(statuses.to_vec())));
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let tx = tx.clone();
             let answer = answer.clone();
-            let status = statuses.lock().expect("statuses").next().unwrap_or(200);
+            let status = statuses.lock().expect("statuses").pop_front().unwrap_or(200);
             async move {
                 let _ = tx.send(Recorded { headers, body });
                 (
