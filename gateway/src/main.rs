@@ -1,6 +1,6 @@
 //! The `hooklane` command line.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,6 +25,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Suite {
+    Lanes,
+    Ingest,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -44,14 +50,18 @@ enum Command {
         #[arg(long, short, default_value = "hooklane.toml")]
         config: PathBuf,
     },
-    /// Run the lane-isolation load benchmark on loopback (about 1 minute).
+    /// Run a load benchmark on loopback: `lanes` (lane isolation, about a
+    /// minute) or `ingest` (durable ingest, fsync on vs off, about 15 s).
     Bench {
+        /// Which benchmark.
+        #[arg(value_enum, default_value_t = Suite::Lanes)]
+        suite: Suite,
         /// Directory of the built plugins.
         #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
         plugins: PathBuf,
-        /// Where to write the JSON report.
-        #[arg(long, default_value = "target/bench/lanes.json")]
-        out: PathBuf,
+        /// Where to write the JSON report. Default `target/bench/<suite>.json`.
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// A few seconds' run that only proves the bench works.
         #[arg(long)]
         smoke: bool,
@@ -152,16 +162,22 @@ fn main() -> ExitCode {
             runtime(None).and_then(|rt| rt.block_on(check_config(config)))
         }
         Command::Bench {
+            suite,
             plugins,
             out,
             smoke,
-        } => runtime(None).and_then(|rt| {
-            rt.block_on(bench(BenchOptions {
+        } => {
+            let name = match suite {
+                Suite::Lanes => "lanes",
+                Suite::Ingest => "ingest",
+            };
+            let options = BenchOptions {
                 plugins,
-                out,
+                out: out.unwrap_or_else(|| PathBuf::from(format!("target/bench/{name}.json"))),
                 smoke,
-            }))
-        }),
+            };
+            runtime(None).and_then(|rt| rt.block_on(bench(suite, options)))
+        }
         Command::BenchFloor => runtime(None).and_then(|rt| rt.block_on(bench_floor())),
         Command::DeadLetters { admin, action } => {
             let (method, path, query) = match &action {
@@ -222,8 +238,10 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
         |bound| {
             // On stdout, one line each, so scripts and tests can find the
             // ports when the config asks for port 0.
-            println!("{}", listening_line("ingress", bound.ingress));
-            println!("{}", listening_line("admin", bound.admin));
+            // Whoever started us may have stopped reading: not an error.
+            let mut stdout = std::io::stdout();
+            let _ = writeln!(stdout, "{}", listening_line("ingress", bound.ingress));
+            let _ = writeln!(stdout, "{}", listening_line("admin", bound.admin));
             tracing::info!(ingress = %bound.ingress, admin = %bound.admin, "Gateway ready");
         },
         shutdown_signal(),
@@ -250,9 +268,12 @@ async fn check_config(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench(options: BenchOptions) -> anyhow::Result<()> {
-    let report = hooklane::bench::run(&options).await?;
-    print!("{}", report.render());
+async fn bench(suite: Suite, options: BenchOptions) -> anyhow::Result<()> {
+    let rendered = match suite {
+        Suite::Lanes => hooklane::bench::run(&options).await?.render(),
+        Suite::Ingest => hooklane::bench::ingest::run(&options).await?.render(),
+    };
+    print!("{rendered}");
     println!("report: {}", options.out.display());
     Ok(())
 }

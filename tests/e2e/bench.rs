@@ -11,7 +11,7 @@ fn the_load_bench_runs_end_to_end() {
     let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../plugins/target/wasm32-wasip2/release");
     let output = Command::new(env!("CARGO_BIN_EXE_hooklane"))
-        .args(["bench", "--smoke", "--plugins"])
+        .args(["bench", "lanes", "--smoke", "--plugins"])
         .arg(&plugins)
         .arg("--out")
         .arg(&out)
@@ -56,4 +56,32 @@ fn the_load_bench_runs_end_to_end() {
         report["trivial_over_floor"].as_f64().unwrap() > 0.0,
         "{report}"
     );
+}
+
+#[test]
+fn the_ingest_bench_runs_end_to_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("ingest.json");
+    let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release");
+    let output = Command::new(env!("CARGO_BIN_EXE_hooklane"))
+        .args(["bench", "ingest", "--smoke", "--plugins"])
+        .arg(&plugins)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run hooklane bench ingest");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(printed.contains("durable / fsync off:"), "{printed}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("report written")).expect("JSON");
+    for run in ["durable", "unsynced"] {
+        assert!(report[run]["ok"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report[run]["errors"], 0, "{report}");
+    }
 }

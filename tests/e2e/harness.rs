@@ -274,7 +274,11 @@ impl Recorder {
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let tx = tx.clone();
             let answer = answer.clone();
-            let status = statuses.lock().expect("statuses").pop_front().unwrap_or(200);
+            let status = statuses
+                .lock()
+                .expect("statuses")
+                .pop_front()
+                .unwrap_or(200);
             async move {
                 let _ = tx.send(Recorded { headers, body });
                 (

@@ -16,6 +16,7 @@
 //! stays on loopback and every phase is bounded in time and count.
 
 pub mod floor;
+pub mod ingest;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -39,6 +40,41 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// A short run that only proves the bench works end to end.
     pub smoke: bool,
+}
+
+/// How long a bench server may take to start.
+const PATIENCE: Duration = Duration::from_secs(120);
+/// A request not answered within this counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl BenchOptions {
+    /// The absolute path of a built plugin (`name` with underscores).
+    fn plugin(&self, name: &str) -> Result<PathBuf, BenchError> {
+        let path = std::path::absolute(self.plugins.join(format!("{name}.wasm")))?;
+        path.exists()
+            .then(|| path.clone())
+            .ok_or(BenchError::MissingPlugin(path))
+    }
+
+    /// Start a gateway process with `config`. Its files go beside the report
+    /// (`<out>.<name>/`), so its log is there to read after a run; its data
+    /// directory starts empty every time.
+    async fn start_gateway(&self, name: &str, config: &str) -> Result<Server, BenchError> {
+        let dir = self.out.with_extension(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let config_path = dir.join("bench.toml");
+        std::fs::write(&config_path, config)?;
+        let log = dir.join("gateway.log");
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("HOOKLANE_LOG", "warn")
+            .stderr(std::fs::File::create(&log)?);
+        eprintln!("bench: starting {name} (log: {})", log.display());
+        Ok(Server::spawn(command, &["ingress"], PATIENCE).await?)
+    }
 }
 
 /// Targets on a 2-core machine.
@@ -159,12 +195,7 @@ fn millis(us: Option<u64>) -> String {
 /// Run every scenario and write the JSON report to `options.out`.
 pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let load = Load::new(options.smoke);
-    let plugin = |name: &str| -> Result<PathBuf, BenchError> {
-        let path = std::path::absolute(options.plugins.join(format!("{name}.wasm")))?;
-        path.exists()
-            .then(|| path.clone())
-            .ok_or(BenchError::MissingPlugin(path))
-    };
+    let plugin = |name: &str| options.plugin(name);
     let plugins = [
         plugin("trivial")?,
         plugin("login_code")?,
@@ -172,18 +203,12 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         plugin("daily_enrich")?,
         plugin("hang")?,
     ];
-    let exe = std::env::current_exe()?;
-    let patience = Duration::from_secs(120);
-    let request_timeout = Duration::from_secs(10);
     let body = Bytes::from_static(b"{}");
 
-    if let Some(parent) = options.out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
     eprintln!("bench: starting the floor server");
-    let mut floor_command = Command::new(&exe);
+    let mut floor_command = Command::new(std::env::current_exe()?);
     floor_command.arg("bench-floor");
-    let floor = Server::spawn(floor_command, &["floor"], patience).await?;
+    let floor = Server::spawn(floor_command, &["floor"], PATIENCE).await?;
     let floor_url = format!("http://{}/", floor.addr("floor"));
     eprintln!("bench: floor, closed loop for {:?}", load.throughput_window);
     let floor_report = loadgen::run_closed_loop(
@@ -191,27 +216,13 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         body.clone(),
         load.concurrency,
         load.throughput_window,
-        request_timeout,
+        REQUEST_TIMEOUT,
     )
     .await?;
 
     let never = black_hole().await?;
-    // The gateway's files go beside the report, so its log is there to read
-    // after a run; its data directory starts empty every time.
-    let dir = options.out.with_extension("gateway");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("bench.toml");
-    std::fs::write(&config, gateway_config(&plugins, &floor_url, never))?;
-    let log = dir.join("gateway.log");
-    let mut gateway_command = Command::new(&exe);
-    gateway_command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("HOOKLANE_LOG", "warn")
-        .stderr(std::fs::File::create(&log)?);
-    eprintln!("bench: starting the gateway (log: {})", log.display());
-    let gateway = Server::spawn(gateway_command, &["ingress"], patience).await?;
+    let config = gateway_config(&plugins, &floor_url, never);
+    let gateway = options.start_gateway("gateway", &config).await?;
     let hooks = |source: &str| format!("http://{}/hooks/{source}", gateway.addr("ingress"));
 
     eprintln!(
@@ -223,7 +234,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         body.clone(),
         load.concurrency,
         load.throughput_window,
-        request_timeout,
+        REQUEST_TIMEOUT,
     )
     .await?;
 
@@ -246,7 +257,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         classes,
         duration: load.latency_window,
         max_requests_per_class: 1_000_000,
-        request_timeout,
+        request_timeout: REQUEST_TIMEOUT,
     };
     eprintln!("bench: speed idle, open loop for {:?}", load.latency_window);
     let speed_idle = loadgen::run_open_loop(&plan(vec![login()])).await?;
@@ -283,9 +294,18 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         trivial_over_floor,
         speed_p99_mix_over_idle,
     };
-    let json = serde_json::to_string_pretty(&report).expect("report serialises");
-    std::fs::write(&options.out, json)?;
+    write_report(&options.out, &report)?;
     Ok(report)
+}
+
+/// Write a report as JSON to `out`, creating its folder.
+fn write_report(out: &Path, report: &impl Serialize) -> Result<(), BenchError> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let json = serde_json::to_string_pretty(report).expect("report serialises");
+    std::fs::write(out, json)?;
+    Ok(())
 }
 
 /// The bench gateway: one campaign per traffic class.

@@ -61,6 +61,8 @@ impl Server {
         tokio::time::timeout(patience, read)
             .await
             .map_err(|_| SpawnError::Timeout(wanted(), patience))??;
+        // Keep reading, so the child never writes into a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Server { child, addresses })
     }
 

@@ -1,0 +1,109 @@
+//! `hooklane bench ingest`: durable ingest — 202s per second with the store
+//! syncing every group commit, beside the same path with fsync off, in one
+//! run. The events go to an async care campaign running the trivial plugin,
+//! so what is measured is accepting and persisting, not plugin work.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{BenchError, BenchOptions, REQUEST_TIMEOUT};
+use crate::loadgen::{self, ThroughputReport};
+
+/// Target on a 2-core machine.
+const TARGET_DURABLE_PER_S: f64 = 50_000.0;
+const TARGET_DURABLE_OVER_UNSYNCED: f64 = 0.7;
+
+#[derive(Debug, Serialize)]
+pub struct IngestReport {
+    pub smoke: bool,
+    pub durable: ThroughputReport,
+    pub unsynced: ThroughputReport,
+    pub durable_over_unsynced: f64,
+}
+
+impl IngestReport {
+    pub fn render(&self) -> String {
+        let verdict = |met: bool| if met { "met" } else { "MISSED" };
+        let line = |name: &str, t: &ThroughputReport| {
+            format!(
+                "{name:<10} {:>10.0} accepted/s  ({} ok, {} refused, {} errors, p99 {:.2} ms)\n",
+                t.ok_per_s,
+                t.ok,
+                t.refused,
+                t.errors,
+                t.p99_us.unwrap_or(0) as f64 / 1000.0
+            )
+        };
+        let mut out = String::from("== durable ingest (closed loop, async care campaign)\n");
+        out += &line("fsync on", &self.durable);
+        out += &line("fsync off", &self.unsynced);
+        out += &format!(
+            "\ndurable accepted/s:        {:.0}  (target >= {TARGET_DURABLE_PER_S}: {})\n",
+            self.durable.ok_per_s,
+            verdict(self.durable.ok_per_s >= TARGET_DURABLE_PER_S)
+        );
+        out += &format!(
+            "durable / fsync off:       {:.2}  (target >= {TARGET_DURABLE_OVER_UNSYNCED}: {})\n",
+            self.durable_over_unsynced,
+            verdict(self.durable_over_unsynced >= TARGET_DURABLE_OVER_UNSYNCED)
+        );
+        out
+    }
+}
+
+/// Measure both, fsync on first, each against a fresh gateway.
+pub async fn run(options: &BenchOptions) -> Result<IngestReport, BenchError> {
+    let (window, concurrency) = if options.smoke {
+        (Duration::from_millis(500), 8)
+    } else {
+        (Duration::from_secs(5), 256)
+    };
+    let trivial = options.plugin("trivial")?;
+    let mut measured = Vec::new();
+    for fsync in [true, false] {
+        let name = if fsync {
+            "ingest-fsync"
+        } else {
+            "ingest-nofsync"
+        };
+        let config = format!(
+            r#"
+listen = "127.0.0.1:0"
+data_dir = "data"
+[admin]
+listen = "127.0.0.1:0"
+[store]
+fsync = {fsync}
+# The backlog may grow for the whole window: admission is not measured here.
+[lanes.care]
+queue = 10000000
+
+[sources.ingest]
+[campaigns.sink]
+source = "ingest"
+lane = "care"
+plugin = {}
+"#,
+            super::toml_path(&trivial)
+        );
+        let gateway = options.start_gateway(name, &config).await?;
+        let url = format!("http://{}/hooks/ingest", gateway.addr("ingress"));
+        eprintln!("bench: {name}, closed loop for {window:?}");
+        let body = Bytes::from_static(br#"{"customer_id": "c-1", "event": "page_view"}"#);
+        measured.push(
+            loadgen::run_closed_loop(&url, body, concurrency, window, REQUEST_TIMEOUT).await?,
+        );
+    }
+    let unsynced = measured.pop().expect("two runs");
+    let durable = measured.pop().expect("two runs");
+    let report = IngestReport {
+        smoke: options.smoke,
+        durable_over_unsynced: durable.ok_per_s / unsynced.ok_per_s.max(f64::MIN_POSITIVE),
+        durable,
+        unsynced,
+    };
+    super::write_report(&options.out, &report)?;
+    Ok(report)
+}
