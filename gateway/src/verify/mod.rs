@@ -11,7 +11,7 @@
 //! signature into an error, a log line or a `Debug` output: a [`Rejection`]
 //! tells an honest sender what to fix and an attacker nothing. Must never
 //! read secrets per request (they are read once, when a config is resolved)
-//! and never does network I/O.
+//! and must never do network I/O.
 //!
 //! Hostile input is cheap to refuse: header values over [`MAX_HEADER_BYTES`]
 //! and signature lists over [`MAX_SIGNATURES`] are refused before any
