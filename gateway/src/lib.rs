@@ -21,3 +21,4 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod verify;
