@@ -70,6 +70,10 @@ pub struct Config {
     /// Systems plugins may deliver to, by name.
     #[serde(default)]
     pub destinations: BTreeMap<String, DestinationConfig>,
+    /// The config file's directory: relative paths (plugins, data, secret
+    /// files) are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// The operator API.
@@ -167,6 +171,10 @@ pub struct SourceConfig {
     /// How repeated deliveries of one webhook are recognised.
     #[serde(default)]
     pub dedup: DedupConfig,
+    /// How the source signs its webhooks (`scheme = "standard-webhooks" |
+    /// "github" | "stripe" | "shopify" | "hmac"`); unsigned webhooks are
+    /// then refused with 401. Default: not verified.
+    pub verify: Option<crate::verify::VerifyConfig>,
 }
 
 /// Deduplication of a source's webhooks: a webhook whose id was seen within
@@ -624,6 +632,7 @@ impl Config {
                 }
             })?;
         config.validate(file)?;
+        config.base_dir = base.to_owned();
         config.data_dir = base.join(&config.data_dir);
         for campaign in config.campaigns.values_mut() {
             campaign.plugin = base.join(&campaign.plugin);

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -22,15 +22,49 @@ use crate::error::ApiError;
 use crate::event::{Event, Headers};
 use crate::gateway::{log_failure, Accepted, Gateway, RunError};
 use crate::store::Dedup;
+use crate::verify::{SecretError, Verifier};
 
 struct Ingress {
     gateway: Arc<Gateway>,
     max_body_bytes: usize,
     dedup: HashMap<String, DedupConfig>,
+    verifiers: Verifiers,
+}
+
+/// Each signed source's verifier, by source name.
+pub type Verifiers = HashMap<String, Verifier>;
+
+/// A source's secrets could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("source `{source_name}`: {error}")]
+pub struct VerifierError {
+    source_name: String,
+    #[source]
+    error: SecretError,
+}
+
+/// Build every signed source's verifier, reading its secrets now, so a
+/// missing secret stops the gateway at start rather than at the first
+/// webhook.
+pub fn verifiers(config: &Config) -> Result<Verifiers, VerifierError> {
+    config
+        .sources
+        .iter()
+        .filter_map(|(name, source)| source.verify.as_ref().map(|v| (name, v)))
+        .map(|(name, verify)| {
+            let verifier = verify
+                .verifier(&config.base_dir)
+                .map_err(|error| VerifierError {
+                    source_name: name.clone(),
+                    error,
+                })?;
+            Ok((name.clone(), verifier))
+        })
+        .collect()
 }
 
 /// The source-facing routes.
-pub fn routes(gateway: Arc<Gateway>, config: &Config) -> Router {
+pub fn routes(gateway: Arc<Gateway>, config: &Config, verifiers: Verifiers) -> Router {
     let dedup = config
         .sources
         .iter()
@@ -43,6 +77,7 @@ pub fn routes(gateway: Arc<Gateway>, config: &Config) -> Router {
             gateway,
             max_body_bytes: config.max_body_kb << 10,
             dedup,
+            verifiers,
         }))
 }
 
@@ -75,6 +110,20 @@ async fn receive(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let event = Event::new(source, headers(&parts.headers), body, content_type);
+    let verified = match ingress.verifiers.get(&event.source) {
+        Some(verifier) => match verifier.verify(&event.headers, &event.body, SystemTime::now()) {
+            Ok(verified) => Some(verified),
+            Err(rejection) => {
+                tracing::warn!(source = %event.source, reason = rejection.reason(), "Refused a webhook: {rejection}");
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    rejection.reason(),
+                    rejection.to_string(),
+                ));
+            }
+        },
+        None => None,
+    };
 
     let mut accepted = json!({ "event_id": event.id, "campaigns": route.async_campaigns });
     if !route.async_campaigns.is_empty() {
@@ -87,10 +136,11 @@ async fn receive(
                 lane.unwrap_or(crate::config::Lane::Care),
             ));
         }
+        let signed_id = verified.and_then(|v| v.delivery_id);
         let dedup = ingress
             .dedup
             .get(&event.source)
-            .and_then(|config| dedup_key(&event, config));
+            .and_then(|config| dedup_key(&event, signed_id, config));
         match gateway
             .accept(event.clone(), route.async_campaigns.clone(), dedup)
             .await
@@ -171,15 +221,18 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     }
 }
 
-/// The sender's id of this webhook: the first configured header present,
-/// else the JSON pointer into the body.
-fn dedup_key(event: &Event, config: &DedupConfig) -> Option<Dedup> {
-    let header = config.headers.iter().find_map(|name| {
-        event
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
+/// The sender's id of this webhook: the id the signature scheme vouched
+/// for, else the first configured header present, else the JSON pointer
+/// into the body.
+fn dedup_key(event: &Event, signed_id: Option<String>, config: &DedupConfig) -> Option<Dedup> {
+    let header = signed_id.or_else(|| {
+        config.headers.iter().find_map(|name| {
+            event
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        })
     });
     let id = header.or_else(|| {
         let pointer = config.json_pointer.as_deref()?;

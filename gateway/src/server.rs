@@ -33,6 +33,8 @@ fn spawn_retention(gateway: &std::sync::Arc<Gateway>, retention_hours: u64) {
 pub enum ServeError {
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    Verifier(#[from] crate::ingress::VerifierError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -58,6 +60,7 @@ pub async fn serve(
     on_bound: impl FnOnce(Bound),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let verifiers = crate::ingress::verifiers(&config)?;
     let gateway = tokio::task::block_in_place(|| Gateway::start(&config))?;
     let (events, deliveries) = gateway.resume().await.map_err(StartError::Store)?;
     if events + deliveries > 0 {
@@ -90,7 +93,7 @@ pub async fn serve(
     };
     let ingress = axum::serve(
         ingress_listener,
-        crate::ingress::routes(gateway.clone(), &config),
+        crate::ingress::routes(gateway.clone(), &config, verifiers),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let admin = axum::serve(

@@ -84,8 +84,9 @@ impl Gateway {
         campaigns_toml: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
+        // The caller's top-level keys come before any table; `[admin]` last.
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{campaigns_toml}"
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{campaigns_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
         );
         let config_path = dir.path().join("hooklane.toml");
         std::fs::write(&config_path, config).expect("write config");

@@ -10,3 +10,4 @@ mod durability;
 mod harness;
 mod hostile;
 mod lanes;
+mod signatures;

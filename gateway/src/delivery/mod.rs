@@ -14,13 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use tokio_util::task::TaskTracker;
 
 use crate::config::DestinationConfig;
 use crate::event::now_ms;
 use crate::store::{Attempt, DeadItem, EventQueue, QueuedDelivery};
+use crate::verify::{parse_whsec, sign_standard_webhooks};
 use breaker::{Breaker, Permit};
 
 /// A destination and what the gateway knows of it.
@@ -299,22 +298,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 fn whsec_secret(env: &str) -> Result<Vec<u8>, String> {
     let value =
         std::env::var(env).map_err(|_| format!("environment variable `{env}` is not set"))?;
-    let encoded = value
-        .trim()
-        .strip_prefix("whsec_")
-        .ok_or_else(|| format!("`{env}` must hold a `whsec_` secret"))?;
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|_| format!("`{env}` is not valid base64 after `whsec_`"))
-}
-
-/// `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
-pub fn sign_standard_webhooks(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
+    parse_whsec(value.trim())
+        .map(|secret| secret.as_bytes().to_vec())
+        .map_err(|problem| format!("`{env}`: {problem}"))
 }
