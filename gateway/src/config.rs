@@ -49,6 +49,13 @@ pub struct Config {
     /// Largest webhook body accepted, in KiB. Default 1024.
     #[serde(default = "defaults::max_body_kb")]
     pub max_body_kb: usize,
+    /// A source must send its request head within this many ms, so a slow
+    /// client cannot hold a connection. Default 10000.
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// ... and its body within this many ms (408 otherwise). Default 30000.
+    #[serde(default = "defaults::body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
     /// The operator API (health, readiness, state inspection).
     #[serde(default)]
     pub admin: AdminConfig,
@@ -87,6 +94,33 @@ pub struct AdminConfig {
     /// Default `HOOKLANE_ADMIN_TOKEN`. Without a token those calls are refused.
     #[serde(default = "defaults::admin_token_env")]
     pub token_env: String,
+    /// A file holding the token instead (one trailing newline is ignored);
+    /// it wins over `token_env`. Relative to the config file. Default: none.
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminConfig {
+    /// The admin token from `token_file` or `token_env`, if set.
+    pub fn token(&self, base: &Path) -> Result<Option<String>, std::io::Error> {
+        let token = match &self.token_file {
+            Some(file) => Some(std::fs::read_to_string(base.join(file))?),
+            None => std::env::var(&self.token_env).ok(),
+        };
+        Ok(token
+            .map(|t| t.strip_suffix('\n').unwrap_or(&t).to_owned())
+            .filter(|t| !t.is_empty()))
+    }
+
+    /// A warning when the admin API listens beyond loopback, where nothing
+    /// but the token protects it and it speaks plain HTTP.
+    pub fn exposure_warning(&self) -> Option<String> {
+        (!self.listen.ip().is_loopback()).then(|| {
+            format!(
+                "the admin API listens on {} beyond loopback without TLS: put a TLS proxy in front of it",
+                self.listen
+            )
+        })
+    }
 }
 
 impl Default for AdminConfig {
@@ -94,6 +128,7 @@ impl Default for AdminConfig {
         Self {
             listen: defaults::admin_listen(),
             token_env: defaults::admin_token_env(),
+            token_file: None,
         }
     }
 }
@@ -292,6 +327,10 @@ pub struct CampaignConfig {
     /// Settings the plugin reads with `config-get`.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// The campaign reads its body as JSON: a webhook whose body does not
+    /// parse is refused with 400 at ingress. Default false.
+    #[serde(default)]
+    pub json_input: bool,
 }
 
 /// A campaign's effective limits: its own settings, else its lane's.
@@ -545,6 +584,12 @@ mod defaults {
     }
     pub fn max_body_kb() -> usize {
         1024
+    }
+    pub fn header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn body_read_timeout_ms() -> u64 {
+        30_000
     }
     pub fn max_instances() -> u32 {
         1000

@@ -27,6 +27,7 @@ use crate::verify::{SecretError, Verifier};
 struct Ingress {
     gateway: Arc<Gateway>,
     max_body_bytes: usize,
+    body_read_timeout: Duration,
     dedup: HashMap<String, DedupConfig>,
     verifiers: Verifiers,
 }
@@ -72,10 +73,12 @@ pub fn routes(gateway: Arc<Gateway>, config: &Config, verifiers: Verifiers) -> R
         .collect();
     Router::new()
         .route("/hooks/{source}", post(receive))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(Arc::new(Ingress {
             gateway,
             max_body_bytes: config.max_body_kb << 10,
+            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             dedup,
             verifiers,
         }))
@@ -86,6 +89,14 @@ async fn not_found() -> ApiError {
         StatusCode::NOT_FOUND,
         "not_found",
         "webhooks are accepted at POST /hooks/{source}",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "webhooks are accepted with POST only",
     )
 }
 
@@ -103,7 +114,7 @@ async fn receive(
         ));
     };
     let (parts, body) = request.into_parts();
-    let body = read_body(body, ingress.max_body_bytes).await?;
+    let body = read_body(body, ingress.max_body_bytes, ingress.body_read_timeout).await?;
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -125,6 +136,15 @@ async fn receive(
         None => None,
     };
 
+    if route.json_input {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&event.body) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {e}"),
+            ));
+        }
+    }
     let mut accepted = json!({ "event_id": event.id, "campaigns": route.async_campaigns });
     if !route.async_campaigns.is_empty() {
         // Refuse before storing anything when a lane is already full, so
@@ -204,9 +224,21 @@ async fn receive(
 }
 
 /// Read the body, refusing it with 413 as soon as it exceeds `limit`, without
-/// buffering more than that.
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
+/// buffering more than that, and with 408 if it is not all there within
+/// `timeout` (so a slow sender cannot hold a connection).
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<bytes::Bytes, ApiError> {
+    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect());
+    let Ok(read) = read.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body was not received within {} ms",
+                timeout.as_millis()
+            ),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -253,6 +253,9 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
 async fn check_config(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     hooklane::ingress::verifiers(&config)?;
+    if let Some(warning) = config.admin.exposure_warning() {
+        eprintln!("warning: {warning}");
+    }
     // Compile every plugin against a scratch store, so checking never
     // touches (or waits on the lock of) a running gateway's data.
     let scratch = tempfile::tempdir()?;

@@ -12,6 +12,9 @@ pub struct Route {
     pub sync_campaign: Option<String>,
     /// Campaigns run in the background; the caller does not wait for them.
     pub async_campaigns: Vec<String>,
+    /// Whether any of them declares JSON input: a body that does not parse
+    /// is then refused with 400 before anything runs.
+    pub json_input: bool,
 }
 
 /// Source name → route, built from the config.
@@ -29,6 +32,7 @@ impl Router {
             .collect();
         for (name, campaign) in &config.campaigns {
             let route = routes.entry(campaign.source.clone()).or_default();
+            route.json_input |= campaign.json_input;
             match campaign.mode() {
                 Mode::Sync => route.sync_campaign = Some(name.clone()),
                 Mode::Async => route.async_campaigns.push(name.clone()),

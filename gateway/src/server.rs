@@ -2,6 +2,12 @@
 //! shutdown signal, then let background work finish.
 
 use std::future::{Future, IntoFuture};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
@@ -91,18 +97,75 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let ingress = axum::serve(
+    let ingress = serve_sources(
         ingress_listener,
         crate::ingress::routes(gateway.clone(), &config, verifiers),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
+        Duration::from_millis(config.header_read_timeout_ms),
+        stopped(stop_rx.clone()),
+    );
     let admin = axum::serve(
         admin_listener,
         crate::admin::routes(gateway.clone(), admin_token),
     )
     .with_graceful_shutdown(stopped(stop_rx));
-    tokio::try_join!(ingress.into_future(), admin.into_future())?;
+    tokio::try_join!(ingress, admin.into_future())?;
     tracing::info!("Listeners closed; waiting for background work");
     gateway.drain().await;
+    Ok(())
+}
+
+/// Most headers a webhook may carry.
+const MAX_HEADERS: usize = 64;
+/// Largest request head (request line and headers) in bytes; hyper answers
+/// 431 beyond it.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serve the source-facing routes with the connection limits sources get:
+/// bounded headers, and a deadline on reading them so a slow client cannot
+/// hold a connection (slowloris); bodies have their own deadline in
+/// [`crate::ingress`].
+async fn serve_sources(
+    listener: TcpListener,
+    routes: axum::Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut http = http1::Builder::new();
+    http.max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .header_read_timeout(header_read_timeout)
+        .timer(TokioTimer::new());
+    let connections = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    // Out of file descriptors and the like: keep serving the
+                    // connections we have.
+                    Err(error) => {
+                        tracing::warn!(%error, "Could not accept a connection");
+                        continue;
+                    }
+                };
+                let service = TowerToHyperService::new(routes.clone());
+                let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    // A client hanging up mid-request is no error of ours.
+                    let _ = connection.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Requests still in flight after the shutdown grace period");
+    }
     Ok(())
 }

@@ -10,4 +10,5 @@ mod durability;
 mod harness;
 mod hostile;
 mod lanes;
+mod limits;
 mod signatures;
