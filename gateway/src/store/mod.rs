@@ -223,7 +223,10 @@ impl DeadLetterFilter {
 }
 
 /// The durable event queue, outbox and dead letters. Every method that
-/// changes state returns once the change is durable (group-committed).
+/// changes state returns once the change is durable (group-committed) —
+/// except acknowledgements (an ack-only commit, `delivered`), which ride
+/// along with the next durable commit: losing one to a crash only re-runs
+/// the event or delivery, which at-least-once allows.
 ///
 /// Leases are in memory: an event handed to a lane is leased until acked,
 /// retried or dead-lettered; after a crash every unacknowledged event and

@@ -25,7 +25,7 @@ use super::{
     KvStore, NewDelivery, NewWebhook, Outcome, QueuedDelivery, QueuedEvent, StoreError,
 };
 use crate::event::now_ms;
-use writer::Writer;
+use writer::{Sync, Writer};
 
 /// Key: `namespace \0 key`; value: 8-byte big-endian expiry in ms since the
 /// epoch (0 = never) followed by the value.
@@ -238,7 +238,9 @@ impl KvStore for EmbeddedStore {
         };
         let namespace = namespace.to_owned();
         self.writer
-            .write(move |txn| apply_kv(txn, &namespace, &[change]))
+            .write(Sync::Durable, move |txn| {
+                apply_kv(txn, &namespace, &[change])
+            })
             .await
     }
 
@@ -246,7 +248,9 @@ impl KvStore for EmbeddedStore {
         let change = KvChange::Delete { key: key.into() };
         let namespace = namespace.to_owned();
         self.writer
-            .write(move |txn| apply_kv(txn, &namespace, &[change]))
+            .write(Sync::Durable, move |txn| {
+                apply_kv(txn, &namespace, &[change])
+            })
             .await
     }
 }
@@ -281,7 +285,9 @@ impl EventQueue for EmbeddedStore {
     async fn enqueue(&self, webhook: NewWebhook) -> Result<Enqueued, StoreError> {
         let events = self.queued_events(&webhook);
         self.writer
-            .write(move |txn| insert_webhook(txn, &webhook, events))
+            .write(Sync::Durable, move |txn| {
+                insert_webhook(txn, &webhook, events)
+            })
             .await
     }
 
@@ -301,8 +307,17 @@ impl EventQueue for EmbeddedStore {
             })
             .collect();
         let (ack, namespace, kv) = (outcome.ack, outcome.kv_namespace, outcome.kv);
+        let nothing_but_the_ack = kv.is_empty() && deliveries.is_empty() && emitted.is_empty();
+        if nothing_but_the_ack && ack.is_none() {
+            return Ok(Committed::default());
+        }
+        let sync = if nothing_but_the_ack {
+            Sync::Lazy
+        } else {
+            Sync::Durable
+        };
         self.writer
-            .write(move |txn| {
+            .write(sync, move |txn| {
                 apply_kv(txn, &namespace, &kv)?;
                 for delivery in &deliveries {
                     put(txn, DELIVERIES, delivery.seq, delivery)?;
@@ -324,20 +339,26 @@ impl EventQueue for EmbeddedStore {
     async fn retry_event(&self, event: &QueuedEvent) -> Result<(), StoreError> {
         let event = event.clone();
         self.writer
-            .write(move |txn| put(txn, EVENTS, event.seq, &event))
+            .write(Sync::Durable, move |txn| {
+                put(txn, EVENTS, event.seq, &event)
+            })
             .await
     }
 
     async fn delivered(&self, seq: u64) -> Result<(), StoreError> {
         self.writer
-            .write(move |txn| remove(txn, DELIVERIES, seq).map(drop))
+            .write(Sync::Lazy, move |txn| {
+                remove(txn, DELIVERIES, seq).map(drop)
+            })
             .await
     }
 
     async fn retry_delivery(&self, delivery: &QueuedDelivery) -> Result<(), StoreError> {
         let delivery = delivery.clone();
         self.writer
-            .write(move |txn| put(txn, DELIVERIES, delivery.seq, &delivery))
+            .write(Sync::Durable, move |txn| {
+                put(txn, DELIVERIES, delivery.seq, &delivery)
+            })
             .await
     }
 
@@ -348,7 +369,7 @@ impl EventQueue for EmbeddedStore {
             item,
         };
         self.writer
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 match &dead.item {
                     DeadItem::Event(e) => remove(txn, EVENTS, e.seq)?,
                     DeadItem::Delivery(d) => remove(txn, DELIVERIES, d.seq)?,
@@ -383,7 +404,7 @@ impl EventQueue for EmbeddedStore {
         let seqs = seqs.to_vec();
         let fresh: Vec<u64> = seqs.iter().map(|_| self.seq()).collect();
         self.writer
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 let mut committed = Committed::default();
                 for (seq, fresh) in seqs.into_iter().zip(fresh) {
                     let Some(raw) = remove(txn, DEAD, seq)? else {
@@ -410,7 +431,7 @@ impl EventQueue for EmbeddedStore {
 
     async fn purge(&self, before_ms: u64) -> Result<usize, StoreError> {
         self.writer
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 let mut purged = 0;
                 let mut dead = txn.open_table(DEAD).map_err(backend)?;
                 let before = dead.len().map_err(backend)?;

@@ -17,7 +17,23 @@ const MAX_BATCH: usize = 4096;
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// Applies a write to the batch's transaction; says whether it succeeded
 /// and how to tell its caller once the batch is committed.
-type Operation = Box<dyn FnOnce(&WriteTransaction) -> (bool, Completion) + Send>;
+type Apply = Box<dyn FnOnce(&WriteTransaction) -> (bool, Completion) + Send>;
+
+/// Whether a write must be on disk before its caller hears back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// Synced before the reply: anything acknowledged to a sender.
+    Durable,
+    /// Persisted with the next durable commit: losing it in a crash only
+    /// means doing something again (an ack: the event re-runs), which
+    /// at-least-once allows. Spares the disk a sync for the common case.
+    Lazy,
+}
+
+struct Operation {
+    sync: Sync,
+    apply: Apply,
+}
 
 /// The handle through which every write goes; cheap to clone. When the
 /// last clone is dropped the writer thread finishes its batch and exits,
@@ -61,10 +77,11 @@ impl Writer {
     /// commit is durable.
     pub async fn write<T: Send + 'static>(
         &self,
+        sync: Sync,
         write: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, replied) = oneshot::channel();
-        let operation: Operation = Box::new(move |txn| {
+        let apply: Apply = Box::new(move |txn| {
             let result = write(txn);
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |committed| {
@@ -73,6 +90,7 @@ impl Writer {
             });
             (ok, completion)
         });
+        let operation = Operation { sync, apply };
         let stopped = || StoreError::Backend("the store's writer has stopped".into());
         let operations = self.thread.operations.as_ref().ok_or_else(stopped)?;
         operations.send(operation).map_err(|_| stopped())?;
@@ -98,7 +116,8 @@ fn commit_batches(db: &Database, received: &mpsc::Receiver<Operation>, fsync: bo
                 continue;
             }
         };
-        let durability = if fsync {
+        let must_sync = fsync && batch.iter().any(|op| op.sync == Sync::Durable);
+        let durability = if must_sync {
             Durability::Immediate
         } else {
             Durability::None
@@ -109,7 +128,7 @@ fn commit_batches(db: &Database, received: &mpsc::Receiver<Operation>, fsync: bo
         let mut all_ok = true;
         let mut completions = Vec::with_capacity(batch.len());
         for operation in batch {
-            let (ok, completion) = operation(&txn);
+            let (ok, completion) = (operation.apply)(&txn);
             all_ok &= ok;
             completions.push(completion);
         }
