@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::oneshot;
-use tokio_util::task::TaskTracker;
 
 use crate::actions;
 use crate::config::{CampaignConfig, CampaignLimits, Config, Lane, LanesConfig};
@@ -113,9 +112,6 @@ pub struct Gateway {
     kv: Arc<dyn KvStore>,
     queue: Arc<dyn EventQueue>,
     deliveries: Arc<Deliveries>,
-    /// Events sleeping until their retry, so shutdown does not wait on them
-    /// (they are stored and resume after a restart).
-    retries: TaskTracker,
     // Kept alive for the plugins: owns the engine and its epoch ticker.
     _runtime: Runtime,
 }
@@ -163,7 +159,6 @@ impl Gateway {
             kv,
             queue,
             deliveries: Arc::new(deliveries),
-            retries: TaskTracker::new(),
             _runtime: runtime,
         }))
     }
@@ -290,7 +285,7 @@ impl Gateway {
         let gateway = self.clone();
         let Some(loaded) = self.campaign(&queued.campaign) else {
             // The campaign left the config: keep the event for an operator.
-            self.retries.spawn(async move {
+            tokio::spawn(async move {
                 let error = RunError::UnknownCampaign(queued.campaign.clone());
                 gateway.bury_event(queued, &error).await;
             });
@@ -311,7 +306,7 @@ impl Gateway {
         if wait == 0 {
             submit();
         } else {
-            self.retries.spawn(async move {
+            tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(wait)).await;
                 submit();
             });
@@ -443,11 +438,11 @@ impl Gateway {
         Ok(reply)
     }
 
-    /// Wait for the events and deliveries in flight to finish. Events
-    /// waiting for a retry are stored and resume after a restart.
-    pub async fn drain(&self) {
-        self.lanes.drain().await;
-        self.deliveries.idle().await;
+    /// For shutdown: let the runs in progress finish. Queued events, events
+    /// waiting for a retry and deliveries are all stored, and resume after a
+    /// restart; a delivery cut off mid-request is sent again then.
+    pub async fn stop(&self) {
+        self.lanes.stop().await;
     }
 }
 

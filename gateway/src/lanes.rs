@@ -139,10 +139,12 @@ impl Lanes {
         self.get(lane).depth()
     }
 
-    /// Wait until no lane has work queued or running.
-    pub async fn drain(&self) {
+    /// For shutdown: drop the work still queued — stored events resume after
+    /// a restart, and a sync caller still waiting gets an error — and wait
+    /// for the runs in progress to finish.
+    pub async fn stop(&self) {
         for lane in Lane::ALL {
-            self.get(lane).drain().await;
+            self.get(lane).stop().await;
         }
     }
 }
@@ -284,7 +286,23 @@ impl LaneScheduler {
         Ok(())
     }
 
-    async fn drain(&self) {
+    async fn stop(&self) {
+        let dropped: Vec<Work> = {
+            let mut state = self.shared.lock();
+            state.turns.clear();
+            let dropped: Vec<Work> = state
+                .campaigns
+                .values_mut()
+                .flat_map(|queue| {
+                    queue.has_turn = false;
+                    queue.waiting.drain(..)
+                })
+                .collect();
+            state.queued -= dropped.len();
+            dropped
+        };
+        self.shared.outstanding.send_modify(|n| *n -= dropped.len());
+        drop(dropped);
         let mut outstanding = self.shared.outstanding.subscribe();
         let _ = outstanding.wait_for(|n| *n == 0).await;
     }
@@ -454,7 +472,7 @@ mod tests {
         assert_eq!(starts.recv().await, Some("second"));
         assert!(lane.shared.lock().admits("a", 10));
         release_second.send(()).unwrap();
-        lane.drain().await;
+        lane.stop().await;
         assert_eq!(
             lane.depth(),
             LaneDepth {
@@ -493,7 +511,7 @@ mod tests {
         for release in releases {
             let _ = release.send(());
         }
-        lane.drain().await;
+        lane.stop().await;
     }
 
     #[tokio::test]
@@ -527,7 +545,7 @@ mod tests {
         for release in releases {
             let _ = release.send(());
         }
-        lane.drain().await;
+        lane.stop().await;
     }
 
     #[tokio::test]
@@ -564,6 +582,6 @@ mod tests {
         }
         // b's one event does not wait behind all of a's.
         assert_eq!(order, ["a", "b", "a", "a"]);
-        lane.drain().await;
+        lane.stop().await;
     }
 }

@@ -109,8 +109,8 @@ pub async fn serve(
     )
     .with_graceful_shutdown(stopped(stop_rx));
     tokio::try_join!(ingress, admin.into_future())?;
-    tracing::info!("Listeners closed; waiting for background work");
-    gateway.drain().await;
+    tracing::info!("Listeners closed; waiting for the runs in progress");
+    gateway.stop().await;
     Ok(())
 }
 

@@ -228,3 +228,18 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .decode(text)
         .expect("base64")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_deliveries_sleeping_until_their_retry() {
+    let mut sink = Recorder::failing_first(&[503], json!({})).await;
+    // The retry would come in ten minutes; shutdown must not wait for it.
+    let config = relay_config(&sink, "retry_schedule_ms = [600000]", "");
+    let gateway = Gateway::start(&config).await;
+    assert_eq!(
+        gateway.post_json("orders", json!({ "n": 1 })).await.status,
+        202
+    );
+    sink.next().await;
+    let status = gateway.terminate().await;
+    assert!(status.success(), "{status:?}");
+}

@@ -78,6 +78,16 @@ impl Gateway {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// Ask the process to shut down (SIGTERM) and wait for it to exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.server.child.id().expect("running").to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().await;
+        assert!(sent.expect("run kill").success());
+        within("the gateway to exit", self.server.child.wait())
+            .await
+            .expect("wait")
+    }
+
     /// Start the gateway in `dir` (reusing its data), with extra environment.
     pub async fn start_in(
         dir: tempfile::TempDir,

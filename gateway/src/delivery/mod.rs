@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio_util::task::TaskTracker;
-
 use crate::config::DestinationConfig;
 use crate::event::now_ms;
 use crate::store::{Attempt, DeadItem, EventQueue, QueuedDelivery};
@@ -48,7 +46,6 @@ pub struct Deliveries {
     queue: Arc<dyn EventQueue>,
     client: reqwest::Client,
     destinations: HashMap<String, Arc<Destination>>,
-    running: TaskTracker,
 }
 
 /// How one attempt ended.
@@ -100,7 +97,6 @@ impl Deliveries {
             queue,
             client,
             destinations,
-            running: TaskTracker::new(),
         })
     }
 
@@ -108,15 +104,7 @@ impl Deliveries {
     /// buried.
     pub fn schedule(self: &Arc<Self>, delivery: QueuedDelivery) {
         let deliveries = self.clone();
-        self.running
-            .spawn(async move { deliveries.run(delivery).await });
-    }
-
-    /// Wait for deliveries in flight (new ones are still accepted).
-    pub async fn idle(&self) {
-        self.running.close();
-        self.running.wait().await;
-        self.running.reopen();
+        tokio::spawn(async move { deliveries.run(delivery).await });
     }
 
     async fn run(&self, mut delivery: QueuedDelivery) {
