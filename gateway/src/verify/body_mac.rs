@@ -4,7 +4,7 @@
 //! same check with different settings. None has a timestamp, so none can
 //! tell a replay from a redelivery.
 
-use super::mac::{Algorithm, Encoding};
+use super::mac::{Algorithm, BadMac, Encoding};
 use super::secret::Secret;
 use super::{optional_header, required_header, Rejection, Verified};
 
@@ -59,10 +59,13 @@ impl BodyMac {
         let encoded = value
             .strip_prefix(self.prefix.as_str())
             .ok_or_else(|| malformed("it does not start with the scheme's prefix"))?;
-        let mac = self.encoding.decode(encoded).map_err(malformed)?;
-        if mac.len() != self.algorithm.mac_len() {
-            return Err(malformed("the MAC has the wrong length for the algorithm"));
-        }
+        let mac = self
+            .algorithm
+            .decode_mac(self.encoding, encoded)
+            .map_err(|bad| match bad {
+                BadMac::Encoding(problem) => malformed(problem),
+                BadMac::Length => malformed("the MAC has the wrong length for the algorithm"),
+            })?;
         if self.algorithm.any_key_signed(&self.keys, &[body], &[&mac]) {
             Ok(Verified { delivery_id })
         } else {

@@ -40,6 +40,16 @@ impl Algorithm {
         }
     }
 
+    /// A MAC written in `encoding`, checked to have this algorithm's length.
+    pub(super) fn decode_mac(self, encoding: Encoding, text: &str) -> Result<Vec<u8>, BadMac> {
+        let mac = encoding.decode(text).map_err(BadMac::Encoding)?;
+        if mac.len() == self.mac_len() {
+            Ok(mac)
+        } else {
+            Err(BadMac::Length)
+        }
+    }
+
     /// Whether any of `keys` signed `parts` with one of `candidates`. One MAC
     /// per key, compared with every candidate in constant time, so a header
     /// of [`super::MAX_SIGNATURES`] signatures costs one MAC per key, not
@@ -57,6 +67,14 @@ impl Algorithm {
                 .any(|candidate| bool::from(expected.as_slice().ct_eq(candidate)))
         })
     }
+}
+
+/// Why a written MAC cannot be used; each scheme names it in its own terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BadMac {
+    /// Not in the encoding; says what was expected.
+    Encoding(&'static str),
+    Length,
 }
 
 fn mac_with<M: Mac + hmac::digest::KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {

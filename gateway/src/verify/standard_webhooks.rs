@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 
-use super::mac::{Algorithm, Encoding};
+use super::mac::{Algorithm, BadMac, Encoding};
 use super::secret::Secret;
 use super::{required_header, Rejection, Timestamp, Verified, MAX_SIGNATURES};
 
@@ -43,12 +43,13 @@ pub fn parse_webhook_signatures(value: &str) -> Result<Vec<WebhookSignature>, &'
             .ok_or("expected space-separated `v1,<base64>` or `v1a,<base64>` signatures")?;
         match version {
             "v1" => {
-                let mac = Encoding::Base64
-                    .decode(encoded)
-                    .map_err(|_| "a `v1` signature is not standard base64")?;
-                if mac.len() != ALGORITHM.mac_len() {
-                    return Err("a `v1` signature is not 32 bytes (HMAC-SHA256)");
-                }
+                let mac =
+                    ALGORITHM
+                        .decode_mac(Encoding::Base64, encoded)
+                        .map_err(|bad| match bad {
+                            BadMac::Encoding(_) => "a `v1` signature is not standard base64",
+                            BadMac::Length => "a `v1` signature is not 32 bytes (HMAC-SHA256)",
+                        })?;
                 signatures.push(WebhookSignature::V1(mac));
             }
             "v1a" => {

@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use super::mac::{Algorithm, Encoding};
+use super::mac::{Algorithm, BadMac, Encoding};
 use super::secret::Secret;
 use super::{required_header, Rejection, Timestamp, Verified, MAX_SIGNATURES};
 
@@ -39,12 +39,12 @@ pub fn parse_stripe_signature(value: &str) -> Result<StripeSignature<'_>, &'stat
             "t" if timestamp.is_some() => return Err("it has more than one `t=`"),
             "t" => timestamp = Some(Timestamp::parse(value)?),
             "v1" => {
-                let mac = Encoding::Hex
-                    .decode(value)
-                    .map_err(|_| "a `v1=` signature is not hexadecimal")?;
-                if mac.len() != ALGORITHM.mac_len() {
-                    return Err("a `v1=` signature is not 32 bytes (HMAC-SHA256)");
-                }
+                let mac = ALGORITHM
+                    .decode_mac(Encoding::Hex, value)
+                    .map_err(|bad| match bad {
+                        BadMac::Encoding(_) => "a `v1=` signature is not hexadecimal",
+                        BadMac::Length => "a `v1=` signature is not 32 bytes (HMAC-SHA256)",
+                    })?;
                 signatures.push(mac);
             }
             _ => {}
