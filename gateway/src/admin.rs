@@ -18,9 +18,13 @@ use crate::config::Lane;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::store::{DeadItem, DeadLetter, DeadLetterFilter};
+use crate::telemetry;
+use metrics_exporter_prometheus::PrometheusHandle;
 
 struct Admin {
     gateway: Arc<Gateway>,
+    /// Renders `/metrics`; absent when another recorder was installed first.
+    metrics: Option<PrometheusHandle>,
     /// SHA-256 of the token: comparing digests keeps the check constant-time
     /// with respect to the secret.
     token_digest: Option<[u8; 32]>,
@@ -28,9 +32,14 @@ struct Admin {
 
 /// The admin routes. `token` is the bearer token; without one, `/v1/*` is
 /// refused.
-pub fn routes(gateway: Arc<Gateway>, token: Option<String>) -> Router {
+pub fn routes(
+    gateway: Arc<Gateway>,
+    token: Option<String>,
+    metrics: Option<PrometheusHandle>,
+) -> Router {
     let admin = Arc::new(Admin {
         gateway,
+        metrics,
         token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
     });
     let v1 = Router::new()
@@ -48,6 +57,7 @@ pub fn routes(gateway: Arc<Gateway>, token: Option<String>) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
         .merge(v1)
         .with_state(admin)
 }
@@ -76,6 +86,26 @@ async fn authenticate(State(admin): State<Arc<Admin>>, request: Request, next: N
         .into_response();
     }
     next.run(request).await
+}
+
+/// Prometheus text format; lane depths are sampled now.
+async fn render_metrics(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    let Some(handle) = &admin.metrics else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "this process has no metrics recorder",
+        ));
+    };
+    for lane in Lane::ALL {
+        let depth = admin.gateway.lanes().depth(lane);
+        telemetry::lane_depth(lane, depth.queued, depth.running);
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response())
 }
 
 async fn ready(State(admin): State<Arc<Admin>>) -> Json<Value> {

@@ -329,6 +329,7 @@ impl Gateway {
             return self.bury_event(queued, &error).await;
         }
         queued.attempts.push(attempt(&error));
+        crate::telemetry::retry(&loaded.name, loaded.config.lane);
         let ceiling = policy
             .retry_base_ms
             .saturating_mul(1 << (tries - 1).min(30))

@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::event::{Event, Headers};
 use crate::gateway::{log_failure, Accepted, Gateway, RunError};
 use crate::store::Dedup;
+use crate::telemetry;
 use crate::verify::{SecretError, Verifier};
 
 struct Ingress {
@@ -105,6 +106,16 @@ async fn receive(
     Path(source): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let result = handle(&ingress, source.clone(), request).await;
+    if let Err(refusal) = &result {
+        // Only configured names become label values.
+        let known = ingress.gateway.router().route(&source).is_some();
+        telemetry::refusal(if known { &source } else { "unknown" }, refusal.error);
+    }
+    result
+}
+
+async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<Response, ApiError> {
     let gateway = &ingress.gateway;
     let Some(route) = gateway.router().route(&source) else {
         return Err(ApiError::new(
@@ -165,8 +176,9 @@ async fn receive(
             .accept(event.clone(), route.async_campaigns.clone(), dedup)
             .await
         {
-            Ok(Accepted::Stored) => {}
+            Ok(Accepted::Stored) => telemetry::accepted(&event.source, false),
             Ok(Accepted::Duplicate { event_id }) => {
+                telemetry::accepted(&event.source, true);
                 accepted["event_id"] = event_id.into();
                 accepted["duplicate"] = true.into();
             }

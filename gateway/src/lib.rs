@@ -21,4 +21,5 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod verify;

@@ -232,9 +232,17 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
             "No admin token set: the admin API's /v1 endpoints will refuse every call"
         );
     }
+    let metrics = match hooklane::telemetry::install() {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::warn!(%error, "Metrics are off: cannot install the recorder");
+            None
+        }
+    };
     hooklane::server::serve(
         config,
         token,
+        metrics,
         |bound| {
             // On stdout, one line each, so scripts and tests can find the
             // ports when the config asks for port 0.

@@ -63,6 +63,7 @@ pub struct Bound {
 pub async fn serve(
     config: Config,
     admin_token: Option<String>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     on_bound: impl FnOnce(Bound),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -105,7 +106,7 @@ pub async fn serve(
     );
     let admin = axum::serve(
         admin_listener,
-        crate::admin::routes(gateway.clone(), admin_token),
+        crate::admin::routes(gateway.clone(), admin_token, metrics),
     )
     .with_graceful_shutdown(stopped(stop_rx));
     tokio::try_join!(ingress, admin.into_future())?;

@@ -11,4 +11,5 @@ mod harness;
 mod hostile;
 mod lanes;
 mod limits;
+mod metrics;
 mod signatures;

@@ -212,6 +212,11 @@ impl Deliveries {
             },
         };
         destination.record(matches!(tried, Tried::Delivered));
+        let outcome = match &tried {
+            Tried::Delivered => "delivered",
+            Tried::Failed { attempt, .. } | Tried::Gone(attempt) => attempt.cause.as_str(),
+        };
+        crate::telemetry::delivery_attempt(&destination.name, outcome);
         tried
     }
 
@@ -225,6 +230,7 @@ impl Deliveries {
             "Delivery given up: dead-lettered"
         );
         delivery.attempts.push(last);
+        crate::telemetry::dead_letter(&delivery.campaign, "delivery");
         if let Err(error) = self.queue.bury(DeadItem::Delivery(delivery)).await {
             tracing::error!(%error, "Could not dead-letter a delivery; it will be retried after a restart");
         }

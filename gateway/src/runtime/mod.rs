@@ -270,14 +270,23 @@ impl Plugin {
             Ok(Ok(Err(refusal))) => Err(failure::from_plugin_error(refusal, state)),
             Ok(Ok(Ok(actions))) => bindings::from_wit_actions(actions, sandbox.max_output_bytes),
         };
+        let elapsed = started.elapsed();
+        let outcome = result.as_ref().map_or_else(PluginFailure::cause, |_| "ok");
+        crate::telemetry::plugin_run(
+            &sandbox.campaign,
+            sandbox.lane,
+            outcome,
+            elapsed.as_secs_f64(),
+            fuel_used,
+        );
         tracing::debug!(
             campaign = %sandbox.campaign,
             lane = %sandbox.lane,
             version = %sandbox.version,
             event = %event.id,
             fuel_used,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            ok = result.is_ok(),
+            elapsed_us = elapsed.as_micros() as u64,
+            outcome,
             "Plugin ran"
         );
         result

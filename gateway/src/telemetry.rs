@@ -1,0 +1,84 @@
+//! Metrics: every series hooklane exports, in one place, and the Prometheus
+//! recorder behind `GET /metrics` on the admin listener. Labels stay
+//! low-cardinality — campaign, lane, configured source, destination, cause —
+//! never an event id.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::Lane;
+
+/// Buckets of plugin run time, in seconds: 100 µs to 30 s.
+const SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+/// Buckets of fuel per run: 1e4 to 1e11.
+const FUEL: &[f64] = &[1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11];
+
+/// Install the process-wide recorder; its handle renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("seconds".into()), SECONDS)?
+        .set_buckets_for_metric(Matcher::Suffix("fuel".into()), FUEL)?
+        .install_recorder()
+}
+
+/// One plugin run: `outcome` is `ok` or the failure's cause.
+pub fn plugin_run(campaign: &str, lane: Lane, outcome: &'static str, seconds: f64, fuel: u64) {
+    let labels = [
+        ("campaign", campaign.to_owned()),
+        ("lane", lane.as_str().to_owned()),
+    ];
+    counter!(
+        "hooklane_plugin_runs_total",
+        &[
+            ("campaign", campaign.to_owned()),
+            ("lane", lane.as_str().to_owned()),
+            ("outcome", outcome.to_owned()),
+        ]
+    )
+    .increment(1);
+    histogram!("hooklane_plugin_run_seconds", &labels).record(seconds);
+    histogram!("hooklane_plugin_fuel", &labels).record(fuel as f64);
+}
+
+/// A webhook refused at ingress. `source` must be a configured source (or
+/// `unknown`), so a caller cannot mint label values.
+pub fn refusal(source: &str, reason: &'static str) {
+    counter!("hooklane_refusals_total", "source" => source.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// A webhook accepted for async campaigns (stored) or recognised as a
+/// duplicate.
+pub fn accepted(source: &str, duplicate: bool) {
+    let outcome = if duplicate { "duplicate" } else { "stored" };
+    counter!("hooklane_webhooks_accepted_total", "source" => source.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// One delivery attempt: `outcome` is `delivered` or the attempt's cause.
+pub fn delivery_attempt(destination: &str, outcome: &str) {
+    // Causes are `http_<status>`, `timeout`, `connection` and the like.
+    counter!("hooklane_delivery_attempts_total", "destination" => destination.to_owned(), "outcome" => outcome.to_owned())
+        .increment(1);
+}
+
+/// An event was scheduled for another try.
+pub fn retry(campaign: &str, lane: Lane) {
+    counter!("hooklane_event_retries_total", "campaign" => campaign.to_owned(), "lane" => lane.as_str())
+        .increment(1);
+}
+
+/// Something was given up on; `kind` is `event` or `delivery`.
+pub fn dead_letter(campaign: &str, kind: &'static str) {
+    counter!("hooklane_dead_letters_total", "campaign" => campaign.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+/// A lane's depth, set when metrics are scraped.
+pub fn lane_depth(lane: Lane, queued: usize, running: usize) {
+    gauge!("hooklane_lane_queued", "lane" => lane.as_str()).set(queued as f64);
+    gauge!("hooklane_lane_running", "lane" => lane.as_str()).set(running as f64);
+}
