@@ -110,7 +110,15 @@ async fn receive(
     if let Err(refusal) = &result {
         // Only configured names become label values.
         let known = ingress.gateway.router().route(&source).is_some();
-        telemetry::refusal(if known { &source } else { "unknown" }, refusal.error);
+        let label = if known { source.as_str() } else { "unknown" };
+        telemetry::refusal(label, refusal.error);
+        tracing::info!(
+            source = label,
+            reason = refusal.error,
+            status = refusal.status.as_u16(),
+            "Refused a webhook: {}",
+            refusal.detail
+        );
     }
     result
 }
@@ -136,7 +144,6 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
         Some(verifier) => match verifier.verify(&event.headers, &event.body, SystemTime::now()) {
             Ok(verified) => Some(verified),
             Err(rejection) => {
-                tracing::warn!(source = %event.source, reason = rejection.reason(), "Refused a webhook: {rejection}");
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     rejection.reason(),

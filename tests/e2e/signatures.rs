@@ -207,3 +207,38 @@ async fn an_oversized_body_is_refused_with_413() {
     assert_eq!(reply.status, 413);
     assert_eq!(reply.json()["error"], "body_too_large");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_signed_webhooks_verify_with_the_public_key() {
+    use ed25519_dalek::{Signer, SigningKey};
+    let signing = SigningKey::from_bytes(&[7u8; 32]);
+    let public = format!("whpk_{}", b64(signing.verifying_key().as_bytes()));
+    let other = SigningKey::from_bytes(&[8u8; 32]);
+    let trivial = plugin("trivial");
+    let gateway = Gateway::start_in(
+        tempfile::tempdir().expect("temp dir"),
+        &format!(
+            "[sources.asym]\nverify = {{ scheme = \"standard-webhooks\", secrets = [{{ env = \"WHPK\" }}] }}\n[campaigns.asym]\nsource = \"asym\"\nlane = \"speed\"\nplugin = \"{trivial}\"\n"
+        ),
+        &[("WHPK", public.as_str())],
+    )
+    .await;
+    let body = r#"{"order": 3}"#;
+    let ts = now().to_string();
+    let content = format!("msg_ed.{ts}.{body}");
+    for (key, status) in [(&signing, 200), (&other, 401)] {
+        let signature = format!("v1a,{}", b64(&key.sign(content.as_bytes()).to_bytes()));
+        let headers = [
+            ("webhook-id", "msg_ed"),
+            ("webhook-timestamp", ts.as_str()),
+            ("webhook-signature", signature.as_str()),
+        ];
+        let reply = gateway.post_with("asym", &headers, body).await;
+        assert_eq!(
+            reply.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+}
