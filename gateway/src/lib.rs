@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod ingress;
 pub mod lanes;
 pub mod loadgen;
+pub mod plugin_test;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -81,6 +81,47 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Work on a plugin without a gateway.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginAction {
+    /// Run a plugin against recorded events (one JSON object per line:
+    /// `{"body": ..., "headers": {...}, "source": "..."}`) and print, per
+    /// event, the actions, the fuel used and the time.
+    Test {
+        /// The plugin component (`.wasm`).
+        plugin: PathBuf,
+        /// The recorded events (JSON lines).
+        #[arg(long)]
+        events: PathBuf,
+        /// The lane whose default limits apply.
+        #[arg(long, value_enum, default_value_t = LaneArg::Speed)]
+        lane: LaneArg,
+        /// A campaign setting, `KEY=VALUE`; repeat for more.
+        #[arg(long = "setting", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+        /// A host the plugin may fetch from; repeat for more.
+        #[arg(long = "allow-host")]
+        allowed_hosts: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LaneArg {
+    Speed,
+    Segmentation,
+    Care,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, found `{text}`"))
 }
 
 /// How to reach a running gateway's admin API.
@@ -194,6 +235,29 @@ fn main() -> ExitCode {
             };
             runtime(None).and_then(|rt| rt.block_on(admin_call(&admin, method, &path, &query)))
         }
+        Command::Plugin {
+            action:
+                PluginAction::Test {
+                    plugin,
+                    events,
+                    lane,
+                    settings,
+                    allowed_hosts,
+                },
+        } => {
+            let options = hooklane::plugin_test::TestOptions {
+                plugin,
+                events,
+                lane: match lane {
+                    LaneArg::Speed => hooklane::config::Lane::Speed,
+                    LaneArg::Segmentation => hooklane::config::Lane::Segmentation,
+                    LaneArg::Care => hooklane::config::Lane::Care,
+                },
+                settings,
+                allowed_hosts,
+            };
+            runtime(None).and_then(|rt| rt.block_on(plugin_test(options)))
+        }
         Command::Lanes { admin } => {
             runtime(None).and_then(|rt| rt.block_on(admin_call(&admin, "GET", "/v1/lanes", &[])))
         }
@@ -294,6 +358,12 @@ async fn bench_floor() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("{}", listening_line("floor", listener.local_addr()?));
     hooklane::bench::floor::serve(listener).await?;
+    Ok(())
+}
+
+async fn plugin_test(options: hooklane::plugin_test::TestOptions) -> anyhow::Result<()> {
+    let failed = hooklane::plugin_test::run(&options, |report| println!("{report}")).await?;
+    anyhow::ensure!(failed == 0, "{failed} event(s) failed");
     Ok(())
 }
 

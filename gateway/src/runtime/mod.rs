@@ -238,6 +238,11 @@ impl Plugin {
         event: &Event,
         deadline: Duration,
     ) -> Result<Vec<Action>, PluginFailure> {
+        self.run(event, deadline).await.result
+    }
+
+    /// [`Plugin::handle`], with what the run cost.
+    pub async fn run(&self, event: &Event, deadline: Duration) -> PluginRun {
         let sandbox = &self.sandbox;
         let started = Instant::now();
         let mut store = Store::new(
@@ -249,7 +254,11 @@ impl Plugin {
             .set_fuel(sandbox.fuel)
             .and_then(|()| store.fuel_async_yield_interval(Some(self.fuel_yield_interval)));
         if let Err(e) = setup {
-            return Err(PluginFailure::Instantiate(format!("{e:#}")));
+            return PluginRun {
+                result: Err(PluginFailure::Instantiate(format!("{e:#}"))),
+                fuel_used: 0,
+                elapsed: started.elapsed(),
+            };
         }
         let deadline_ticks = (deadline.as_millis() as u64).max(1);
         store.set_epoch_deadline(deadline_ticks);
@@ -289,6 +298,18 @@ impl Plugin {
             outcome,
             "Plugin ran"
         );
-        result
+        PluginRun {
+            result,
+            fuel_used,
+            elapsed,
+        }
     }
+}
+
+/// One plugin run: its actions or failure, and what it cost.
+#[derive(Debug)]
+pub struct PluginRun {
+    pub result: Result<Vec<Action>, PluginFailure>,
+    pub fuel_used: u64,
+    pub elapsed: Duration,
 }
