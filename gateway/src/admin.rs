@@ -58,6 +58,7 @@ pub fn routes(
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(ready))
+        .route("/openapi.json", get(openapi))
         .route("/metrics", get(render_metrics))
         .merge(v1)
         .with_state(admin)
@@ -108,6 +109,15 @@ async fn render_metrics(State(admin): State<Arc<Admin>>) -> Result<Response, Api
         handle.render(),
     )
         .into_response())
+}
+
+/// The OpenAPI document of these routes (checked against them by a test).
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
+    )
+        .into_response()
 }
 
 async fn ready(State(admin): State<Arc<Admin>>) -> Json<Value> {

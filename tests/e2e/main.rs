@@ -13,4 +13,5 @@ mod hostile;
 mod lanes;
 mod limits;
 mod metrics;
+mod openapi;
 mod signatures;
