@@ -85,7 +85,7 @@ plugin = "{}"
         Config::parse(&toml, Path::new("bench.toml"), Path::new(".")).expect("bench config");
     let store = EmbeddedStore::open(&data.join(allocator), true).expect("store");
     let services = HostServices::new(Arc::new(store)).expect("services");
-    let runtime = Runtime::new(&config.runtime, 64, services).expect("runtime");
+    let runtime = Runtime::new(&config.runtime, 64, services, None).expect("runtime");
     let campaign = &config.campaigns["trivial"];
     let limits = campaign.limits(&config.lanes);
     let plugin = runtime.load("trivial", campaign, &limits).expect("plugin");

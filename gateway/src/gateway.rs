@@ -130,7 +130,13 @@ impl Gateway {
             .map(|c| c.limits(&config.lanes).memory_mb)
             .max()
             .unwrap_or(64);
-        let runtime = Runtime::new(&config.runtime, max_memory_mb, services.clone())?;
+        let cache = config.data_dir.join("compiled");
+        let runtime = Runtime::new(
+            &config.runtime,
+            max_memory_mb,
+            services.clone(),
+            Some(cache),
+        )?;
         let campaigns = DashMap::new();
         for (name, campaign) in &config.campaigns {
             let limits = campaign.limits(&config.lanes);

@@ -69,7 +69,7 @@ pub async fn run(
         EmbeddedStore::open(scratch.path(), false).map_err(|e| TestError::Setup(e.to_string()))?;
     let services =
         HostServices::new(Arc::new(store)).map_err(|e| TestError::Setup(e.to_string()))?;
-    let runtime = Runtime::new(&config.runtime, limits.memory_mb, services)
+    let runtime = Runtime::new(&config.runtime, limits.memory_mb, services, None)
         .map_err(|e| TestError::Setup(e.to_string()))?;
     let plugin = runtime
         .load("plugin-under-test", campaign, &limits)

@@ -243,3 +243,28 @@ async fn shutdown_does_not_wait_for_deliveries_sleeping_until_their_retry() {
     let status = gateway.terminate().await;
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loads_compiled_plugins_from_the_cache() {
+    let mut sms = Recorder::start(json!({})).await;
+    let config = crate::harness::login_code_toml(&sms);
+    let gateway = Gateway::start(&config).await;
+    assert!(
+        gateway.log().contains("cached=false"),
+        "first start compiles"
+    );
+    let dir = gateway.kill().await;
+    let compiled = std::fs::read_dir(dir.path().join("data/compiled"))
+        .expect("cache dir")
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        })
+        .count();
+    assert_eq!(compiled, 1);
+
+    let gateway = Gateway::start_in(dir, &config, &[]).await;
+    assert!(gateway.log().contains("cached=true"), "{}", gateway.log());
+    crate::harness::assert_speed_lane_answers(&gateway, &mut sms, "a cached load").await;
+}

@@ -15,6 +15,7 @@
 //! waiting in host imports, which the epoch cannot see.
 
 mod bindings;
+mod cache;
 mod failure;
 mod host;
 mod output;
@@ -63,6 +64,7 @@ pub enum LoadError {
 /// The engine, the linker and the epoch ticker, shared by all plugins.
 pub struct Runtime {
     engine: Engine,
+    cache: Option<cache::CompiledCache>,
     linker: Linker<PluginState>,
     services: HostServices,
     fuel_yield_interval: u64,
@@ -72,10 +74,12 @@ pub struct Runtime {
 impl Runtime {
     /// Build the engine. `max_memory_mb` is the largest memory cap of any
     /// campaign: it sizes the pooling allocator's slots.
+    /// Compiled components are cached in `cache_dir` when one is given.
     pub fn new(
         config: &RuntimeConfig,
         max_memory_mb: u64,
         services: HostServices,
+        cache_dir: Option<std::path::PathBuf>,
     ) -> Result<Self, LoadError> {
         let engine_error = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::default();
@@ -125,6 +129,7 @@ impl Runtime {
 
         Ok(Runtime {
             engine,
+            cache: cache_dir.map(cache::CompiledCache::new),
             linker,
             services,
             fuel_yield_interval: config.fuel_yield_interval,
@@ -160,7 +165,12 @@ impl Runtime {
         limits: &CampaignLimits,
         bytes: &[u8],
     ) -> Result<Plugin, String> {
-        let component = Component::new(&self.engine, bytes).map_err(|e| format!("{e:#}"))?;
+        let (component, cached) = match &self.cache {
+            Some(cache) => cache.component(&self.engine, bytes),
+            None => Component::new(&self.engine, bytes).map(|c| (c, false)),
+        }
+        .map_err(|e| format!("{e:#}"))?;
+        tracing::debug!(campaign = name, cached, "Compiled plugin ready");
         let pre = self
             .linker
             .instantiate_pre(&component)
