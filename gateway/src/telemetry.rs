@@ -3,7 +3,7 @@
 //! low-cardinality — campaign, lane, configured source, destination, cause —
 //! never an event id.
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Lane;
@@ -24,23 +24,46 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .install_recorder()
 }
 
-/// One plugin run: `outcome` is `ok` or the failure's cause.
-pub fn plugin_run(campaign: &str, lane: Lane, outcome: &'static str, seconds: f64, fuel: u64) {
-    let labels = [
-        ("campaign", campaign.to_owned()),
-        ("lane", lane.as_str().to_owned()),
-    ];
-    counter!(
-        "hooklane_plugin_runs_total",
-        &[
+/// One campaign's plugin-run series, registered once when the campaign is
+/// loaded, so the hot path records without building label sets.
+#[derive(Debug)]
+pub struct PluginMetrics {
+    campaign: String,
+    lane: Lane,
+    ok_runs: Counter,
+    seconds: Histogram,
+    fuel: Histogram,
+}
+
+impl PluginMetrics {
+    pub fn new(campaign: &str, lane: Lane) -> Self {
+        let labels = [
             ("campaign", campaign.to_owned()),
             ("lane", lane.as_str().to_owned()),
-            ("outcome", outcome.to_owned()),
-        ]
-    )
-    .increment(1);
-    histogram!("hooklane_plugin_run_seconds", &labels).record(seconds);
-    histogram!("hooklane_plugin_fuel", &labels).record(fuel as f64);
+        ];
+        PluginMetrics {
+            campaign: campaign.to_owned(),
+            lane,
+            ok_runs: runs(campaign, lane, "ok"),
+            seconds: histogram!("hooklane_plugin_run_seconds", &labels),
+            fuel: histogram!("hooklane_plugin_fuel", &labels),
+        }
+    }
+
+    /// One run: `outcome` is `ok` or the failure's cause.
+    pub fn record(&self, outcome: &'static str, seconds: f64, fuel: u64) {
+        if outcome == "ok" {
+            self.ok_runs.increment(1);
+        } else {
+            runs(&self.campaign, self.lane, outcome).increment(1);
+        }
+        self.seconds.record(seconds);
+        self.fuel.record(fuel as f64);
+    }
+}
+
+fn runs(campaign: &str, lane: Lane, outcome: &'static str) -> Counter {
+    counter!("hooklane_plugin_runs_total", "campaign" => campaign.to_owned(), "lane" => lane.as_str(), "outcome" => outcome)
 }
 
 /// A webhook refused at ingress. `source` must be a configured source (or

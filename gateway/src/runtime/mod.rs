@@ -206,6 +206,7 @@ pub struct Sandbox {
     pub fetch_timeout: Duration,
     pub kv_namespace: String,
     pub settings: std::collections::BTreeMap<String, String>,
+    pub metrics: crate::telemetry::PluginMetrics,
 }
 
 impl Sandbox {
@@ -224,6 +225,7 @@ impl Sandbox {
             fetch_timeout: Duration::from_millis(campaign.fetch_timeout_ms),
             kv_namespace: campaign.kv_namespace.clone().unwrap_or_else(|| name.into()),
             settings: campaign.settings.clone(),
+            metrics: crate::telemetry::PluginMetrics::new(name, campaign.lane),
         }
     }
 }
@@ -291,13 +293,9 @@ impl Plugin {
         };
         let elapsed = started.elapsed();
         let outcome = result.as_ref().map_or_else(PluginFailure::cause, |_| "ok");
-        crate::telemetry::plugin_run(
-            &sandbox.campaign,
-            sandbox.lane,
-            outcome,
-            elapsed.as_secs_f64(),
-            fuel_used,
-        );
+        sandbox
+            .metrics
+            .record(outcome, elapsed.as_secs_f64(), fuel_used);
         tracing::debug!(
             campaign = %sandbox.campaign,
             lane = %sandbox.lane,
