@@ -78,18 +78,12 @@ impl Lanes {
         }
         let shared = &scheduler.shared;
         let mut state = shared.lock();
+        if !state.starts_now(campaign, campaign_cap) {
+            return None;
+        }
         let queue = state.campaigns.entry(campaign.clone()).or_default();
-        if queue.running >= campaign_cap {
-            return None;
-        }
-        if state.running >= state.max_in_flight {
-            return None;
-        }
-        state
-            .campaigns
-            .get_mut(campaign)
-            .expect("just inserted")
-            .running += 1;
+        queue.cap = campaign_cap;
+        queue.running += 1;
         state.running += 1;
         shared.outstanding.send_modify(|n| *n += 1);
         Some(RunSlot {
@@ -322,9 +316,14 @@ impl LaneState {
     /// Room means the event can start at once (a free run slot and the
     /// campaign under its cap), or space in the queue.
     fn admits(&self, campaign: &str, cap: usize) -> bool {
+        self.starts_now(campaign, cap) || self.queued < self.queue_bound
+    }
+
+    /// Whether an event of `campaign` would take a run slot at once: one is
+    /// free and the campaign is under its cap.
+    fn starts_now(&self, campaign: &str, cap: usize) -> bool {
         let campaign_running = self.campaigns.get(campaign).map_or(0, |q| q.running);
-        let starts_now = self.running < self.max_in_flight && campaign_running < cap;
-        starts_now || self.queued < self.queue_bound
+        self.running < self.max_in_flight && campaign_running < cap
     }
 
     /// Move work from the queues to run slots, one campaign turn at a time.
