@@ -278,12 +278,13 @@ impl Gateway {
         }
     }
 
-    /// Whether `campaign`'s lane could take one more event now.
-    pub fn has_room(&self, campaign: &str) -> bool {
-        self.campaign(campaign).is_none_or(|c| {
-            self.lanes
-                .has_room(c.config.lane, &c.name, c.limits.max_concurrency)
-        })
+    /// `campaign`'s lane, if it could not take one more of its events now.
+    pub fn full_lane(&self, campaign: &str) -> Option<Lane> {
+        let c = self.campaign(campaign)?;
+        let room = self
+            .lanes
+            .has_room(c.config.lane, &c.name, c.limits.max_concurrency);
+        (!room).then_some(c.config.lane)
     }
 
     /// Run a stored event in its lane once it is due.

@@ -167,12 +167,12 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
     if !route.async_campaigns.is_empty() {
         // Refuse before storing anything when a lane is already full, so
         // overload is answered early and never by an unbounded backlog.
-        if let Some(full) = route.async_campaigns.iter().find(|c| !gateway.has_room(c)) {
-            let lane = gateway.campaign(full).map(|c| c.config.lane);
-            return Err(ApiError::overloaded(
-                StatusCode::TOO_MANY_REQUESTS,
-                lane.unwrap_or(crate::config::Lane::Care),
-            ));
+        if let Some(lane) = route
+            .async_campaigns
+            .iter()
+            .find_map(|c| gateway.full_lane(c))
+        {
+            return Err(ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, lane));
         }
         let signed_id = verified.and_then(|v| v.delivery_id);
         let dedup = ingress
