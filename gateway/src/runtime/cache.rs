@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -19,13 +18,16 @@ impl CompiledCache {
         Self { dir }
     }
 
-    /// The compiled form of `bytes`: from the cache if it holds a usable
-    /// one, else compiled now and stored for next time. Whether it came
-    /// from the cache is the second value.
-    pub fn component(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
-        let path = self
-            .dir
-            .join(format!("{}.cwasm", hex::encode(Sha256::digest(bytes))));
+    /// The compiled form of `bytes` (whose hex SHA-256 is `digest`): from
+    /// the cache if it holds a usable one, else compiled now and stored for
+    /// next time. Whether it came from the cache is the second value.
+    pub fn component(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        digest: &str,
+    ) -> wasmtime::Result<(Component, bool)> {
+        let path = self.dir.join(format!("{digest}.cwasm"));
         if let Some(component) = load(engine, &path) {
             return Ok((component, true));
         }

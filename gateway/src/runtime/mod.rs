@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
@@ -165,8 +166,10 @@ impl Runtime {
         limits: &CampaignLimits,
         bytes: &[u8],
     ) -> Result<Plugin, String> {
+        // One hash names the plugin version in logs and its cache file.
+        let digest = hex::encode(Sha256::digest(bytes));
         let (component, cached) = match &self.cache {
-            Some(cache) => cache.component(&self.engine, bytes),
+            Some(cache) => cache.component(&self.engine, bytes, &digest),
             None => Component::new(&self.engine, bytes).map(|c| (c, false)),
         }
         .map_err(|e| format!("{e:#}"))?;
@@ -178,7 +181,7 @@ impl Runtime {
             .map_err(|e| format!("{e:#}"))?;
         Ok(Plugin {
             pre,
-            sandbox: Arc::new(Sandbox::new(name, campaign, limits, bytes)),
+            sandbox: Arc::new(Sandbox::new(name, campaign, limits, &digest)),
             services: self.services.clone(),
             fuel_yield_interval: self.fuel_yield_interval,
         })
@@ -210,13 +213,12 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    fn new(name: &str, campaign: &CampaignConfig, limits: &CampaignLimits, bytes: &[u8]) -> Self {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(bytes);
+    /// `digest` is the hex SHA-256 of the component.
+    fn new(name: &str, campaign: &CampaignConfig, limits: &CampaignLimits, digest: &str) -> Self {
         Sandbox {
             campaign: name.into(),
             lane: campaign.lane,
-            version: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
+            version: digest[..12].to_owned(),
             fuel: limits.fuel,
             deadline: Duration::from_millis(limits.deadline_ms),
             memory_bytes: (limits.memory_mb as usize) << 20,
