@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,10 +18,14 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Lane;
 use crate::error::ApiError;
-use crate::gateway::Gateway;
+use crate::gateway::{DeployError, Gateway};
 use crate::store::{DeadItem, DeadLetter, DeadLetterFilter};
 use crate::telemetry;
+use crate::versions::{Version, VersionError};
 use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Largest plugin component a deploy accepts.
+const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
 struct Admin {
     gateway: Arc<Gateway>,
@@ -45,12 +50,19 @@ pub fn routes(
     });
     let v1 = Router::new()
         .route("/v1/campaigns", get(campaigns))
+        .route(
+            "/v1/campaigns/{campaign}/versions",
+            get(versions)
+                .post(deploy)
+                .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
+        )
+        .route("/v1/campaigns/{campaign}/rollback", post(rollback))
         .route("/v1/lanes", get(lanes))
         .route("/v1/kv/{namespace}/{key}", get(kv_get))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay_matching))
-        .route("/v1/dead-letters/{seq}", get(dead_letter))
-        .route("/v1/dead-letters/{seq}/replay", post(replay_one))
+        .route("/v1/dead-letters/{id}", get(dead_letter))
+        .route("/v1/dead-letters/{id}/replay", post(replay_one))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authenticate));
     Router::new()
         .route(
@@ -138,11 +150,107 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
                     crate::config::Mode::Sync => "sync",
                     crate::config::Mode::Async => "async",
                 },
-                "version": c.plugin.sandbox().version,
+                "version": c.version.version,
+                "digest": c.version.digest,
             })
         })
         .collect();
     Json(json!({ "campaigns": list }))
+}
+
+fn deploy_error(error: DeployError) -> ApiError {
+    let status = match &error {
+        DeployError::UnknownCampaign(_) | DeployError::Versions(VersionError::Unknown { .. }) => {
+            StatusCode::NOT_FOUND
+        }
+        DeployError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        DeployError::Versions(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let reason = match &error {
+        DeployError::UnknownCampaign(_) => "unknown_campaign",
+        DeployError::Versions(VersionError::Unknown { .. }) => "unknown_version",
+        DeployError::Invalid { .. } => "invalid_plugin",
+        DeployError::Versions(_) => "store_unavailable",
+    };
+    ApiError::new(status, reason, error.to_string())
+}
+
+fn describe_version(campaign: &str, version: &Version, active: bool) -> Value {
+    json!({
+        "campaign": campaign,
+        "version": version.version,
+        "digest": version.digest,
+        "size_bytes": version.size_bytes,
+        "stored_at_ms": version.stored_at_ms,
+        "origin": version.origin,
+        "active": active,
+    })
+}
+
+async fn versions(
+    State(admin): State<Arc<Admin>>,
+    Path(campaign): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let history = admin.gateway.versions(&campaign).map_err(deploy_error)?;
+    let listed: Vec<Value> = history
+        .versions
+        .iter()
+        .map(|v| describe_version(&campaign, v, v.version == history.active))
+        .collect();
+    Ok(Json(
+        json!({ "campaign": campaign, "active": history.active, "versions": listed }),
+    ))
+}
+
+/// The body is the component itself (`application/wasm`).
+async fn deploy(
+    State(admin): State<Arc<Admin>>,
+    Path(campaign): Path<String>,
+    body: Result<bytes::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            "bad_upload",
+            format!(
+                "could not read the component (at most {} MiB): {rejection}",
+                MAX_PLUGIN_BYTES >> 20
+            ),
+        )
+    })?;
+    let version = admin
+        .gateway
+        .deploy(&campaign, body)
+        .await
+        .map_err(deploy_error)?;
+    let answer = describe_version(&campaign, &version, true);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    version: u32,
+}
+
+async fn rollback(
+    State(admin): State<Arc<Admin>>,
+    Path(campaign): Path<String>,
+    body: bytes::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let request: RollbackRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected a JSON body `{{\"version\": N}}`: {e}"),
+        )
+    })?;
+    let version = admin
+        .gateway
+        .rollback(&campaign, request.version)
+        .await
+        .map_err(deploy_error)?;
+    Ok(Json(describe_version(&campaign, &version, true)))
 }
 
 async fn lanes(State(admin): State<Arc<Admin>>) -> Json<Value> {
@@ -302,4 +410,27 @@ async fn replay_matching(
         .await
         .map_err(store_error)?;
     replay(&admin, matching.iter().map(|d| d.seq).collect()).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route served here is in the OpenAPI document; the e2e test
+    /// checks the other way round, that every documented operation exists.
+    #[test]
+    fn every_route_is_documented() {
+        let spec: serde_json::Value =
+            serde_json::from_str(include_str!("../openapi.json")).expect("the document is JSON");
+        let routes: Vec<&str> = include_str!("admin.rs")
+            .split(".route(")
+            .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+            .filter(|path| path.starts_with('/'))
+            .collect();
+        assert!(routes.len() >= 10, "{routes:?}");
+        for route in routes {
+            assert!(
+                spec["paths"].get(route).is_some(),
+                "`{route}` is served but not in gateway/openapi.json"
+            );
+        }
+    }
 }

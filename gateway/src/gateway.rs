@@ -15,12 +15,13 @@ use crate::delivery::{Deliveries, SecretError};
 use crate::event::{now_ms, Action, Event, Headers};
 use crate::lanes::{LaneFull, Lanes};
 use crate::router::Router;
-use crate::runtime::{HostServices, LoadError, Plugin, PluginFailure, Runtime};
+use crate::runtime::{self, Compiled, HostServices, LoadError, Plugin, PluginFailure, Runtime};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{
     Attempt, Committed, DeadItem, Dedup, Enqueued, EventQueue, KvChange, KvStore, NewDelivery,
     NewWebhook, Outcome, QueuedEvent, StoreError,
 };
+use crate::versions::{History, Origin, PluginVersions, Version, VersionError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -34,6 +35,19 @@ pub enum StartError {
     Lanes(#[from] std::io::Error),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error("cannot read the stored plugin versions: {0}")]
+    Versions(#[from] VersionError),
+}
+
+/// Why a deploy or rollback was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("campaign `{0}` is not loaded")]
+    UnknownCampaign(String),
+    #[error("campaign `{campaign}`: the upload is not a valid `hooklane:plugin/campaign` component: {reason}")]
+    Invalid { campaign: String, reason: String },
+    #[error(transparent)]
+    Versions(#[from] VersionError),
 }
 
 /// Why handling an event failed.
@@ -96,11 +110,13 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// A campaign ready to run: its config, effective limits and plugin.
+/// A campaign ready to run: its config, effective limits, the version of
+/// its plugin that runs, and that plugin.
 pub struct LoadedCampaign {
     pub name: Arc<str>,
     pub config: CampaignConfig,
     pub limits: CampaignLimits,
+    pub version: Version,
     pub plugin: Plugin,
 }
 
@@ -112,8 +128,11 @@ pub struct Gateway {
     kv: Arc<dyn KvStore>,
     queue: Arc<dyn EventQueue>,
     deliveries: Arc<Deliveries>,
-    // Kept alive for the plugins: owns the engine and its epoch ticker.
-    _runtime: Runtime,
+    runtime: Runtime,
+    versions: PluginVersions,
+    /// Deploys and rollbacks one at a time, so each reads the state the
+    /// previous one left.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
@@ -137,23 +156,10 @@ impl Gateway {
             services.clone(),
             Some(cache),
         )?;
+        let versions = PluginVersions::open(config.data_dir.join("plugins"))?;
         let campaigns = DashMap::new();
-        for (name, campaign) in &config.campaigns {
-            let limits = campaign.limits(&config.lanes);
-            let plugin = runtime.load(name, campaign, &limits)?;
-            tracing::info!(
-                campaign = %name,
-                lane = %campaign.lane,
-                version = %plugin.sandbox().version,
-                "Loaded campaign"
-            );
-            let loaded = LoadedCampaign {
-                name: name.as_str().into(),
-                config: campaign.clone(),
-                limits,
-                plugin,
-            };
-            campaigns.insert(name.clone(), Arc::new(loaded));
+        for loaded in load_campaigns(&runtime, &versions, config)? {
+            campaigns.insert(loaded.name.to_string(), Arc::new(loaded));
         }
         let deliveries =
             Deliveries::new(queue.clone(), services.http.clone(), &config.destinations)?;
@@ -165,8 +171,111 @@ impl Gateway {
             kv,
             queue,
             deliveries: Arc::new(deliveries),
-            _runtime: runtime,
+            runtime,
+            versions,
+            changes: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// The stored versions of a loaded campaign.
+    pub fn versions(&self, campaign: &str) -> Result<History, DeployError> {
+        self.campaign(campaign)
+            .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
+        Ok(self.versions.history(campaign)?)
+    }
+
+    /// Make `bytes` the running plugin of `campaign`: checked against the
+    /// campaign world, compiled, stored as a new version, then swapped in.
+    /// Events already running finish on the version they started with.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        campaign: &str,
+        bytes: Bytes,
+    ) -> Result<Version, DeployError> {
+        self.change(campaign, move |gateway, name| {
+            let digest = runtime::digest(&bytes);
+            let compiled = gateway.compile(name, &bytes, &digest)?;
+            let version = gateway
+                .versions
+                .store(name, &bytes, &digest, Origin::Deploy, true)?;
+            Ok((compiled, version))
+        })
+        .await
+    }
+
+    /// Run stored `version` of `campaign` again, from now on.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        campaign: &str,
+        version: u32,
+    ) -> Result<Version, DeployError> {
+        self.change(campaign, move |gateway, name| {
+            let history = gateway.versions.history(name)?;
+            let chosen = history.get(version).ok_or_else(|| VersionError::Unknown {
+                campaign: name.into(),
+                version,
+            })?;
+            let bytes = gateway.versions.read(&chosen.digest)?;
+            let compiled = gateway.compile(name, &bytes, &chosen.digest)?;
+            let version = gateway.versions.activate(name, version)?;
+            Ok((compiled, version))
+        })
+        .await
+    }
+
+    /// Swap in the plugin `pick` compiles and records for a loaded campaign.
+    /// Compiling takes a while, so it runs off the async threads, and one
+    /// change at a time.
+    async fn change(
+        self: &Arc<Self>,
+        campaign: &str,
+        pick: impl FnOnce(&Gateway, &str) -> Result<(Compiled, Version), DeployError> + Send + 'static,
+    ) -> Result<Version, DeployError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let current = self
+            .campaign(campaign)
+            .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
+        let gateway = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let (compiled, version) = pick(&gateway, &current.name)?;
+            let plugin = gateway.runtime.plugin(
+                &compiled,
+                &current.name,
+                &current.config,
+                &current.limits,
+                &version.label(),
+            );
+            let loaded = LoadedCampaign {
+                name: current.name.clone(),
+                config: current.config.clone(),
+                limits: current.limits,
+                version: version.clone(),
+                plugin,
+            };
+            gateway
+                .campaigns
+                .insert(current.name.to_string(), Arc::new(loaded));
+            tracing::info!(
+                campaign = %current.name,
+                lane = %current.config.lane,
+                version = %version.label(),
+                previous = %current.version.label(),
+                digest = %&version.digest[..12],
+                "Switched plugin version"
+            );
+            Ok(version)
+        })
+        .await
+        .expect("a plugin change does not panic")
+    }
+
+    fn compile(&self, campaign: &str, bytes: &[u8], digest: &str) -> Result<Compiled, DeployError> {
+        self.runtime
+            .compile(bytes, digest)
+            .map_err(|reason| DeployError::Invalid {
+                campaign: campaign.into(),
+                reason,
+            })
     }
 
     /// Schedule everything the store holds from before a restart: events
@@ -480,6 +589,106 @@ fn emitted(
         campaigns: vec![campaign],
         dedup: None,
     }
+}
+
+/// Load every campaign of `config` at the version it should run: the one
+/// its config names if the campaign never ran that component (a changed
+/// config is the newest intent), else the stored active one (a deploy or
+/// rollback outlives a restart). Spread over the cores: a restart with a
+/// thousand campaigns is mostly loading compiled components from the cache.
+fn load_campaigns(
+    runtime: &Runtime,
+    versions: &PluginVersions,
+    config: &Config,
+) -> Result<Vec<LoadedCampaign>, StartError> {
+    let names: Vec<(&String, &CampaignConfig)> = config.campaigns.iter().collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let progress = crate::progress::Progress::new("Loading campaigns", names.len());
+    let loaded: Result<Vec<Vec<LoadedCampaign>>, StartError> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.min(names.len()).max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(name, campaign)) = names.get(i) else {
+                            return Ok(mine);
+                        };
+                        mine.push(load_campaign(
+                            runtime,
+                            versions,
+                            name,
+                            campaign,
+                            &config.lanes,
+                        )?);
+                        progress.step();
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("a campaign loader does not panic"))
+            .collect()
+    });
+    progress.finish();
+    Ok(loaded?.into_iter().flatten().collect())
+}
+
+fn load_campaign(
+    runtime: &Runtime,
+    versions: &PluginVersions,
+    name: &str,
+    campaign: &CampaignConfig,
+    lanes: &LanesConfig,
+) -> Result<LoadedCampaign, StartError> {
+    let path = campaign.plugin.display().to_string();
+    let configured = std::fs::read(&campaign.plugin).map_err(|source| LoadError::Read {
+        campaign: name.into(),
+        path: path.clone(),
+        source,
+    })?;
+    let digest = runtime::digest(&configured);
+    let history = versions.history(name)?;
+    let (version, bytes) = match history.active() {
+        Some(active) if history.versions.iter().any(|v| v.digest == digest) => {
+            let bytes = if active.digest == digest {
+                configured
+            } else {
+                versions.read(&active.digest)?
+            };
+            (active.clone(), bytes)
+        }
+        _ => {
+            let version = versions.store(name, &configured, &digest, Origin::Config, true)?;
+            (version, configured)
+        }
+    };
+    let compiled =
+        runtime
+            .compile(&bytes, &version.digest)
+            .map_err(|reason| LoadError::Invalid {
+                campaign: name.into(),
+                path,
+                reason,
+            })?;
+    let limits = campaign.limits(lanes);
+    let plugin = runtime.plugin(&compiled, name, campaign, &limits, &version.label());
+    tracing::info!(
+        campaign = %name,
+        lane = %campaign.lane,
+        version = %version.label(),
+        digest = %&version.digest[..12],
+        "Loaded campaign"
+    );
+    Ok(LoadedCampaign {
+        name: name.into(),
+        config: campaign.clone(),
+        limits,
+        version,
+        plugin,
+    })
 }
 
 fn attempt(error: &RunError) -> Attempt {

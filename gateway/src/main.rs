@@ -81,6 +81,32 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Deploy a new version of a campaign's plugin to a running gateway:
+    /// checked, compiled, stored and swapped in without a restart.
+    Deploy {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The campaign.
+        campaign: String,
+        /// The plugin component (`.wasm`).
+        plugin: PathBuf,
+    },
+    /// Run a stored version of a campaign's plugin again.
+    Rollback {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The campaign.
+        campaign: String,
+        /// The version to run (see `versions`).
+        version: u32,
+    },
+    /// List the stored versions of a campaign's plugin.
+    Versions {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The campaign.
+        campaign: String,
+    },
     /// Work on a plugin without a gateway.
     Plugin {
         #[command(subcommand)]
@@ -221,20 +247,46 @@ fn main() -> ExitCode {
         }
         Command::BenchFloor => runtime(None).and_then(|rt| rt.block_on(bench_floor())),
         Command::DeadLetters { admin, action } => {
-            let (method, path, query) = match &action {
+            let call = match &action {
                 DeadLetterAction::List { filter } => {
-                    ("GET", "/v1/dead-letters".to_owned(), filter.query())
+                    AdminCall::get("/v1/dead-letters".into()).query(filter.query())
                 }
-                DeadLetterAction::Show { id } => ("GET", format!("/v1/dead-letters/{id}"), vec![]),
+                DeadLetterAction::Show { id } => AdminCall::get(format!("/v1/dead-letters/{id}")),
                 DeadLetterAction::Replay { id: Some(id), .. } => {
-                    ("POST", format!("/v1/dead-letters/{id}/replay"), vec![])
+                    AdminCall::post(format!("/v1/dead-letters/{id}/replay"))
                 }
                 DeadLetterAction::Replay { id: None, filter } => {
-                    ("POST", "/v1/dead-letters/replay".to_owned(), filter.query())
+                    AdminCall::post("/v1/dead-letters/replay".into()).query(filter.query())
                 }
             };
-            runtime(None).and_then(|rt| rt.block_on(admin_call(&admin, method, &path, &query)))
+            admin_call(&admin, call)
         }
+        Command::Deploy {
+            admin,
+            campaign,
+            plugin,
+        } => std::fs::read(&plugin)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", plugin.display()))
+            .and_then(|wasm| {
+                let call = AdminCall::post(format!("/v1/campaigns/{campaign}/versions"))
+                    .body(AdminBody::Wasm(wasm))
+                    .announce(format!("Deploying {} to `{campaign}`", plugin.display()));
+                admin_call(&admin, call)
+            }),
+        Command::Rollback {
+            admin,
+            campaign,
+            version,
+        } => {
+            let call = AdminCall::post(format!("/v1/campaigns/{campaign}/rollback"))
+                .body(AdminBody::Json(serde_json::json!({ "version": version })))
+                .announce(format!("Switching `{campaign}` to v{version}"));
+            admin_call(&admin, call)
+        }
+        Command::Versions { admin, campaign } => admin_call(
+            &admin,
+            AdminCall::get(format!("/v1/campaigns/{campaign}/versions")),
+        ),
         Command::Plugin {
             action:
                 PluginAction::Test {
@@ -258,9 +310,7 @@ fn main() -> ExitCode {
             };
             runtime(None).and_then(|rt| rt.block_on(plugin_test(options)))
         }
-        Command::Lanes { admin } => {
-            runtime(None).and_then(|rt| rt.block_on(admin_call(&admin, "GET", "/v1/lanes", &[])))
-        }
+        Command::Lanes { admin } => admin_call(&admin, AdminCall::get("/v1/lanes".into())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -367,27 +417,85 @@ async fn plugin_test(options: hooklane::plugin_test::TestOptions) -> anyhow::Res
     Ok(())
 }
 
+/// One call to a running gateway's admin API.
+struct AdminCall {
+    method: reqwest::Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<AdminBody>,
+    /// Said while the call runs, for calls that take a while.
+    announce: Option<String>,
+}
+
+enum AdminBody {
+    Json(serde_json::Value),
+    Wasm(Vec<u8>),
+}
+
+impl AdminCall {
+    fn get(path: String) -> Self {
+        Self::new(reqwest::Method::GET, path)
+    }
+
+    fn post(path: String) -> Self {
+        Self::new(reqwest::Method::POST, path)
+    }
+
+    fn new(method: reqwest::Method, path: String) -> Self {
+        AdminCall {
+            method,
+            path,
+            query: Vec::new(),
+            body: None,
+            announce: None,
+        }
+    }
+
+    fn query(mut self, query: Vec<(&'static str, String)>) -> Self {
+        self.query = query;
+        self
+    }
+
+    fn body(mut self, body: AdminBody) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    fn announce(mut self, what: String) -> Self {
+        self.announce = Some(what);
+        self
+    }
+}
+
 /// Call the admin API and print its JSON answer.
-async fn admin_call(
-    admin: &AdminArgs,
-    method: &str,
-    path: &str,
-    query: &[(&str, String)],
-) -> anyhow::Result<()> {
-    let url = format!("{}{path}", admin.admin.trim_end_matches('/'));
+fn admin_call(admin: &AdminArgs, call: AdminCall) -> anyhow::Result<()> {
+    let url = format!("{}{}", admin.admin.trim_end_matches('/'), call.path);
     let client = reqwest::Client::new();
-    let request = match method {
-        "POST" => client.post(&url),
-        _ => client.get(&url),
+    let mut request = client
+        .request(call.method, &url)
+        .query(&call.query)
+        .bearer_auth(&admin.token);
+    request = match call.body {
+        Some(AdminBody::Json(json)) => request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(json.to_string()),
+        Some(AdminBody::Wasm(wasm)) => request
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(wasm),
+        None => request,
     };
-    let response = request
-        .query(query)
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the admin API at {url}: {e}"))?;
-    let status = response.status();
-    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+    let spinner = call.announce.map(hooklane::progress::Spinner::start);
+    let answer = runtime(Some(1))?.block_on(async {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the admin API at {url}: {e}"))?;
+        let status = response.status();
+        anyhow::Ok((status, response.bytes().await?))
+    });
+    drop(spinner);
+    let (status, body) = answer?;
+    let body: serde_json::Value = serde_json::from_slice(&body)?;
     println!("{}", serde_json::to_string_pretty(&body)?);
     anyhow::ensure!(status.is_success(), "the admin API answered {status}");
     Ok(())

@@ -80,12 +80,32 @@ impl Gateway {
 
     /// Ask the process to shut down (SIGTERM) and wait for it to exit.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.server.child.id().expect("running").to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().await;
-        assert!(sent.expect("run kill").success());
+        self.signal("TERM").await;
         within("the gateway to exit", self.server.child.wait())
             .await
             .expect("wait")
+    }
+
+    /// Shut the process down cleanly and hand back its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.signal("TERM").await;
+        let status = within("the gateway to exit", self.server.child.wait()).await;
+        assert!(
+            status.expect("wait").success(),
+            "the gateway failed to stop"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Send the process a signal (`TERM`, `HUP`, …).
+    pub async fn signal(&self, name: &str) {
+        let pid = self.server.child.id().expect("running").to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .await;
+        assert!(sent.expect("run kill").success());
     }
 
     /// Start the gateway in `dir` (reusing its data), with extra environment.
@@ -166,19 +186,49 @@ impl Gateway {
 
     /// Call the admin API (`GET` or `POST`) and return its JSON answer.
     pub async fn admin(&self, method: reqwest::Method, path: &str) -> Value {
+        let reply = self.admin_with(method, path, Vec::new()).await;
+        assert!(reply.status.is_success(), "admin {path}: {}", reply.status);
+        reply.json()
+    }
+
+    /// Call the admin API with `body`, whatever the answer.
+    pub async fn admin_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
         let response = self
             .http
             .request(method, format!("http://{}{path}", self.admin))
             .bearer_auth(ADMIN_TOKEN)
+            .body(body)
             .send()
             .await
             .expect("admin reachable");
+        Reply {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.bytes().await.expect("body"),
+        }
+    }
+
+    /// Run the `hooklane` CLI against this gateway's admin API; its stdout.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_hooklane"))
+            .args(args)
+            .env("HOOKLANE_ADMIN_URL", format!("http://{}", self.admin))
+            .env("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .await
+            .expect("run hooklane");
         assert!(
-            response.status().is_success(),
-            "admin {path}: {}",
-            response.status()
+            output.status.success(),
+            "hooklane {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
         );
-        serde_json::from_slice(&response.bytes().await.expect("body")).expect("JSON")
+        String::from_utf8(output.stdout).expect("UTF-8 output")
     }
 
     /// A key of the plugin store, read through the admin API.

@@ -3,6 +3,7 @@
 //! with many campaigns does not recompile them. Files are named by the
 //! SHA-256 of the component, so a new plugin version gets a new file.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use wasmtime::component::Component;
@@ -40,11 +41,12 @@ impl CompiledCache {
 
     fn store(&self, path: &Path, component: &Component) -> wasmtime::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        // Write then rename, so a crash never leaves half a file under the
-        // final name.
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, component.serialize()?)?;
-        std::fs::rename(&partial, path)?;
+        // Write a uniquely named file then rename it, so a crash never
+        // leaves half a file under the final name and two campaigns
+        // compiling the same component never write into one file.
+        let mut partial = tempfile::NamedTempFile::new_in(&self.dir)?;
+        partial.write_all(&component.serialize()?)?;
+        partial.persist(path)?;
         Ok(())
     }
 }

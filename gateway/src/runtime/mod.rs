@@ -138,7 +138,8 @@ impl Runtime {
         })
     }
 
-    /// Compile and pre-instantiate the plugin of campaign `name`.
+    /// Compile and pre-instantiate the plugin file of campaign `name`, for
+    /// tools that run one plugin outside a gateway (`plugin test`, benches).
     pub fn load(
         &self,
         name: &str,
@@ -151,41 +152,88 @@ impl Runtime {
             path: path.clone(),
             source,
         })?;
-        self.load_bytes(name, campaign, limits, &bytes)
-            .map_err(|reason| LoadError::Invalid {
-                campaign: name.into(),
-                path,
-                reason,
-            })
+        let compiled =
+            self.compile(&bytes, &digest(&bytes))
+                .map_err(|reason| LoadError::Invalid {
+                    campaign: name.into(),
+                    path,
+                    reason,
+                })?;
+        Ok(self.plugin(&compiled, name, campaign, limits, "local"))
     }
 
-    fn load_bytes(
+    /// Check that `bytes` (whose hex SHA-256 is `digest`) is a component of
+    /// the `hooklane:plugin/campaign` world, compile it (or take it from
+    /// the cache) and link it. The error says what is wrong with it.
+    pub fn compile(&self, bytes: &[u8], digest: &str) -> Result<Compiled, String> {
+        check_component_header(bytes)?;
+        let (component, cached) = match &self.cache {
+            Some(cache) => cache.component(&self.engine, bytes, digest),
+            None => Component::new(&self.engine, bytes).map(|c| (c, false)),
+        }
+        .map_err(|e| format!("it does not compile: {e:#}"))?;
+        tracing::debug!(digest, cached, "Compiled plugin ready");
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            format!(
+                "it imports something the `hooklane:plugin/campaign` world does not provide: {e:#}"
+            )
+        })?;
+        let pre = CampaignPre::new(pre).map_err(|e| {
+            format!("it does not export the `hooklane:plugin/campaign` world (`handle`): {e:#}")
+        })?;
+        Ok(Compiled {
+            pre,
+            digest: digest.into(),
+        })
+    }
+
+    /// Bind a compiled component to campaign `name`'s limits and settings;
+    /// `version` names it in logs ("v3").
+    pub fn plugin(
         &self,
+        compiled: &Compiled,
         name: &str,
         campaign: &CampaignConfig,
         limits: &CampaignLimits,
-        bytes: &[u8],
-    ) -> Result<Plugin, String> {
-        // One hash names the plugin version in logs and its cache file.
-        let digest = hex::encode(Sha256::digest(bytes));
-        let (component, cached) = match &self.cache {
-            Some(cache) => cache.component(&self.engine, bytes, &digest),
-            None => Component::new(&self.engine, bytes).map(|c| (c, false)),
-        }
-        .map_err(|e| format!("{e:#}"))?;
-        tracing::debug!(campaign = name, cached, "Compiled plugin ready");
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(CampaignPre::new)
-            .map_err(|e| format!("{e:#}"))?;
-        Ok(Plugin {
-            pre,
-            sandbox: Arc::new(Sandbox::new(name, campaign, limits, &digest)),
+        version: &str,
+    ) -> Plugin {
+        let sandbox = Sandbox::new(name, campaign, limits, version, &compiled.digest);
+        Plugin {
+            compiled: compiled.clone(),
+            sandbox: Arc::new(sandbox),
             services: self.services.clone(),
             fuel_yield_interval: self.fuel_yield_interval,
-        })
+        }
     }
+}
+
+/// The hex SHA-256 of a component: names its version and its cache file.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Name the two common mistakes before the compiler does, in words an
+/// author can act on: not wasm at all, or a core module instead of a
+/// component.
+fn check_component_header(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_MODULE: [u8; 4] = [1, 0, 0, 0];
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err("it is not a WebAssembly binary (no `\\0asm` header)".into());
+    }
+    if bytes[4..8] == CORE_MODULE {
+        return Err("it is a core wasm module, not a component: build it for `wasm32-wasip2` (or wrap it with `wasm-tools component new`)".into());
+    }
+    Ok(())
+}
+
+/// A component compiled and linked against the campaign world, not yet
+/// bound to a campaign; cheap to clone.
+#[derive(Clone)]
+pub struct Compiled {
+    pre: CampaignPre<PluginState>,
+    /// Hex SHA-256 of the component.
+    pub digest: Arc<str>,
 }
 
 impl Drop for Runtime {
@@ -199,8 +247,10 @@ impl Drop for Runtime {
 pub struct Sandbox {
     pub campaign: String,
     pub lane: Lane,
-    /// Short content hash of the component, for logs.
+    /// The campaign's version number ("v3"), for logs.
     pub version: String,
+    /// Short content hash of the component, for logs.
+    pub digest: String,
     pub fuel: u64,
     pub deadline: Duration,
     pub memory_bytes: usize,
@@ -214,11 +264,18 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// `digest` is the hex SHA-256 of the component.
-    fn new(name: &str, campaign: &CampaignConfig, limits: &CampaignLimits, digest: &str) -> Self {
+    fn new(
+        name: &str,
+        campaign: &CampaignConfig,
+        limits: &CampaignLimits,
+        version: &str,
+        digest: &str,
+    ) -> Self {
         Sandbox {
             campaign: name.into(),
             lane: campaign.lane,
-            version: digest[..12].to_owned(),
+            version: version.into(),
+            digest: digest[..12].to_owned(),
             fuel: limits.fuel,
             deadline: Duration::from_millis(limits.deadline_ms),
             memory_bytes: (limits.memory_mb as usize) << 20,
@@ -234,7 +291,7 @@ impl Sandbox {
 
 /// A campaign's compiled, pre-instantiated plugin; cheap to share.
 pub struct Plugin {
-    pre: CampaignPre<PluginState>,
+    compiled: Compiled,
     sandbox: Arc<Sandbox>,
     services: HostServices,
     fuel_yield_interval: u64,
@@ -243,6 +300,11 @@ pub struct Plugin {
 impl Plugin {
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
+    }
+
+    /// The compiled component, to bind it again under other limits.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
     }
 
     /// Run the plugin on `event` in a fresh store under the campaign's
@@ -260,7 +322,7 @@ impl Plugin {
         let sandbox = &self.sandbox;
         let started = Instant::now();
         let mut store = Store::new(
-            self.pre.engine(),
+            self.compiled.pre.engine(),
             PluginState::new(sandbox.clone(), self.services.clone(), &event.id),
         );
         store.limiter(|state| &mut state.limiter);
@@ -280,7 +342,7 @@ impl Plugin {
 
         let input = bindings::to_wit_event(event);
         let outcome = tokio::time::timeout(deadline, async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instance = self.compiled.pre.instantiate_async(&mut store).await?;
             instance.call_handle(&mut store, &input).await
         })
         .await;

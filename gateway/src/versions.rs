@@ -1,0 +1,245 @@
+//! Stored plugin versions: every component a campaign has run — from its
+//! config file or deployed through the admin API — numbered per campaign,
+//! with the active one recorded, so a deploy or a rollback survives a
+//! restart and any earlier version can come back.
+//!
+//! On disk, under `data_dir/plugins/`: `blobs/<sha256>.wasm` holds each
+//! component once, and `<campaign>.json` a campaign's history. Both are
+//! written to a temporary name, synced and renamed, so a crash leaves the
+//! old or the new file, never half of one. Must never compile anything:
+//! the runtime does that before a version is stored.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::now_ms;
+
+/// Where a version came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The `plugin` file of the campaign's config.
+    Config,
+    /// An upload to the admin API.
+    Deploy,
+}
+
+/// One stored version of a campaign's plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// 1, 2, 3… per campaign, in the order versions were first stored.
+    pub version: u32,
+    /// Hex SHA-256 of the component.
+    pub digest: String,
+    pub size_bytes: u64,
+    pub stored_at_ms: u64,
+    pub origin: Origin,
+}
+
+impl Version {
+    /// How logs name it: "v3".
+    pub fn label(&self) -> String {
+        format!("v{}", self.version)
+    }
+}
+
+/// A campaign's versions and which one runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct History {
+    /// The version that runs; 0 while none is stored.
+    pub active: u32,
+    pub versions: Vec<Version>,
+}
+
+impl History {
+    pub fn get(&self, version: u32) -> Option<&Version> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    pub fn active(&self) -> Option<&Version> {
+        self.get(self.active)
+    }
+
+    fn by_digest(&self, digest: &str) -> Option<&Version> {
+        self.versions.iter().find(|v| v.digest == digest)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    #[error("campaign `{campaign}` has no version {version}")]
+    Unknown { campaign: String, version: u32 },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a version history: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The stored versions of every campaign (`data_dir/plugins`).
+pub struct PluginVersions {
+    dir: PathBuf,
+}
+
+impl PluginVersions {
+    pub fn open(dir: PathBuf) -> Result<Self, VersionError> {
+        let blobs = dir.join("blobs");
+        std::fs::create_dir_all(&blobs).map_err(io_error(&blobs))?;
+        Ok(PluginVersions { dir })
+    }
+
+    /// `campaign`'s history; empty if it has none yet.
+    pub fn history(&self, campaign: &str) -> Result<History, VersionError> {
+        let path = self.history_path(campaign);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| VersionError::Corrupt { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(History::default()),
+            Err(source) => Err(VersionError::Io { path, source }),
+        }
+    }
+
+    /// The component stored under `digest`.
+    pub fn read(&self, digest: &str) -> Result<Vec<u8>, VersionError> {
+        let path = self.blob_path(digest);
+        std::fs::read(&path).map_err(io_error(&path))
+    }
+
+    /// Store `bytes` (hex SHA-256 `digest`) as a version of `campaign` —
+    /// the one it already is, if the campaign ran these bytes before — and
+    /// make it the active one when `activate` is set.
+    pub fn store(
+        &self,
+        campaign: &str,
+        bytes: &[u8],
+        digest: &str,
+        origin: Origin,
+        activate: bool,
+    ) -> Result<Version, VersionError> {
+        let mut history = self.history(campaign)?;
+        let version = match history.by_digest(digest) {
+            Some(known) => known.clone(),
+            None => {
+                let blob = self.blob_path(digest);
+                if !blob.exists() {
+                    write_atomically(&blob, bytes)?;
+                }
+                let version = Version {
+                    version: history.versions.last().map_or(1, |v| v.version + 1),
+                    digest: digest.into(),
+                    size_bytes: bytes.len() as u64,
+                    stored_at_ms: now_ms(),
+                    origin,
+                };
+                history.versions.push(version.clone());
+                version
+            }
+        };
+        if activate {
+            history.active = version.version;
+        }
+        self.save(campaign, &history)?;
+        Ok(version)
+    }
+
+    /// Make stored `version` the active one of `campaign`.
+    pub fn activate(&self, campaign: &str, version: u32) -> Result<Version, VersionError> {
+        let mut history = self.history(campaign)?;
+        let chosen = history
+            .get(version)
+            .cloned()
+            .ok_or_else(|| VersionError::Unknown {
+                campaign: campaign.into(),
+                version,
+            })?;
+        history.active = version;
+        self.save(campaign, &history)?;
+        Ok(chosen)
+    }
+
+    fn save(&self, campaign: &str, history: &History) -> Result<(), VersionError> {
+        let json = serde_json::to_vec_pretty(history).expect("a history serialises");
+        write_atomically(&self.history_path(campaign), &json)
+    }
+
+    fn history_path(&self, campaign: &str) -> PathBuf {
+        // Campaign names are plain (letters, digits, `-`, `_`): see config.
+        self.dir.join(format!("{campaign}.json"))
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.dir.join("blobs").join(format!("{digest}.wasm"))
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> VersionError + '_ {
+    move |source| VersionError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Write a uniquely named temporary file, sync it, rename it over `path`
+/// and sync the directory: after a crash the file is either the old one or
+/// the whole new one, and campaigns loading in parallel that store the same
+/// component never write into each other's temporary file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), VersionError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let write = || -> std::io::Result<()> {
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        file.write_all(bytes)?;
+        file.as_file().sync_all()?;
+        file.persist(path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(io_error(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_numbered_deduplicated_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let versions = PluginVersions::open(dir.path().join("plugins")).unwrap();
+        assert_eq!(versions.history("welcome").unwrap().active, 0);
+
+        let v1 = versions
+            .store("welcome", b"one", "d1", Origin::Config, true)
+            .unwrap();
+        let v2 = versions
+            .store("welcome", b"two", "d2", Origin::Deploy, true)
+            .unwrap();
+        assert_eq!((v1.version, v2.version), (1, 2));
+        // The same bytes again are the same version, not a third.
+        let again = versions
+            .store("welcome", b"one", "d1", Origin::Config, false)
+            .unwrap();
+        assert_eq!(again, v1);
+
+        let reopened = PluginVersions::open(dir.path().join("plugins")).unwrap();
+        let history = reopened.history("welcome").unwrap();
+        assert_eq!(history.active, 2);
+        assert_eq!(history.versions.len(), 2);
+        assert_eq!(reopened.read("d1").unwrap(), b"one");
+
+        assert_eq!(reopened.activate("welcome", 1).unwrap(), v1);
+        assert_eq!(reopened.history("welcome").unwrap().active, 1);
+        assert!(matches!(
+            reopened.activate("welcome", 7),
+            Err(VersionError::Unknown { version: 7, .. })
+        ));
+        // Campaigns do not see each other's versions.
+        assert!(reopened.history("other").unwrap().versions.is_empty());
+    }
+}

@@ -1,0 +1,216 @@
+//! Hot deploy: new plugin versions swap in under traffic, refused uploads
+//! say why, rollbacks and the active version survive a restart.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::harness::{plugin, within, Gateway};
+
+/// `greet` answers its callers synchronously; v1 is `trivial` (answers
+/// `ok`), and `burn` (answers a number) is deployed as v2.
+fn greet_toml() -> String {
+    format!(
+        r#"
+[sources.site]
+[campaigns.greet]
+source = "site"
+lane = "speed"
+plugin = "{}"
+settings = {{ iterations = "10" }}
+"#,
+        plugin("trivial")
+    )
+}
+
+/// Which plugin answered: `trivial` says `ok`, `burn` a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answered {
+    V1,
+    V2,
+}
+
+async fn who_answers(gateway: &Gateway) -> Answered {
+    let reply = gateway.post("site", "{}").await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    answered(&reply.body)
+}
+
+fn answered(body: &[u8]) -> Answered {
+    match std::str::from_utf8(body).expect("UTF-8") {
+        "ok" => Answered::V1,
+        number if number.parse::<u64>().is_ok() => Answered::V2,
+        other => panic!("unexpected answer `{other}`"),
+    }
+}
+
+fn burn() -> Vec<u8> {
+    std::fs::read(plugin("burn")).expect("burn.wasm")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
+    let gateway = Arc::new(Gateway::start(&greet_toml()).await);
+    assert_eq!(who_answers(&gateway).await, Answered::V1);
+
+    // Two callers keep posting, each one request after the other, so each
+    // one's answers are in the order the gateway ran them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Notify::new());
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let (gateway, stop, answers) = (gateway.clone(), stop.clone(), answers.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = gateway.post("site", "{}").await;
+                    assert_eq!(
+                        reply.status,
+                        StatusCode::OK,
+                        "a request failed during the deploy"
+                    );
+                    seen.push(answered(&reply.body));
+                    answers.notify_waiters();
+                }
+                seen
+            })
+        })
+        .collect();
+    answers.notified().await;
+
+    let deployed = gateway
+        .admin_with(Method::POST, "/v1/campaigns/greet/versions", burn())
+        .await;
+    assert_eq!(deployed.status, StatusCode::CREATED, "{:?}", deployed.body);
+    let deployed = deployed.json();
+    assert_eq!(deployed["version"], 2);
+    assert_eq!(deployed["origin"], "deploy");
+    assert_eq!(deployed["active"], true);
+    // Every request sent after the deploy answered runs v2.
+    assert_eq!(who_answers(&gateway).await, Answered::V2);
+    for _ in 0..2 {
+        answers.notified().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        let seen = within("a caller to stop", caller)
+            .await
+            .expect("no failed request");
+        let first_v2 = seen.iter().position(|a| *a == Answered::V2);
+        if let Some(swap) = first_v2 {
+            assert!(
+                seen[swap..].iter().all(|a| *a == Answered::V2),
+                "v1 answered after v2 had: {seen:?}"
+            );
+        }
+    }
+
+    let versions = gateway
+        .admin(Method::GET, "/v1/campaigns/greet/versions")
+        .await;
+    assert_eq!(versions["active"], 2);
+    let origins: Vec<&Value> = versions["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| &v["origin"])
+        .collect();
+    assert_eq!(origins, [&json!("config"), &json!("deploy")]);
+    let listed = gateway.admin(Method::GET, "/v1/campaigns").await;
+    assert_eq!(listed["campaigns"][0]["version"], 2);
+
+    let back = gateway
+        .admin_with(
+            Method::POST,
+            "/v1/campaigns/greet/rollback",
+            json!({ "version": 1 }).to_string(),
+        )
+        .await;
+    assert_eq!(back.status, StatusCode::OK, "{:?}", back.body);
+    assert_eq!(back.json()["version"], 1);
+    assert_eq!(who_answers(&gateway).await, Answered::V1);
+
+    let missing = gateway
+        .admin_with(
+            Method::POST,
+            "/v1/campaigns/greet/rollback",
+            json!({ "version": 9 }).to_string(),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json()["error"], "unknown_version");
+    assert!(
+        gateway.log().contains("Switched plugin version"),
+        "the swap is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_that_are_not_campaign_components_are_refused_with_the_reason() {
+    let gateway = Gateway::start(&greet_toml()).await;
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let command = std::fs::read(plugin("command")).expect("command.wasm");
+    for (upload, says) in [
+        (b"#!/bin/sh\necho hi\n".to_vec(), "not a WebAssembly binary"),
+        (core_module, "core wasm module, not a component"),
+        (
+            command,
+            "does not export the `hooklane:plugin/campaign` world",
+        ),
+    ] {
+        let refused = gateway
+            .admin_with(Method::POST, "/v1/campaigns/greet/versions", upload)
+            .await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let body = refused.json();
+        assert_eq!(body["error"], "invalid_plugin");
+        let detail = body["detail"].as_str().expect("detail");
+        assert!(detail.contains("campaign `greet`"), "{detail}");
+        assert!(detail.contains(says), "`{detail}` should say `{says}`");
+    }
+    let unknown = gateway
+        .admin_with(Method::POST, "/v1/campaigns/nope/versions", burn())
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json()["error"], "unknown_campaign");
+
+    // Nothing refused was stored, and v1 still answers.
+    let versions = gateway
+        .admin(Method::GET, "/v1/campaigns/greet/versions")
+        .await;
+    assert_eq!(versions["versions"].as_array().map(Vec::len), Some(1));
+    assert_eq!(who_answers(&gateway).await, Answered::V1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_deploys_and_the_active_version_survives_a_restart() {
+    let config = greet_toml();
+    let gateway = Gateway::start(&config).await;
+    let burn_path = plugin("burn");
+    let deployed: Value =
+        serde_json::from_str(&gateway.cli(&["deploy", "greet", &burn_path]).await).expect("JSON");
+    assert_eq!(deployed["version"], 2);
+    assert_eq!(who_answers(&gateway).await, Answered::V2);
+
+    let gateway = Gateway::start_in(gateway.stop().await, &config, &[]).await;
+    assert_eq!(
+        who_answers(&gateway).await,
+        Answered::V2,
+        "a restart keeps v2"
+    );
+    let versions: Value =
+        serde_json::from_str(&gateway.cli(&["versions", "greet"]).await).expect("JSON");
+    assert_eq!(versions["active"], 2);
+    assert_eq!(versions["versions"].as_array().map(Vec::len), Some(2));
+
+    gateway.cli(&["rollback", "greet", "1"]).await;
+    let gateway = Gateway::start_in(gateway.stop().await, &config, &[]).await;
+    assert_eq!(who_answers(&gateway).await, Answered::V1, "and a rollback");
+    assert!(
+        gateway.log().contains("from the cache") || gateway.log().contains("cached=true"),
+        "a restart loads compiled components from the cache"
+    );
+}
