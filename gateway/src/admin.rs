@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Lane;
 use crate::error::ApiError;
-use crate::gateway::{DeployError, Gateway};
+use crate::gateway::{DeployError, Gateway, ReloadError};
 use crate::store::{DeadItem, DeadLetter, DeadLetterFilter};
 use crate::telemetry;
 use crate::versions::{Version, VersionError};
@@ -57,6 +57,7 @@ pub fn routes(
                 .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
         )
         .route("/v1/campaigns/{campaign}/rollback", post(rollback))
+        .route("/v1/reload", post(reload))
         .route("/v1/lanes", get(lanes))
         .route("/v1/kv/{namespace}/{key}", get(kv_get))
         .route("/v1/dead-letters", get(dead_letters))
@@ -152,6 +153,12 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
                 },
                 "version": c.version.version,
                 "digest": c.version.digest,
+                "limits": {
+                    "fuel": c.limits.fuel,
+                    "deadline_ms": c.limits.deadline_ms,
+                    "memory_mb": c.limits.memory_mb,
+                    "max_concurrency": c.limits.max_concurrency,
+                },
             })
         })
         .collect();
@@ -251,6 +258,20 @@ async fn rollback(
         .await
         .map_err(deploy_error)?;
     Ok(Json(describe_version(&campaign, &version, true)))
+}
+
+async fn reload(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
+    match admin.gateway.reload().await {
+        Ok(reloaded) => Ok(Json(json!({ "reloaded": reloaded }))),
+        Err(error) => {
+            let (status, reason) = match &error {
+                ReloadError::Config(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config"),
+                ReloadError::Versions(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            };
+            tracing::error!("Reload refused, the running config is kept: {error}");
+            Err(ApiError::new(status, reason, error.to_string()))
+        }
+    }
 }
 
 async fn lanes(State(admin): State<Arc<Admin>>) -> Json<Value> {

@@ -35,7 +35,7 @@ pub enum ConfigError {
 }
 
 /// The whole gateway configuration (`hooklane.toml`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where sources send webhooks. Default `127.0.0.1:8080`; port 0 picks a
@@ -81,10 +81,13 @@ pub struct Config {
     /// files) are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The config file itself, read again on reload.
+    #[serde(skip)]
+    pub file: PathBuf,
 }
 
 /// The operator API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Where the admin API listens. Default `127.0.0.1:9090` (loopback only).
@@ -134,7 +137,7 @@ impl Default for AdminConfig {
 }
 
 /// Settings of the wasmtime engine shared by every campaign.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Most plugin instances alive at once (pooling allocator slots).
@@ -162,7 +165,7 @@ impl Default for RuntimeConfig {
 }
 
 /// The embedded store in `data_dir`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// Sync every commit to disk before acknowledging. Default true; off
@@ -197,7 +200,7 @@ pub enum Allocator {
 }
 
 /// A webhook sender.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Human description, for operators.
@@ -214,7 +217,7 @@ pub struct SourceConfig {
 
 /// Deduplication of a source's webhooks: a webhook whose id was seen within
 /// the window is answered with the first copy's event id and not run again.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
     /// Headers that carry the sender's webhook id, first present wins.
@@ -281,7 +284,7 @@ pub enum Mode {
 }
 
 /// A campaign: a plugin run for the events of one source.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignConfig {
     /// The source whose events this campaign handles.
@@ -364,7 +367,7 @@ impl CampaignConfig {
 }
 
 /// The three lanes' settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(from = "LaneOverrides")]
 pub struct LanesConfig {
     pub speed: LaneConfig,
@@ -433,7 +436,7 @@ impl LanesConfig {
 /// One lane's execution capacity and the defaults of its campaigns
 /// (`[lanes.speed]`, `[lanes.segmentation]`, `[lanes.care]`). Every key may
 /// be left out; the defaults differ per lane (speed / segmentation / care).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LaneConfig {
     /// OS threads of the lane's own runtime: its reserved share of the
     /// machine. Defaults 2 / 1 / 1.
@@ -537,7 +540,7 @@ impl LaneConfig {
 }
 
 /// A system plugins deliver to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     /// The URL deliveries are POSTed to.
@@ -678,6 +681,7 @@ impl Config {
             })?;
         config.validate(file)?;
         config.base_dir = base.to_owned();
+        config.file = file.to_owned();
         config.data_dir = base.join(&config.data_dir);
         for campaign in config.campaigns.values_mut() {
             campaign.plugin = base.join(&campaign.plugin);

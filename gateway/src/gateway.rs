@@ -5,16 +5,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::oneshot;
 
 use crate::actions;
-use crate::config::{CampaignConfig, CampaignLimits, Config, Lane, LanesConfig};
+use crate::config::{CampaignConfig, CampaignLimits, Config, ConfigError, Lane, LanesConfig};
 use crate::delivery::{Deliveries, SecretError};
 use crate::event::{now_ms, Action, Event, Headers};
 use crate::lanes::{LaneFull, Lanes};
-use crate::router::Router;
+use crate::router::{Router, VerifierError};
 use crate::runtime::{self, Compiled, HostServices, LoadError, Plugin, PluginFailure, Runtime};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{
@@ -37,6 +38,26 @@ pub enum StartError {
     Secret(#[from] SecretError),
     #[error("cannot read the stored plugin versions: {0}")]
     Versions(#[from] VersionError),
+    #[error(transparent)]
+    Verifier(#[from] VerifierError),
+}
+
+/// Why a reload was refused; the running config stays as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot store the new plugin versions: {0}")]
+    Versions(#[from] VersionError),
+}
+
+/// What a reload changed, by campaign name.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
 }
 
 /// Why a deploy or rollback was refused.
@@ -122,7 +143,7 @@ pub struct LoadedCampaign {
 
 pub struct Gateway {
     campaigns: DashMap<String, Arc<LoadedCampaign>>,
-    router: Router,
+    router: ArcSwap<Router>,
     lanes: Lanes,
     lane_configs: LanesConfig,
     kv: Arc<dyn KvStore>,
@@ -130,9 +151,10 @@ pub struct Gateway {
     deliveries: Arc<Deliveries>,
     runtime: Runtime,
     versions: PluginVersions,
-    /// Deploys and rollbacks one at a time, so each reads the state the
+    /// The running config. Deploys, rollbacks and reloads hold it while
+    /// they work, so they happen one at a time and each sees what the
     /// previous one left.
-    changes: tokio::sync::Mutex<()>,
+    running: tokio::sync::Mutex<Config>,
 }
 
 impl Gateway {
@@ -143,10 +165,13 @@ impl Gateway {
         let kv: Arc<dyn KvStore> = store.clone();
         let queue: Arc<dyn EventQueue> = store;
         let services = HostServices::new(kv.clone())?;
+        // Room for any lane's default too, so a reload can move a campaign
+        // to another lane; only a campaign's own larger cap needs a restart.
         let max_memory_mb = config
             .campaigns
             .values()
             .map(|c| c.limits(&config.lanes).memory_mb)
+            .chain(Lane::ALL.map(|lane| config.lanes.get(lane).memory_mb))
             .max()
             .unwrap_or(64);
         let cache = config.data_dir.join("compiled");
@@ -157,15 +182,19 @@ impl Gateway {
             Some(cache),
         )?;
         let versions = PluginVersions::open(config.data_dir.join("plugins"))?;
+        let router = Router::new(config)?;
         let campaigns = DashMap::new();
-        for loaded in load_campaigns(&runtime, &versions, config)? {
+        let prepared =
+            prepare_campaigns(&runtime, &versions, config, |_| None).map_err(|(_, error)| error)?;
+        for campaign in prepared {
+            let loaded = campaign.install(&runtime, &versions, &config.lanes)?;
             campaigns.insert(loaded.name.to_string(), Arc::new(loaded));
         }
         let deliveries =
             Deliveries::new(queue.clone(), services.http.clone(), &config.destinations)?;
         Ok(Arc::new(Gateway {
             campaigns,
-            router: Router::new(config),
+            router: ArcSwap::from_pointee(router),
             lanes: Lanes::start(&config.lanes, tokio::runtime::Handle::current())?,
             lane_configs: config.lanes.clone(),
             kv,
@@ -173,8 +202,109 @@ impl Gateway {
             deliveries: Arc::new(deliveries),
             runtime,
             versions,
-            changes: tokio::sync::Mutex::new(()),
+            running: tokio::sync::Mutex::new(config.clone()),
         }))
+    }
+
+    /// Read the config file again and apply it without a restart: sources,
+    /// campaigns (added, removed, lane, limits, settings, plugin). Keys that
+    /// only a restart can apply (listeners, data dir, store, runtime, lanes,
+    /// destinations) must be unchanged. A new config that is not valid is
+    /// refused whole, naming file, key and reason; the old one keeps running.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+        let mut running = self.running.lock().await;
+        let gateway = self.clone();
+        let file = running.file.clone();
+        let old = running.clone();
+        let (new, reloaded) = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
+            let new = Config::load(&file)?;
+            let reloaded = gateway.apply(&old, &new)?;
+            Ok((new, reloaded))
+        })
+        .await
+        .expect("a reload does not panic")?;
+        *running = new;
+        tracing::info!(
+            added = ?reloaded.added,
+            changed = ?reloaded.changed,
+            removed = ?reloaded.removed,
+            unchanged = reloaded.unchanged,
+            "Reloaded the config"
+        );
+        Ok(reloaded)
+    }
+
+    /// Check `new` whole, then swap it in: campaigns first, so the new
+    /// routes only name loaded campaigns, then the routes, then drop the
+    /// campaigns no route names any more.
+    fn apply(&self, old: &Config, new: &Config) -> Result<Reloaded, ReloadError> {
+        let invalid = |key: String, expected: String| ConfigError::Invalid {
+            file: new.file.clone(),
+            key,
+            expected,
+        };
+        if let Some(key) = restart_only_change(old, new) {
+            return Err(invalid(
+                key.into(),
+                "unchanged: it takes effect only on a restart (the running config is kept)".into(),
+            )
+            .into());
+        }
+        for (name, campaign) in &new.campaigns {
+            let memory_mb = campaign.limits(&new.lanes).memory_mb;
+            if let Some(most) = self
+                .runtime
+                .max_memory_mb()
+                .filter(|&most| memory_mb > most)
+            {
+                return Err(invalid(
+                    format!("campaigns.{name}.memory_mb"),
+                    format!("expected at most {most}, the largest memory the running gateway's instance pool was sized for at start; restart to raise it"),
+                )
+                .into());
+            }
+        }
+        let router = Router::new(new).map_err(|e| {
+            invalid(
+                format!("sources.{}.verify", e.source_name),
+                e.error.to_string(),
+            )
+        })?;
+        let prepared = prepare_campaigns(&self.runtime, &self.versions, new, |name| {
+            self.campaign(name)
+        })
+        .map_err(|(name, error)| invalid(format!("campaigns.{name}.plugin"), error.to_string()))?;
+
+        let loaded: Vec<LoadedCampaign> = prepared
+            .into_iter()
+            .map(|campaign| campaign.install(&self.runtime, &self.versions, &new.lanes))
+            .collect::<Result<_, _>>()?;
+
+        let mut reloaded = Reloaded::default();
+        for loaded in loaded {
+            match self.campaign(&loaded.name) {
+                None => reloaded.added.push(loaded.name.to_string()),
+                Some(c) if c.config == loaded.config && c.version == loaded.version => {
+                    reloaded.unchanged += 1;
+                    continue;
+                }
+                Some(_) => reloaded.changed.push(loaded.name.to_string()),
+            }
+            self.campaigns
+                .insert(loaded.name.to_string(), Arc::new(loaded));
+        }
+        self.router.store(Arc::new(router));
+        for name in old.campaigns.keys() {
+            if !new.campaigns.contains_key(name) {
+                // Its events in flight finish; stored ones are dead-lettered
+                // when their turn comes, for an operator to replay.
+                self.campaigns.remove(name);
+                reloaded.removed.push(name.clone());
+            }
+        }
+        reloaded.added.sort();
+        reloaded.changed.sort();
+        Ok(reloaded)
     }
 
     /// The stored versions of a loaded campaign.
@@ -231,7 +361,7 @@ impl Gateway {
         campaign: &str,
         pick: impl FnOnce(&Gateway, &str) -> Result<(Compiled, Version), DeployError> + Send + 'static,
     ) -> Result<Version, DeployError> {
-        let _one_at_a_time = self.changes.lock().await;
+        let _one_at_a_time = self.running.lock().await;
         let current = self
             .campaign(campaign)
             .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
@@ -301,8 +431,9 @@ impl Gateway {
         }
     }
 
-    pub fn router(&self) -> &Router {
-        &self.router
+    /// The routes now; a request keeps the ones it started with.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.load_full()
     }
 
     pub fn lanes(&self) -> &Lanes {
@@ -591,37 +722,121 @@ fn emitted(
     }
 }
 
-/// Load every campaign of `config` at the version it should run: the one
-/// its config names if the campaign never ran that component (a changed
-/// config is the newest intent), else the stored active one (a deploy or
-/// rollback outlives a restart). Spread over the cores: a restart with a
-/// thousand campaigns is mostly loading compiled components from the cache.
-fn load_campaigns(
+/// Keys of the config that only a restart applies: the first one `new`
+/// changes, if any.
+fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
+    [
+        ("listen", old.listen != new.listen),
+        ("data_dir", old.data_dir != new.data_dir),
+        ("max_body_kb", old.max_body_kb != new.max_body_kb),
+        (
+            "header_read_timeout_ms",
+            old.header_read_timeout_ms != new.header_read_timeout_ms,
+        ),
+        (
+            "body_read_timeout_ms",
+            old.body_read_timeout_ms != new.body_read_timeout_ms,
+        ),
+        ("admin", old.admin != new.admin),
+        ("runtime", old.runtime != new.runtime),
+        ("lanes", old.lanes != new.lanes),
+        ("store", old.store != new.store),
+        ("destinations", old.destinations != new.destinations),
+    ]
+    .into_iter()
+    .find_map(|(key, changed)| changed.then_some(key))
+}
+
+/// A campaign compiled and checked, not yet recorded nor running.
+struct Prepared {
+    name: String,
+    config: CampaignConfig,
+    compiled: Compiled,
+    version: PreparedVersion,
+}
+
+enum PreparedVersion {
+    /// A version the campaign already has.
+    Stored(Version),
+    /// The component its config names, new to it: stored on install.
+    New { bytes: Vec<u8> },
+}
+
+impl Prepared {
+    /// Record a new version (it becomes the active one) and bind the plugin
+    /// to the campaign's limits.
+    fn install(
+        self,
+        runtime: &Runtime,
+        versions: &PluginVersions,
+        lanes: &LanesConfig,
+    ) -> Result<LoadedCampaign, VersionError> {
+        let version = match self.version {
+            PreparedVersion::Stored(version) => version,
+            PreparedVersion::New { bytes } => versions.store(
+                &self.name,
+                &bytes,
+                &self.compiled.digest,
+                Origin::Config,
+                true,
+            )?,
+        };
+        let limits = self.config.limits(lanes);
+        let plugin = runtime.plugin(
+            &self.compiled,
+            &self.name,
+            &self.config,
+            &limits,
+            &version.label(),
+        );
+        tracing::info!(
+            campaign = %self.name,
+            lane = %self.config.lane,
+            version = %version.label(),
+            digest = %&version.digest[..12],
+            "Loaded campaign"
+        );
+        Ok(LoadedCampaign {
+            name: self.name.as_str().into(),
+            config: self.config,
+            limits,
+            version,
+            plugin,
+        })
+    }
+}
+
+/// Compile every campaign of `config` at the version it should run: the
+/// one its config names if the campaign never ran that component (a
+/// changed config is the newest intent), else the stored active one (a
+/// deploy or rollback outlives a restart). A campaign `running` already at
+/// that version keeps its compiled component. Spread over the cores: a
+/// restart with a thousand campaigns is mostly loading compiled components
+/// from the cache. The error names the campaign that failed.
+fn prepare_campaigns<'a>(
     runtime: &Runtime,
     versions: &PluginVersions,
-    config: &Config,
-) -> Result<Vec<LoadedCampaign>, StartError> {
-    let names: Vec<(&String, &CampaignConfig)> = config.campaigns.iter().collect();
+    config: &'a Config,
+    running: impl Fn(&str) -> Option<Arc<LoadedCampaign>> + Sync,
+) -> Result<Vec<Prepared>, (&'a str, StartError)> {
+    let campaigns: Vec<(&String, &CampaignConfig)> = config.campaigns.iter().collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let progress = crate::progress::Progress::new("Loading campaigns", names.len());
-    let loaded: Result<Vec<Vec<LoadedCampaign>>, StartError> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads.min(names.len()).max(1))
+    let progress = crate::progress::Progress::new("Loading campaigns", campaigns.len());
+    let prepared: Result<Vec<Vec<Prepared>>, _> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.min(campaigns.len()).max(1))
             .map(|_| {
                 scope.spawn(|| {
                     let mut mine = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&(name, campaign)) = names.get(i) else {
+                        let Some(&(name, campaign)) = campaigns.get(i) else {
                             return Ok(mine);
                         };
-                        mine.push(load_campaign(
-                            runtime,
-                            versions,
-                            name,
-                            campaign,
-                            &config.lanes,
-                        )?);
+                        let current = running(name);
+                        let one = prepare(runtime, versions, name, campaign, current.as_deref())
+                            .map_err(|error| (name.as_str(), error))?;
+                        mine.push(one);
                         progress.step();
                     }
                 })
@@ -633,16 +848,16 @@ fn load_campaigns(
             .collect()
     });
     progress.finish();
-    Ok(loaded?.into_iter().flatten().collect())
+    Ok(prepared?.into_iter().flatten().collect())
 }
 
-fn load_campaign(
+fn prepare(
     runtime: &Runtime,
     versions: &PluginVersions,
     name: &str,
     campaign: &CampaignConfig,
-    lanes: &LanesConfig,
-) -> Result<LoadedCampaign, StartError> {
+    running: Option<&LoadedCampaign>,
+) -> Result<Prepared, StartError> {
     let path = campaign.plugin.display().to_string();
     let configured = std::fs::read(&campaign.plugin).map_err(|source| LoadError::Read {
         campaign: name.into(),
@@ -651,43 +866,41 @@ fn load_campaign(
     })?;
     let digest = runtime::digest(&configured);
     let history = versions.history(name)?;
-    let (version, bytes) = match history.active() {
-        Some(active) if history.versions.iter().any(|v| v.digest == digest) => {
-            let bytes = if active.digest == digest {
-                configured
-            } else {
-                versions.read(&active.digest)?
-            };
-            (active.clone(), bytes)
+    let stored = match history.active() {
+        Some(active) if history.versions.iter().any(|v| v.digest == digest) => Some(active.clone()),
+        _ => None,
+    };
+    let wanted = stored.as_ref().map_or(&digest, |v| &v.digest);
+    let compiled = match running {
+        Some(loaded) if *loaded.plugin.compiled().digest == **wanted => {
+            loaded.plugin.compiled().clone()
         }
         _ => {
-            let version = versions.store(name, &configured, &digest, Origin::Config, true)?;
-            (version, configured)
+            let other;
+            let bytes = if *wanted == digest {
+                &configured
+            } else {
+                other = versions.read(wanted)?;
+                &other
+            };
+            runtime
+                .compile(bytes, wanted)
+                .map_err(|reason| LoadError::Invalid {
+                    campaign: name.into(),
+                    path,
+                    reason,
+                })?
         }
     };
-    let compiled =
-        runtime
-            .compile(&bytes, &version.digest)
-            .map_err(|reason| LoadError::Invalid {
-                campaign: name.into(),
-                path,
-                reason,
-            })?;
-    let limits = campaign.limits(lanes);
-    let plugin = runtime.plugin(&compiled, name, campaign, &limits, &version.label());
-    tracing::info!(
-        campaign = %name,
-        lane = %campaign.lane,
-        version = %version.label(),
-        digest = %&version.digest[..12],
-        "Loaded campaign"
-    );
-    Ok(LoadedCampaign {
+    let version = match stored {
+        Some(version) => PreparedVersion::Stored(version),
+        None => PreparedVersion::New { bytes: configured },
+    };
+    Ok(Prepared {
         name: name.into(),
         config: campaign.clone(),
-        limits,
+        compiled,
         version,
-        plugin,
     })
 }
 

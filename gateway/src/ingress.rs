@@ -4,7 +4,6 @@
 //! verification and deduplication land here with the security issue. Must
 //! never touch wasmtime.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,55 +22,15 @@ use crate::event::{Event, Headers};
 use crate::gateway::{log_failure, Accepted, Gateway, RunError};
 use crate::store::Dedup;
 use crate::telemetry;
-use crate::verify::{SecretError, Verifier};
 
 struct Ingress {
     gateway: Arc<Gateway>,
     max_body_bytes: usize,
     body_read_timeout: Duration,
-    dedup: HashMap<String, DedupConfig>,
-    verifiers: Verifiers,
-}
-
-/// Each signed source's verifier, by source name.
-pub type Verifiers = HashMap<String, Verifier>;
-
-/// A source's secrets could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("source `{source_name}`: {error}")]
-pub struct VerifierError {
-    source_name: String,
-    #[source]
-    error: SecretError,
-}
-
-/// Build every signed source's verifier, reading its secrets now, so a
-/// missing secret stops the gateway at start rather than at the first
-/// webhook.
-pub fn verifiers(config: &Config) -> Result<Verifiers, VerifierError> {
-    config
-        .sources
-        .iter()
-        .filter_map(|(name, source)| source.verify.as_ref().map(|v| (name, v)))
-        .map(|(name, verify)| {
-            let verifier = verify
-                .verifier(&config.base_dir)
-                .map_err(|error| VerifierError {
-                    source_name: name.clone(),
-                    error,
-                })?;
-            Ok((name.clone(), verifier))
-        })
-        .collect()
 }
 
 /// The source-facing routes.
-pub fn routes(gateway: Arc<Gateway>, config: &Config, verifiers: Verifiers) -> Router {
-    let dedup = config
-        .sources
-        .iter()
-        .map(|(name, source)| (name.clone(), source.dedup.clone()))
-        .collect();
+pub fn routes(gateway: Arc<Gateway>, config: &Config) -> Router {
     Router::new()
         .route("/hooks/{source}", post(receive))
         .method_not_allowed_fallback(method_not_allowed)
@@ -80,8 +39,6 @@ pub fn routes(gateway: Arc<Gateway>, config: &Config, verifiers: Verifiers) -> R
             gateway,
             max_body_bytes: config.max_body_kb << 10,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
-            dedup,
-            verifiers,
         }))
 }
 
@@ -125,7 +82,9 @@ async fn receive(
 
 async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<Response, ApiError> {
     let gateway = &ingress.gateway;
-    let Some(route) = gateway.router().route(&source) else {
+    // This request keeps the routes it started with, whatever a reload does.
+    let router = gateway.router();
+    let Some(route) = router.route(&source) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_source",
@@ -140,7 +99,7 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let event = Event::new(source, headers(&parts.headers), body, content_type);
-    let verified = match ingress.verifiers.get(&event.source) {
+    let verified = match &route.verifier {
         Some(verifier) => match verifier.verify(&event.headers, &event.body, SystemTime::now()) {
             Ok(verified) => Some(verified),
             Err(rejection) => {
@@ -175,10 +134,7 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
             return Err(ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, lane));
         }
         let signed_id = verified.and_then(|v| v.delivery_id);
-        let dedup = ingress
-            .dedup
-            .get(&event.source)
-            .and_then(|config| dedup_key(&event, signed_id, config));
+        let dedup = dedup_key(&event, signed_id, &route.dedup);
         match gateway
             .accept(event.clone(), route.async_campaigns.clone(), dedup)
             .await

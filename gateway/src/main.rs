@@ -76,6 +76,12 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Make a running gateway read its config file again (like `kill -HUP`),
+    /// and say what changed or why the new config was refused.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Show each lane's queued and running events.
     Lanes {
         #[command(flatten)]
@@ -310,6 +316,7 @@ fn main() -> ExitCode {
             };
             runtime(None).and_then(|rt| rt.block_on(plugin_test(options)))
         }
+        Command::Reload { admin } => admin_call(&admin, AdminCall::post("/v1/reload".into())),
         Command::Lanes { admin } => admin_call(&admin, AdminCall::get("/v1/lanes".into())),
     };
     match result {
@@ -374,7 +381,6 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
 
 async fn check_config(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    hooklane::ingress::verifiers(&config)?;
     if let Some(warning) = config.admin.exposure_warning() {
         eprintln!("warning: {warning}");
     }

@@ -1,12 +1,15 @@
-//! Which campaigns an event from a source goes to. Knows nothing of lanes'
-//! internals or plugins: names in, names out.
+//! Where an event from a source goes: the source's ingress policy (how it
+//! signs, how its duplicates are recognised) and the campaigns subscribed
+//! to it. Built whole from a config, so a reload swaps it in one step.
+//! Knows nothing of lanes' internals or plugins: names in, names out.
 
 use std::collections::HashMap;
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, DedupConfig, Mode};
+use crate::verify::{SecretError, Verifier};
 
-/// The campaigns subscribed to one source.
-#[derive(Debug, Default, Clone)]
+/// One source's policy and campaigns.
+#[derive(Debug, Default)]
 pub struct Route {
     /// The campaign whose answer is the HTTP response, if any.
     pub sync_campaign: Option<String>,
@@ -15,6 +18,18 @@ pub struct Route {
     /// Whether any of them declares JSON input: a body that does not parse
     /// is then refused with 400 before anything runs.
     pub json_input: bool,
+    /// How the source's signatures are checked; unsigned if `None`.
+    pub verifier: Option<Verifier>,
+    pub dedup: DedupConfig,
+}
+
+/// A source's secrets could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("source `{source_name}`: {error}")]
+pub struct VerifierError {
+    pub source_name: String,
+    #[source]
+    pub error: SecretError,
 }
 
 /// Source name → route, built from the config.
@@ -24,12 +39,28 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(config: &Config) -> Self {
-        let mut routes: HashMap<String, Route> = config
-            .sources
-            .keys()
-            .map(|source| (source.clone(), Route::default()))
-            .collect();
+    /// Build every source's route, reading its signing secrets now, so a
+    /// missing secret is found at start (or reload) rather than at the
+    /// first webhook.
+    pub fn new(config: &Config) -> Result<Self, VerifierError> {
+        let mut routes = HashMap::new();
+        for (name, source) in &config.sources {
+            let verifier = source
+                .verify
+                .as_ref()
+                .map(|verify| verify.verifier(&config.base_dir))
+                .transpose()
+                .map_err(|error| VerifierError {
+                    source_name: name.clone(),
+                    error,
+                })?;
+            let route = Route {
+                verifier,
+                dedup: source.dedup.clone(),
+                ..Route::default()
+            };
+            routes.insert(name.clone(), route);
+        }
         for (name, campaign) in &config.campaigns {
             let route = routes.entry(campaign.source.clone()).or_default();
             route.json_input |= campaign.json_input;
@@ -38,7 +69,7 @@ impl Router {
                 Mode::Async => route.async_campaigns.push(name.clone()),
             }
         }
-        Router { routes }
+        Ok(Router { routes })
     }
 
     /// The route of `source`, or `None` for an unknown source.

@@ -35,12 +35,26 @@ fn spawn_retention(gateway: &std::sync::Arc<Gateway>, retention_hours: u64) {
     });
 }
 
+/// `kill -HUP` reloads the config file; a refused reload is logged and the
+/// running config stays.
+fn spawn_reload_on_hangup(gateway: &std::sync::Arc<Gateway>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    let gateway = gateway.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if let Err(error) = gateway.reload().await {
+                tracing::error!("Reload refused, the running config is kept: {error}");
+            }
+        }
+    });
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Start(#[from] StartError),
-    #[error(transparent)]
-    Verifier(#[from] crate::ingress::VerifierError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -67,7 +81,6 @@ pub async fn serve(
     on_bound: impl FnOnce(Bound),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let verifiers = crate::ingress::verifiers(&config)?;
     let gateway = tokio::task::block_in_place(|| Gateway::start(&config))?;
     let (events, deliveries) = gateway.resume().await.map_err(StartError::Store)?;
     if events + deliveries > 0 {
@@ -78,6 +91,7 @@ pub async fn serve(
         );
     }
     spawn_retention(&gateway, config.store.dead_letter_retention_hours);
+    spawn_reload_on_hangup(&gateway)?;
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -100,7 +114,7 @@ pub async fn serve(
     };
     let ingress = serve_sources(
         ingress_listener,
-        crate::ingress::routes(gateway.clone(), &config, verifiers),
+        crate::ingress::routes(gateway.clone(), &config),
         Duration::from_millis(config.header_read_timeout_ms),
         stopped(stop_rx.clone()),
     );

@@ -12,7 +12,7 @@ use crate::harness::{plugin, within, Gateway};
 
 /// `greet` answers its callers synchronously; v1 is `trivial` (answers
 /// `ok`), and `burn` (answers a number) is deployed as v2.
-fn greet_toml() -> String {
+pub(crate) fn greet_toml() -> String {
     format!(
         r#"
 [sources.site]
@@ -28,12 +28,12 @@ settings = {{ iterations = "10" }}
 
 /// Which plugin answered: `trivial` says `ok`, `burn` a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answered {
+pub(crate) enum Answered {
     V1,
     V2,
 }
 
-async fn who_answers(gateway: &Gateway) -> Answered {
+pub(crate) async fn who_answers(gateway: &Gateway) -> Answered {
     let reply = gateway.post("site", "{}").await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     answered(&reply.body)

@@ -40,6 +40,18 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Write `dir/hooklane.toml`: loopback listeners on free ports, data in
+/// `dir/data`, and the caller's sources, campaigns and destinations.
+fn write_config(dir: &std::path::Path, campaigns_toml: &str) -> PathBuf {
+    // The caller's top-level keys come before any table; `[admin]` last.
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{campaigns_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    );
+    let path = dir.join("hooklane.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
 /// A running `hooklane serve`, killed on drop.
 pub struct Gateway {
     server: Server,
@@ -98,6 +110,11 @@ impl Gateway {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// Replace the config file (read again on reload) with `campaigns_toml`.
+    pub fn rewrite_config(&self, campaigns_toml: &str) {
+        write_config(self.dir.path(), campaigns_toml);
+    }
+
     /// Send the process a signal (`TERM`, `HUP`, …).
     pub async fn signal(&self, name: &str) {
         let pid = self.server.child.id().expect("running").to_string();
@@ -114,12 +131,7 @@ impl Gateway {
         campaigns_toml: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
-        // The caller's top-level keys come before any table; `[admin]` last.
-        let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{campaigns_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
-        );
-        let config_path = dir.path().join("hooklane.toml");
-        std::fs::write(&config_path, config).expect("write config");
+        let config_path = write_config(dir.path(), campaigns_toml);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -15,4 +15,5 @@ mod lanes;
 mod limits;
 mod metrics;
 mod openapi;
+mod reload;
 mod signatures;

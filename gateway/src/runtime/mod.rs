@@ -69,6 +69,8 @@ pub struct Runtime {
     linker: Linker<PluginState>,
     services: HostServices,
     fuel_yield_interval: u64,
+    /// The pool's memory slot size, if instances come from a pool.
+    max_memory_mb: Option<u64>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -134,8 +136,15 @@ impl Runtime {
             linker,
             services,
             fuel_yield_interval: config.fuel_yield_interval,
+            max_memory_mb: (config.allocator == Allocator::Pooling).then_some(max_memory_mb),
             ticker_stop,
         })
+    }
+
+    /// The largest memory cap a campaign may have, when the instance pool
+    /// fixed it at start.
+    pub fn max_memory_mb(&self) -> Option<u64> {
+        self.max_memory_mb
     }
 
     /// Compile and pre-instantiate the plugin file of campaign `name`, for
