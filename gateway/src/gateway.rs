@@ -367,6 +367,7 @@ impl Gateway {
             .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
         let gateway = self.clone();
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let (compiled, version) = pick(&gateway, &current.name)?;
             let plugin = gateway.runtime.plugin(
                 &compiled,
@@ -391,6 +392,7 @@ impl Gateway {
                 version = %version.label(),
                 previous = %current.version.label(),
                 digest = %&version.digest[..12],
+                ms = started.elapsed().as_secs_f64() * 1e3,
                 "Switched plugin version"
             );
             Ok(version)

@@ -28,6 +28,7 @@ struct Cli {
 enum Suite {
     Lanes,
     Ingest,
+    Deploy,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -50,8 +51,9 @@ enum Command {
         #[arg(long, short, default_value = "hooklane.toml")]
         config: PathBuf,
     },
-    /// Run a load benchmark on loopback: `lanes` (lane isolation, about a
-    /// minute) or `ingest` (durable ingest, fsync on vs off, about 15 s).
+    /// Run a benchmark on loopback: `lanes` (lane isolation, about a
+    /// minute), `ingest` (durable ingest, fsync on vs off, about 15 s) or
+    /// `deploy` (1,000 campaign versions: memory, deploy and restart time).
     Bench {
         /// Which benchmark.
         #[arg(value_enum, default_value_t = Suite::Lanes)]
@@ -243,6 +245,7 @@ fn main() -> ExitCode {
             let name = match suite {
                 Suite::Lanes => "lanes",
                 Suite::Ingest => "ingest",
+                Suite::Deploy => "deploy",
             };
             let options = BenchOptions {
                 plugins,
@@ -404,6 +407,7 @@ async fn bench(suite: Suite, options: BenchOptions) -> anyhow::Result<()> {
     let rendered = match suite {
         Suite::Lanes => hooklane::bench::run(&options).await?.render(),
         Suite::Ingest => hooklane::bench::ingest::run(&options).await?.render(),
+        Suite::Deploy => hooklane::bench::deploy::run(&options).await?.render(),
     };
     print!("{rendered}");
     println!("report: {}", options.out.display());

@@ -4,7 +4,6 @@
 //! KV is a scratch store that lives for the run, so events see each other's
 //! writes; outbound HTTP goes to `allowed_hosts` for real.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, Lane};
 use crate::event::{Action, Event};
+use crate::progress::Progress;
 use crate::runtime::{HostServices, Runtime};
 use crate::store::embedded::EmbeddedStore;
 
@@ -54,9 +54,8 @@ pub enum TestError {
 }
 
 /// Run every event of the file through the plugin; each event's report is
-/// handed to `report` as soon as it is done (progress on a terminal and a
-/// plain line otherwise are the same thing here). Returns how many events
-/// failed.
+/// handed to `report` as soon as it is done, with a progress bar on a
+/// terminal for long files. Returns how many events failed.
 pub async fn run(
     options: &TestOptions,
     mut report: impl FnMut(&Value),
@@ -74,11 +73,12 @@ pub async fn run(
     let plugin = runtime
         .load("plugin-under-test", campaign, &limits)
         .map_err(|e| TestError::Setup(e.to_string()))?;
-    let file = std::fs::File::open(&options.events)
+    let recorded = std::fs::read_to_string(&options.events)
         .map_err(|e| TestError::Read(options.events.clone(), e))?;
+    let events = recorded.lines().filter(|l| !l.trim().is_empty()).count();
+    let progress = Progress::new("Testing events", events);
     let mut failed = 0;
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| TestError::Read(options.events.clone(), e))?;
+    for (index, line) in recorded.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
@@ -87,8 +87,7 @@ pub async fn run(
             line: index + 1,
             reason,
         };
-        let recorded: RecordedEvent =
-            serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let recorded: RecordedEvent = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         let event = to_event(recorded).map_err(bad)?;
         let run = plugin
             .run(&event, Duration::from_millis(limits.deadline_ms))
@@ -108,8 +107,10 @@ pub async fn run(
                     json!({ "cause": failure.cause(), "detail": failure.to_string() });
             }
         }
-        report(&line_report);
+        progress.suspend(|| report(&line_report));
+        progress.step();
     }
+    progress.finish();
     Ok(failed)
 }
 

@@ -51,6 +51,14 @@ impl Progress {
         }
     }
 
+    /// Run `print` (which writes to the terminal) without the bar in the way.
+    pub fn suspend<R>(&self, print: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
+    }
+
     /// Clear the bar and say how long it took.
     pub fn finish(self) {
         if let Some(bar) = &self.bar {

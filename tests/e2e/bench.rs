@@ -1,36 +1,44 @@
-//! A short run of `hooklane bench` proves the load benchmark works end to
-//! end: every scenario ran, and the report holds real figures. Speed and
-//! latency targets are judged by the full bench, never by a timed test.
+//! A short run of each `hooklane bench` suite proves the benchmark works end
+//! to end: every scenario ran, and the report holds real figures. Speed,
+//! latency and memory targets are judged by the full bench, never by a
+//! timed test.
 
 use std::process::Command;
 
-#[test]
-fn the_load_bench_runs_end_to_end() {
+use serde_json::Value;
+
+/// Run `hooklane bench <suite> --smoke`; what it printed and its report.
+fn smoke_run(suite: &str) -> (String, Value) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("lanes.json");
+    let out = dir.path().join(format!("{suite}.json"));
     let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../plugins/target/wasm32-wasip2/release");
     let output = Command::new(env!("CARGO_BIN_EXE_hooklane"))
-        .args(["bench", "lanes", "--smoke", "--plugins"])
+        .args(["bench", suite, "--smoke", "--plugins"])
         .arg(&plugins)
         .arg("--out")
         .arg(&out)
         .output()
         .expect("run hooklane bench");
-    let printed = String::from_utf8_lossy(&output.stdout);
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{printed}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let report =
+        serde_json::from_slice(&std::fs::read(&out).expect("report written")).expect("JSON");
+    (printed, report)
+}
+
+#[test]
+fn the_load_bench_runs_end_to_end() {
+    let (printed, report) = smoke_run("lanes");
     assert!(printed.contains("trivial / floor throughput:"), "{printed}");
     assert!(
         printed.contains("speed p99, hostile mix / idle:"),
         "{printed}"
     );
-
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&out).expect("report written")).expect("JSON");
     assert!(report["floor"]["ok"].as_u64().unwrap() > 0, "{report}");
     assert!(report["trivial"]["ok"].as_u64().unwrap() > 0, "{report}");
     let classes: Vec<&str> = report["hostile_mix"]
@@ -60,28 +68,24 @@ fn the_load_bench_runs_end_to_end() {
 
 #[test]
 fn the_ingest_bench_runs_end_to_end() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("ingest.json");
-    let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/target/wasm32-wasip2/release");
-    let output = Command::new(env!("CARGO_BIN_EXE_hooklane"))
-        .args(["bench", "ingest", "--smoke", "--plugins"])
-        .arg(&plugins)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run hooklane bench ingest");
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (printed, report) = smoke_run("ingest");
     assert!(printed.contains("durable / fsync off:"), "{printed}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&out).expect("report written")).expect("JSON");
     for run in ["durable", "unsynced"] {
         assert!(report[run]["ok"].as_u64().unwrap() > 0, "{report}");
         assert_eq!(report[run]["errors"], 0, "{report}");
     }
+}
+
+#[test]
+fn the_deploy_bench_runs_end_to_end() {
+    let (printed, report) = smoke_run("deploy");
+    assert!(printed.contains("restart, warm cache:"), "{printed}");
+    assert_eq!(report["campaigns"], 20, "{report}");
+    assert!(report["rss_mb"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["deploy_ms"]["runs"], 3, "{report}");
+    assert!(
+        report["deploy_ms"]["median"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["restart_s"].as_f64().unwrap() > 0.0, "{report}");
 }

@@ -15,6 +15,7 @@
 //! speed p99 in the mix ÷ speed p99 idle — as a table and as JSON. All traffic
 //! stays on loopback and every phase is bounded in time and count.
 
+pub mod deploy;
 pub mod floor;
 pub mod ingest;
 pub mod process;

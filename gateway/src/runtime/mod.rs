@@ -176,12 +176,18 @@ impl Runtime {
     /// the cache) and link it. The error says what is wrong with it.
     pub fn compile(&self, bytes: &[u8], digest: &str) -> Result<Compiled, String> {
         check_component_header(bytes)?;
+        let started = Instant::now();
         let (component, cached) = match &self.cache {
             Some(cache) => cache.component(&self.engine, bytes, digest),
             None => Component::new(&self.engine, bytes).map(|c| (c, false)),
         }
         .map_err(|e| format!("it does not compile: {e:#}"))?;
-        tracing::debug!(digest, cached, "Compiled plugin ready");
+        tracing::debug!(
+            digest,
+            cached,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "Compiled plugin ready"
+        );
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!(
                 "it imports something the `hooklane:plugin/campaign` world does not provide: {e:#}"
