@@ -133,8 +133,24 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn ready(State(admin): State<Arc<Admin>>) -> Json<Value> {
-    Json(json!({ "status": "ready", "campaigns": admin.gateway.campaigns().len() }))
+/// Ready once this listener is up — it binds only after the config is
+/// loaded and every plugin compiled — and while the store answers.
+async fn ready(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
+    admin
+        .gateway
+        .kv()
+        .get("hooklane", "readyz")
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("the store does not answer: {e}"),
+            )
+        })?;
+    Ok(Json(
+        json!({ "status": "ready", "campaigns": admin.gateway.campaigns().len() }),
+    ))
 }
 
 async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {

@@ -471,27 +471,39 @@ impl Gateway {
         event: &Event,
     ) -> Result<Option<Reply>, RunError> {
         let loaded = self.loaded(campaign)?;
+        let metrics = &loaded.plugin.sandbox().metrics;
         let deadline = Duration::from_millis(loaded.limits.deadline_ms);
         let lane = loaded.config.lane;
         if let Some(_slot) =
             self.lanes
                 .try_run_here(lane, &loaded.name, loaded.limits.max_concurrency)
         {
+            metrics.waited(0.0);
             return self.run(&loaded, event, deadline, None).await;
         }
         let (answer, answered) = oneshot::channel();
         let queued_at = Instant::now();
         let (gateway, running, event) = (self.clone(), loaded.clone(), event.clone());
-        self.submit(&loaded, async move {
+        let submitted = self.submit(&loaded, async move {
             if answer.is_closed() {
                 return; // The caller went away while the event was queued.
             }
-            let result = match deadline.checked_sub(queued_at.elapsed()) {
+            let metrics = &running.plugin.sandbox().metrics;
+            let waited = queued_at.elapsed();
+            metrics.waited(waited.as_secs_f64());
+            let result = match deadline.checked_sub(waited) {
                 Some(left) => gateway.run(&running, &event, left, None).await,
-                None => Err(RunError::QueuedTooLong(running.config.lane)),
+                None => {
+                    metrics.refused();
+                    Err(RunError::QueuedTooLong(running.config.lane))
+                }
             };
             let _ = answer.send(result);
-        })?;
+        });
+        if submitted.is_err() {
+            metrics.refused();
+        }
+        submitted?;
         answered.await.map_err(|_| RunError::ShuttingDown)?
     }
 
@@ -520,12 +532,16 @@ impl Gateway {
         }
     }
 
-    /// `campaign`'s lane, if it could not take one more of its events now.
+    /// `campaign`'s lane, if it could not take one more of its events now;
+    /// the event is then counted as refused.
     pub fn full_lane(&self, campaign: &str) -> Option<Lane> {
         let c = self.campaign(campaign)?;
         let room = self
             .lanes
             .has_room(c.config.lane, &c.name, c.limits.max_concurrency);
+        if !room {
+            c.plugin.sandbox().metrics.refused();
+        }
         (!room).then_some(c.config.lane)
     }
 
@@ -548,7 +564,10 @@ impl Gateway {
                 loaded.limits.max_concurrency,
             );
             let worker = gateway.clone();
+            let queued_at = Instant::now();
             gateway.lanes.submit_admitted(lane, &name, cap, async move {
+                let waited = queued_at.elapsed().as_secs_f64();
+                loaded.plugin.sandbox().metrics.waited(waited);
                 worker.process(&loaded, queued).await
             });
         };

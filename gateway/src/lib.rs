@@ -4,7 +4,8 @@
 //!
 //! Modules follow the path of an event: [`ingress`] → [`router`] →
 //! [`lanes`] → [`runtime`] → [`actions`], with [`store`] underneath,
-//! [`gateway`] tying them together and [`admin`] for operators.
+//! [`gateway`] tying them together (and swapping in deploys and reloads, with
+//! [`versions`] keeping every plugin version) and [`admin`] for operators.
 
 pub mod actions;
 pub mod admin;

@@ -31,6 +31,8 @@ pub struct PluginMetrics {
     campaign: String,
     lane: Lane,
     ok_runs: Counter,
+    refused: Counter,
+    queue_wait: Histogram,
     seconds: Histogram,
     fuel: Histogram,
 }
@@ -45,6 +47,8 @@ impl PluginMetrics {
             campaign: campaign.to_owned(),
             lane,
             ok_runs: runs(campaign, lane, "ok"),
+            refused: runs(campaign, lane, "refused"),
+            queue_wait: histogram!("hooklane_queue_wait_seconds", &labels),
             seconds: histogram!("hooklane_plugin_run_seconds", &labels),
             fuel: histogram!("hooklane_plugin_fuel", &labels),
         }
@@ -64,6 +68,19 @@ impl PluginMetrics {
 
 fn runs(campaign: &str, lane: Lane, outcome: &'static str) -> Counter {
     counter!("hooklane_plugin_runs_total", "campaign" => campaign.to_owned(), "lane" => lane.as_str(), "outcome" => outcome)
+}
+
+impl PluginMetrics {
+    /// The lane had no room for an event of this campaign (or could not
+    /// start it within its deadline): it did not run.
+    pub fn refused(&self) {
+        self.refused.increment(1);
+    }
+
+    /// How long an event waited in its lane before it started.
+    pub fn waited(&self, seconds: f64) {
+        self.queue_wait.record(seconds);
+    }
 }
 
 /// A webhook refused at ingress. `source` must be a configured source (or

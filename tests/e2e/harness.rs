@@ -284,6 +284,29 @@ impl Gateway {
         .await
     }
 
+    /// Wait until `/metrics` shows every one of `series` as a whole line
+    /// (name, labels and value, as Prometheus prints them); the whole text.
+    pub async fn metrics_eventually(&self, series: &[&str]) -> String {
+        within(&format!("metrics {series:?}"), async {
+            loop {
+                let text = self
+                    .http
+                    .get(format!("http://{}/metrics", self.admin))
+                    .send()
+                    .await
+                    .expect("admin reachable")
+                    .text()
+                    .await
+                    .expect("text");
+                if series.iter().all(|s| text.lines().any(|line| line == *s)) {
+                    return text;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
     /// The gateway's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()

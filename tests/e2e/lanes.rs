@@ -65,6 +65,15 @@ plugin = "{hang}"
         503,
         "segmentation",
     );
+    // Counted per campaign; the two that started waited in the lane.
+    gateway
+        .metrics_eventually(&[
+            r#"hooklane_plugin_runs_total{campaign="slow",lane="segmentation",outcome="refused"} 1"#,
+            r#"hooklane_plugin_runs_total{campaign="slow-sync",lane="segmentation",outcome="refused"} 1"#,
+            r#"hooklane_queue_wait_seconds_count{campaign="slow",lane="segmentation"} 2"#,
+            r#"hooklane_lane_queued{lane="segmentation"} 2"#,
+        ])
+        .await;
 
     assert_speed_lane_answers(&gateway, &mut sms, "a full segmentation lane").await;
 }

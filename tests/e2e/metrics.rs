@@ -27,37 +27,21 @@ async fn metrics_count_runs_failures_refusals_and_deliveries() {
         404
     );
 
-    let metrics = crate::harness::within("metrics", async {
-        loop {
-            let text = gateway
-                .http
-                .get(format!("http://{}/metrics", gateway.admin))
-                .send()
-                .await
-                .expect("admin reachable")
-                .text()
-                .await
-                .expect("text");
-            // Delivery attempts are counted right after the answer is sent.
-            if text.contains(
-                r#"hooklane_delivery_attempts_total{destination="sms",outcome="delivered"} 3"#,
-            ) {
-                return text;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    for series in [
-        r#"hooklane_plugin_runs_total{campaign="login-code",lane="speed",outcome="ok"} 3"#,
-        r#"hooklane_plugin_runs_total{campaign="panic",lane="speed",outcome="panic"} 1"#,
-        r#"hooklane_refusals_total{source="panic",reason="plugin_failed"} 1"#,
-        r#"hooklane_refusals_total{source="unknown",reason="unknown_source"} 1"#,
-        r#"hooklane_plugin_run_seconds_count{campaign="login-code",lane="speed"} 3"#,
-        r#"hooklane_lane_queued{lane="care"} 0"#,
-    ] {
-        assert!(metrics.contains(series), "missing {series} in:\n{metrics}");
-    }
+    // Delivery attempts are counted right after the answer is sent, so
+    // wait for the series rather than read them once.
+    let metrics = gateway
+        .metrics_eventually(&[
+            r#"hooklane_delivery_attempts_total{destination="sms",outcome="delivered"} 3"#,
+            r#"hooklane_plugin_runs_total{campaign="login-code",lane="speed",outcome="ok"} 3"#,
+            r#"hooklane_plugin_runs_total{campaign="panic",lane="speed",outcome="panic"} 1"#,
+            r#"hooklane_refusals_total{source="panic",reason="plugin_failed"} 1"#,
+            r#"hooklane_refusals_total{source="unknown",reason="unknown_source"} 1"#,
+            r#"hooklane_plugin_run_seconds_count{campaign="login-code",lane="speed"} 3"#,
+            r#"hooklane_queue_wait_seconds_count{campaign="login-code",lane="speed"} 3"#,
+            r#"hooklane_plugin_fuel_count{campaign="login-code",lane="speed"} 3"#,
+            r#"hooklane_lane_queued{lane="care"} 0"#,
+        ])
+        .await;
     assert!(
         !metrics.contains("no-such-source"),
         "caller-made label values"
