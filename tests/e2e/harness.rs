@@ -284,20 +284,24 @@ impl Gateway {
         .await
     }
 
+    /// GET an open admin path (no token: probes, metrics, the document).
+    pub async fn open_admin_text(&self, path: &str) -> String {
+        self.http
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .expect("admin reachable")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Wait until `/metrics` shows every one of `series` as a whole line
     /// (name, labels and value, as Prometheus prints them); the whole text.
     pub async fn metrics_eventually(&self, series: &[&str]) -> String {
         within(&format!("metrics {series:?}"), async {
             loop {
-                let text = self
-                    .http
-                    .get(format!("http://{}/metrics", self.admin))
-                    .send()
-                    .await
-                    .expect("admin reachable")
-                    .text()
-                    .await
-                    .expect("text");
+                let text = self.open_admin_text("/metrics").await;
                 if series.iter().all(|s| text.lines().any(|line| line == *s)) {
                     return text;
                 }

@@ -10,16 +10,8 @@ use crate::harness::{Gateway, ADMIN_TOKEN};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_exists_and_answers_as_documented() {
     let gateway = Gateway::start("").await;
-    let document = gateway
-        .http
-        .get(format!("http://{}/openapi.json", gateway.admin))
-        .send()
-        .await
-        .expect("admin reachable")
-        .bytes()
-        .await
-        .expect("body");
-    let spec: Value = serde_json::from_slice(&document).expect("the document is JSON");
+    let document = gateway.open_admin_text("/openapi.json").await;
+    let spec: Value = serde_json::from_str(&document).expect("the document is JSON");
     assert_eq!(spec["openapi"], "3.1.0");
     let paths = spec["paths"].as_object().expect("paths");
     assert!(paths.len() >= 10, "{paths:?}");
