@@ -182,18 +182,19 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
 }
 
 fn deploy_error(error: DeployError) -> ApiError {
-    let status = match &error {
-        DeployError::UnknownCampaign(_) | DeployError::Versions(VersionError::Unknown { .. }) => {
-            StatusCode::NOT_FOUND
+    let (status, reason) = match &error {
+        DeployError::UnknownCampaign(_) => (StatusCode::NOT_FOUND, "unknown_campaign"),
+        DeployError::Versions(VersionError::Unknown { .. }) => {
+            (StatusCode::NOT_FOUND, "unknown_version")
         }
-        DeployError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        DeployError::Versions(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let reason = match &error {
-        DeployError::UnknownCampaign(_) => "unknown_campaign",
-        DeployError::Versions(VersionError::Unknown { .. }) => "unknown_version",
-        DeployError::Invalid { .. } => "invalid_plugin",
-        DeployError::Versions(_) => "store_unavailable",
+        DeployError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin"),
+        // Retrying will not help: an operator must look at the file.
+        DeployError::Versions(VersionError::Corrupt { .. }) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_history")
+        }
+        DeployError::Versions(VersionError::Io { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        }
     };
     ApiError::new(status, reason, error.to_string())
 }
@@ -232,13 +233,9 @@ async fn deploy(
     body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            "bad_upload",
-            format!(
-                "could not read the component (at most {} MiB): {rejection}",
-                MAX_PLUGIN_BYTES >> 20
-            ),
+        unreadable_body(
+            rejection,
+            &format!("the component (at most {} MiB)", MAX_PLUGIN_BYTES >> 20),
         )
     })?;
     let version = admin
@@ -250,6 +247,15 @@ async fn deploy(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
+/// A body that could not be read (too large, cut off) as a JSON refusal.
+fn unreadable_body(rejection: BytesRejection, what: &str) -> ApiError {
+    ApiError::new(
+        rejection.status(),
+        "bad_body",
+        format!("could not read {what}: {rejection}"),
+    )
+}
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
@@ -259,8 +265,9 @@ struct RollbackRequest {
 async fn rollback(
     State(admin): State<Arc<Admin>>,
     Path(campaign): Path<String>,
-    body: bytes::Bytes,
+    body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(|rejection| unreadable_body(rejection, "the body"))?;
     let request: RollbackRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

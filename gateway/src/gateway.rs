@@ -36,7 +36,7 @@ pub enum StartError {
     Lanes(#[from] std::io::Error),
     #[error(transparent)]
     Secret(#[from] SecretError),
-    #[error("cannot read the stored plugin versions: {0}")]
+    #[error("stored plugin versions: {0}")]
     Versions(#[from] VersionError),
     #[error(transparent)]
     Verifier(#[from] VerifierError),
@@ -47,7 +47,7 @@ pub enum StartError {
 pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot store the new plugin versions: {0}")]
+    #[error("stored plugin versions: {0}")]
     Versions(#[from] VersionError),
 }
 
@@ -154,7 +154,7 @@ pub struct Gateway {
     /// The running config. Deploys, rollbacks and reloads hold it while
     /// they work, so they happen one at a time and each sees what the
     /// previous one left.
-    running: tokio::sync::Mutex<Config>,
+    running: Arc<tokio::sync::Mutex<Config>>,
 }
 
 impl Gateway {
@@ -174,6 +174,7 @@ impl Gateway {
             .chain(Lane::ALL.map(|lane| config.lanes.get(lane).memory_mb))
             .max()
             .unwrap_or(64);
+        compile_beside_segmentation(config.lanes.segmentation.nice);
         let cache = config.data_dir.join("compiled");
         let runtime = Runtime::new(
             &config.runtime,
@@ -187,7 +188,10 @@ impl Gateway {
         let prepared =
             prepare_campaigns(&runtime, &versions, config, |_| None).map_err(|(_, error)| error)?;
         for campaign in prepared {
-            let loaded = campaign.install(&runtime, &versions, &config.lanes)?;
+            let (loaded, from_config) = campaign.load(&runtime, &versions, &config.lanes)?;
+            if from_config {
+                versions.activate(&loaded.name, loaded.version.version, true)?;
+            }
             campaigns.insert(loaded.name.to_string(), Arc::new(loaded));
         }
         let deliveries =
@@ -202,7 +206,7 @@ impl Gateway {
             deliveries: Arc::new(deliveries),
             runtime,
             versions,
-            running: tokio::sync::Mutex::new(config.clone()),
+            running: Arc::new(tokio::sync::Mutex::new(config.clone())),
         }))
     }
 
@@ -212,18 +216,18 @@ impl Gateway {
     /// destinations) must be unchanged. A new config that is not valid is
     /// refused whole, naming file, key and reason; the old one keeps running.
     pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
-        let mut running = self.running.lock().await;
+        let mut running = self.running.clone().lock_owned().await;
         let gateway = self.clone();
-        let file = running.file.clone();
-        let old = running.clone();
-        let (new, reloaded) = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
-            let new = Config::load(&file)?;
-            let reloaded = gateway.apply(&old, &new)?;
-            Ok((new, reloaded))
+        // The lock goes with the work: a caller that stops waiting cannot
+        // let another change start while this one is still going.
+        let reloaded = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
+            let new = Config::load(&running.file)?;
+            let reloaded = gateway.apply(&running, &new)?;
+            *running = new;
+            Ok(reloaded)
         })
         .await
         .expect("a reload does not panic")?;
-        *running = new;
         tracing::info!(
             added = ?reloaded.added,
             changed = ?reloaded.changed,
@@ -234,9 +238,10 @@ impl Gateway {
         Ok(reloaded)
     }
 
-    /// Check `new` whole, then swap it in: campaigns first, so the new
-    /// routes only name loaded campaigns, then the routes, then drop the
-    /// campaigns no route names any more.
+    /// Check `new` whole and store the components it names, then swap it
+    /// in: campaigns first, so the new routes only name loaded campaigns,
+    /// then the routes, then drop the campaigns `new` no longer has; last,
+    /// record which versions now run.
     fn apply(&self, old: &Config, new: &Config) -> Result<Reloaded, ReloadError> {
         let invalid = |key: String, expected: String| ConfigError::Invalid {
             file: new.file.clone(),
@@ -273,15 +278,21 @@ impl Gateway {
         let prepared = prepare_campaigns(&self.runtime, &self.versions, new, |name| {
             self.campaign(name)
         })
-        .map_err(|(name, error)| invalid(format!("campaigns.{name}.plugin"), error.to_string()))?;
-
-        let loaded: Vec<LoadedCampaign> = prepared
+        .map_err(|(name, error)| match error {
+            StartError::Versions(store) => ReloadError::Versions(store),
+            other => invalid(format!("campaigns.{name}.plugin"), other.to_string()).into(),
+        })?;
+        let loaded: Vec<(LoadedCampaign, bool)> = prepared
             .into_iter()
-            .map(|campaign| campaign.install(&self.runtime, &self.versions, &new.lanes))
+            .map(|campaign| campaign.load(&self.runtime, &self.versions, &new.lanes))
             .collect::<Result<_, _>>()?;
 
         let mut reloaded = Reloaded::default();
-        for loaded in loaded {
+        let mut from_config = Vec::new();
+        for (loaded, named_by_config) in loaded {
+            if named_by_config {
+                from_config.push((loaded.name.clone(), loaded.version.version));
+            }
             match self.campaign(&loaded.name) {
                 None => reloaded.added.push(loaded.name.to_string()),
                 Some(c) if c.config == loaded.config && c.version == loaded.version => {
@@ -296,10 +307,16 @@ impl Gateway {
         self.router.store(Arc::new(router));
         for name in old.campaigns.keys() {
             if !new.campaigns.contains_key(name) {
-                // Its events in flight finish; stored ones are dead-lettered
-                // when their turn comes, for an operator to replay.
+                // Its events in flight finish; stored ones (queued or waiting
+                // for a retry) are dead-lettered when their turn comes, for
+                // an operator to replay.
                 self.campaigns.remove(name);
                 reloaded.removed.push(name.clone());
+            }
+        }
+        for (name, version) in from_config {
+            if let Err(error) = self.versions.activate(&name, version, true) {
+                tracing::error!(campaign = %name, version, %error, "Running a new version that could not be recorded: a restart would run the previous one");
             }
         }
         reloaded.added.sort();
@@ -325,9 +342,10 @@ impl Gateway {
         self.change(campaign, move |gateway, name| {
             let digest = runtime::digest(&bytes);
             let compiled = gateway.compile(name, &bytes, &digest)?;
-            let version = gateway
+            let stored = gateway
                 .versions
-                .store(name, &bytes, &digest, Origin::Deploy, true)?;
+                .store(name, &bytes, &digest, Origin::Deploy)?;
+            let version = gateway.versions.activate(name, stored.version, false)?;
             Ok((compiled, version))
         })
         .await
@@ -347,7 +365,7 @@ impl Gateway {
             })?;
             let bytes = gateway.versions.read(&chosen.digest)?;
             let compiled = gateway.compile(name, &bytes, &chosen.digest)?;
-            let version = gateway.versions.activate(name, version)?;
+            let version = gateway.versions.activate(name, version, false)?;
             Ok((compiled, version))
         })
         .await
@@ -361,12 +379,14 @@ impl Gateway {
         campaign: &str,
         pick: impl FnOnce(&Gateway, &str) -> Result<(Compiled, Version), DeployError> + Send + 'static,
     ) -> Result<Version, DeployError> {
-        let _one_at_a_time = self.running.lock().await;
+        let one_at_a_time = self.running.clone().lock_owned().await;
         let current = self
             .campaign(campaign)
             .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
         let gateway = self.clone();
         tokio::task::spawn_blocking(move || {
+            // Held until the swap is done, even if the caller stops waiting.
+            let _one_at_a_time = one_at_a_time;
             let started = Instant::now();
             let (compiled, version) = pick(&gateway, &current.name)?;
             let plugin = gateway.runtime.plugin(
@@ -547,6 +567,21 @@ impl Gateway {
 
     /// Run a stored event in its lane once it is due.
     fn schedule_event(self: &Arc<Self>, queued: QueuedEvent) {
+        let wait = queued.not_before_ms.saturating_sub(now_ms());
+        if wait == 0 {
+            return self.submit_stored(queued);
+        }
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            gateway.submit_stored(queued);
+        });
+    }
+
+    /// Hand a due stored event to its campaign's lane. The campaign is
+    /// looked up now, not when the event was stored, so a retry runs the
+    /// version deployed meanwhile.
+    fn submit_stored(self: &Arc<Self>, queued: QueuedEvent) {
         let gateway = self.clone();
         let Some(loaded) = self.campaign(&queued.campaign) else {
             // The campaign left the config: keep the event for an operator.
@@ -556,29 +591,17 @@ impl Gateway {
             });
             return;
         };
-        let wait = queued.not_before_ms.saturating_sub(now_ms());
-        let submit = move || {
-            let (lane, name, cap) = (
-                loaded.config.lane,
-                loaded.name.clone(),
-                loaded.limits.max_concurrency,
-            );
-            let worker = gateway.clone();
-            let queued_at = Instant::now();
-            gateway.lanes.submit_admitted(lane, &name, cap, async move {
-                let waited = queued_at.elapsed().as_secs_f64();
-                loaded.plugin.sandbox().metrics.waited(waited);
-                worker.process(&loaded, queued).await
-            });
-        };
-        if wait == 0 {
-            submit();
-        } else {
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                submit();
-            });
-        }
+        let (lane, name, cap) = (
+            loaded.config.lane,
+            loaded.name.clone(),
+            loaded.limits.max_concurrency,
+        );
+        let queued_at = Instant::now();
+        self.lanes.submit_admitted(lane, &name, cap, async move {
+            let waited = queued_at.elapsed().as_secs_f64();
+            loaded.plugin.sandbox().metrics.waited(waited);
+            gateway.process(&loaded, queued).await
+        });
     }
 
     /// Run a stored event; on failure retry it with backoff or bury it.
@@ -743,6 +766,20 @@ fn emitted(
     }
 }
 
+/// wasmtime compiles on rayon's global pool. A deploy or reload compiling
+/// while traffic flows must not take CPU from the speed lane, so those
+/// threads run at the segmentation lane's niceness, like CPU-heavy plugins.
+fn compile_beside_segmentation(nice: i32) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("hooklane-compile-{i}"))
+        .start_handler(move |_| crate::lanes::lower_priority("compile", nice))
+        .build_global();
+    if let Err(error) = pool {
+        // Built already in this process (a second gateway in one test).
+        tracing::debug!(%error, "Compile threads keep their priority");
+    }
+}
+
 /// Keys of the config that only a restart applies: the first one `new`
 /// changes, if any.
 fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
@@ -777,30 +814,29 @@ struct Prepared {
 }
 
 enum PreparedVersion {
-    /// A version the campaign already has.
+    /// The campaign's stored active version.
     Stored(Version),
-    /// The component its config names, new to it: stored on install.
-    New { bytes: Vec<u8> },
+    /// The component its config names, which it is to run from now on.
+    FromConfig { bytes: Vec<u8> },
 }
 
 impl Prepared {
-    /// Record a new version (it becomes the active one) and bind the plugin
-    /// to the campaign's limits.
-    fn install(
+    /// Store a component the config names (not making it the active one:
+    /// the caller records that once it runs) and bind the plugin to the
+    /// campaign's limits. The flag says whether the config named it.
+    fn load(
         self,
         runtime: &Runtime,
         versions: &PluginVersions,
         lanes: &LanesConfig,
-    ) -> Result<LoadedCampaign, VersionError> {
-        let version = match self.version {
-            PreparedVersion::Stored(version) => version,
-            PreparedVersion::New { bytes } => versions.store(
-                &self.name,
-                &bytes,
-                &self.compiled.digest,
-                Origin::Config,
-                true,
-            )?,
+    ) -> Result<(LoadedCampaign, bool), VersionError> {
+        let (version, from_config) = match self.version {
+            PreparedVersion::Stored(version) => (version, false),
+            PreparedVersion::FromConfig { bytes } => {
+                let digest = &self.compiled.digest;
+                let version = versions.store(&self.name, &bytes, digest, Origin::Config)?;
+                (version, true)
+            }
         };
         let limits = self.config.limits(lanes);
         let plugin = runtime.plugin(
@@ -817,31 +853,35 @@ impl Prepared {
             digest = %&version.digest[..12],
             "Loaded campaign"
         );
-        Ok(LoadedCampaign {
+        let loaded = LoadedCampaign {
             name: self.name.as_str().into(),
             config: self.config,
             limits,
             version,
             plugin,
-        })
+        };
+        Ok((loaded, from_config))
     }
 }
 
 /// Compile every campaign of `config` at the version it should run: the
-/// one its config names if the campaign never ran that component (a
-/// changed config is the newest intent), else the stored active one (a
-/// deploy or rollback outlives a restart). A campaign `running` already at
-/// that version keeps its compiled component. Spread over the cores: a
-/// restart with a thousand campaigns is mostly loading compiled components
-/// from the cache. The error names the campaign that failed.
+/// component its config names if that changed since the campaign was last
+/// loaded (the newest intent), else the stored active one (a deploy or
+/// rollback outlives a restart). A campaign `running` already at that
+/// version keeps its compiled component. Spread over the cores: a restart
+/// with a thousand campaigns is mostly loading compiled components from the
+/// cache. The error names the campaign that failed; the others stop soon
+/// after it.
 fn prepare_campaigns<'a>(
     runtime: &Runtime,
     versions: &PluginVersions,
     config: &'a Config,
     running: impl Fn(&str) -> Option<Arc<LoadedCampaign>> + Sync,
 ) -> Result<Vec<Prepared>, (&'a str, StartError)> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let campaigns: Vec<(&String, &CampaignConfig)> = config.campaigns.iter().collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let progress = crate::progress::Progress::new("Loading campaigns", campaigns.len());
     let prepared: Result<Vec<Vec<Prepared>>, _> = std::thread::scope(|scope| {
@@ -849,17 +889,22 @@ fn prepare_campaigns<'a>(
             .map(|_| {
                 scope.spawn(|| {
                     let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&(name, campaign)) = campaigns.get(i) else {
-                            return Ok(mine);
+                            break;
                         };
                         let current = running(name);
-                        let one = prepare(runtime, versions, name, campaign, current.as_deref())
-                            .map_err(|error| (name.as_str(), error))?;
-                        mine.push(one);
+                        match prepare(runtime, versions, name, campaign, current.as_deref()) {
+                            Ok(one) => mine.push(one),
+                            Err(error) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err((name.as_str(), error));
+                            }
+                        }
                         progress.step();
                     }
+                    Ok(mine)
                 })
             })
             .collect();
@@ -887,35 +932,25 @@ fn prepare(
     })?;
     let digest = runtime::digest(&configured);
     let history = versions.history(name)?;
-    let stored = match history.active() {
-        Some(active) if history.versions.iter().any(|v| v.digest == digest) => Some(active.clone()),
-        _ => None,
-    };
+    let stored = history
+        .active()
+        .filter(|_| history.config_digest.as_deref() == Some(digest.as_str()))
+        .cloned();
     let wanted = stored.as_ref().map_or(&digest, |v| &v.digest);
-    let compiled = match running {
-        Some(loaded) if *loaded.plugin.compiled().digest == **wanted => {
+    let compiled = match (running, &stored) {
+        (Some(loaded), _) if *loaded.plugin.compiled().digest == **wanted => {
             loaded.plugin.compiled().clone()
         }
-        _ => {
-            let other;
-            let bytes = if *wanted == digest {
-                &configured
-            } else {
-                other = versions.read(wanted)?;
-                &other
-            };
-            runtime
-                .compile(bytes, wanted)
-                .map_err(|reason| LoadError::Invalid {
-                    campaign: name.into(),
-                    path,
-                    reason,
-                })?
+        (_, None) => compile_from(runtime, name, &configured, &digest, path)?,
+        (_, Some(version)) => {
+            let bytes = versions.read(&version.digest)?;
+            let source = format!("stored version {}", version.label());
+            compile_from(runtime, name, &bytes, &version.digest, source)?
         }
     };
     let version = match stored {
         Some(version) => PreparedVersion::Stored(version),
-        None => PreparedVersion::New { bytes: configured },
+        None => PreparedVersion::FromConfig { bytes: configured },
     };
     Ok(Prepared {
         name: name.into(),
@@ -923,6 +958,23 @@ fn prepare(
         compiled,
         version,
     })
+}
+
+/// Compile `bytes` for campaign `name`; `source` names them in the error.
+fn compile_from(
+    runtime: &Runtime,
+    name: &str,
+    bytes: &[u8],
+    digest: &str,
+    source: String,
+) -> Result<Compiled, LoadError> {
+    runtime
+        .compile(bytes, digest)
+        .map_err(|reason| LoadError::Invalid {
+            campaign: name.into(),
+            path: source,
+            reason,
+        })
 }
 
 fn attempt(error: &RunError) -> Attempt {

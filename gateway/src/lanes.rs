@@ -412,13 +412,14 @@ impl Drop for Slot {
 /// Lower the calling thread's scheduling priority (Linux niceness is per
 /// thread). Lowering never needs privileges; failure only costs isolation,
 /// so it is logged, not fatal.
-fn lower_priority(lane: Lane, nice: i32) {
+/// `work` names the threads' work in the warning.
+pub(crate) fn lower_priority(work: impl std::fmt::Display, nice: i32) {
     if nice == 0 {
         return;
     }
     let thread = rustix::thread::gettid();
     if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
-        tracing::warn!(%lane, nice, %error, "Could not lower the lane thread's priority");
+        tracing::warn!(%work, nice, %error, "Could not lower a thread's priority");
     }
 }
 

@@ -505,8 +505,11 @@ fn admin_call(admin: &AdminArgs, call: AdminCall) -> anyhow::Result<()> {
     });
     drop(spinner);
     let (status, body) = answer?;
-    let body: serde_json::Value = serde_json::from_slice(&body)?;
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    // Whatever the status, show the answer: JSON pretty, anything else as is.
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(json) => println!("{}", serde_json::to_string_pretty(&json)?),
+        Err(_) => println!("{}", String::from_utf8_lossy(&body)),
+    }
     anyhow::ensure!(status.is_success(), "the admin API answered {status}");
     Ok(())
 }

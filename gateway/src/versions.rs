@@ -51,6 +51,12 @@ pub struct History {
     /// The version that runs; 0 while none is stored.
     pub active: u32,
     pub versions: Vec<Version>,
+    /// Hex SHA-256 of the component the campaign's config named when it was
+    /// last loaded. A config that names another one is a new intent (even a
+    /// component the campaign ran before) and runs it; one that names the
+    /// same leaves deploys and rollbacks in place.
+    #[serde(default)]
+    pub config_digest: Option<String>,
 }
 
 impl History {
@@ -115,44 +121,43 @@ impl PluginVersions {
     }
 
     /// Store `bytes` (hex SHA-256 `digest`) as a version of `campaign` —
-    /// the one it already is, if the campaign ran these bytes before — and
-    /// make it the active one when `activate` is set.
+    /// the one it already is, if the campaign had these bytes before. Does
+    /// not make it run: see [`PluginVersions::activate`].
     pub fn store(
         &self,
         campaign: &str,
         bytes: &[u8],
         digest: &str,
         origin: Origin,
-        activate: bool,
     ) -> Result<Version, VersionError> {
         let mut history = self.history(campaign)?;
-        let version = match history.by_digest(digest) {
-            Some(known) => known.clone(),
-            None => {
-                let blob = self.blob_path(digest);
-                if !blob.exists() {
-                    write_atomically(&blob, bytes)?;
-                }
-                let version = Version {
-                    version: history.versions.last().map_or(1, |v| v.version + 1),
-                    digest: digest.into(),
-                    size_bytes: bytes.len() as u64,
-                    stored_at_ms: now_ms(),
-                    origin,
-                };
-                history.versions.push(version.clone());
-                version
-            }
-        };
-        if activate {
-            history.active = version.version;
+        if let Some(known) = history.by_digest(digest) {
+            return Ok(known.clone());
         }
+        let blob = self.blob_path(digest);
+        if !blob.exists() {
+            write_atomically(&blob, bytes)?;
+        }
+        let version = Version {
+            version: history.versions.last().map_or(1, |v| v.version + 1),
+            digest: digest.into(),
+            size_bytes: bytes.len() as u64,
+            stored_at_ms: now_ms(),
+            origin,
+        };
+        history.versions.push(version.clone());
         self.save(campaign, &history)?;
         Ok(version)
     }
 
-    /// Make stored `version` the active one of `campaign`.
-    pub fn activate(&self, campaign: &str, version: u32) -> Result<Version, VersionError> {
+    /// Record stored `version` as the one `campaign` runs; `from_config`
+    /// when the campaign's config named it (see [`History::config_digest`]).
+    pub fn activate(
+        &self,
+        campaign: &str,
+        version: u32,
+        from_config: bool,
+    ) -> Result<Version, VersionError> {
         let mut history = self.history(campaign)?;
         let chosen = history
             .get(version)
@@ -162,6 +167,9 @@ impl PluginVersions {
                 version,
             })?;
         history.active = version;
+        if from_config {
+            history.config_digest = Some(chosen.digest.clone());
+        }
         self.save(campaign, &history)?;
         Ok(chosen)
     }
@@ -215,28 +223,36 @@ mod tests {
         assert_eq!(versions.history("welcome").unwrap().active, 0);
 
         let v1 = versions
-            .store("welcome", b"one", "d1", Origin::Config, true)
+            .store("welcome", b"one", "d1", Origin::Config)
             .unwrap();
         let v2 = versions
-            .store("welcome", b"two", "d2", Origin::Deploy, true)
+            .store("welcome", b"two", "d2", Origin::Deploy)
             .unwrap();
         assert_eq!((v1.version, v2.version), (1, 2));
+        assert_eq!(
+            versions.history("welcome").unwrap().active,
+            0,
+            "stored, not running"
+        );
         // The same bytes again are the same version, not a third.
         let again = versions
-            .store("welcome", b"one", "d1", Origin::Config, false)
+            .store("welcome", b"one", "d1", Origin::Deploy)
             .unwrap();
         assert_eq!(again, v1);
+        versions.activate("welcome", 1, true).unwrap();
+        versions.activate("welcome", 2, false).unwrap();
 
         let reopened = PluginVersions::open(dir.path().join("plugins")).unwrap();
         let history = reopened.history("welcome").unwrap();
         assert_eq!(history.active, 2);
         assert_eq!(history.versions.len(), 2);
+        assert_eq!(history.config_digest.as_deref(), Some("d1"));
         assert_eq!(reopened.read("d1").unwrap(), b"one");
 
-        assert_eq!(reopened.activate("welcome", 1).unwrap(), v1);
+        assert_eq!(reopened.activate("welcome", 1, false).unwrap(), v1);
         assert_eq!(reopened.history("welcome").unwrap().active, 1);
         assert!(matches!(
-            reopened.activate("welcome", 7),
+            reopened.activate("welcome", 7, false),
             Err(VersionError::Unknown { version: 7, .. })
         ));
         // Campaigns do not see each other's versions.

@@ -1,7 +1,7 @@
 //! Hot deploy: new plugin versions swap in under traffic, refused uploads
 //! say why, rollbacks and the active version survive a restart.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
@@ -21,6 +21,8 @@ source = "site"
 lane = "speed"
 plugin = "{}"
 settings = {{ iterations = "10" }}
+# Room for the compile of a deploy on a loaded 2-core machine.
+deadline_ms = 5000
 "#,
         plugin("trivial")
     )
@@ -57,29 +59,38 @@ async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
     assert_eq!(who_answers(&gateway).await, Answered::V1);
 
     // Two callers keep posting, each one request after the other, so each
-    // one's answers are in the order the gateway ran them.
-    let stop = Arc::new(AtomicBool::new(false));
+    // one's answers are in the order the gateway ran them; each stops once
+    // v2 has answered it three times in a row.
+    let answered_total = Arc::new(AtomicUsize::new(0));
     let answers = Arc::new(Notify::new());
     let callers: Vec<_> = (0..2)
         .map(|_| {
-            let (gateway, stop, answers) = (gateway.clone(), stop.clone(), answers.clone());
+            let (gateway, total, answers) =
+                (gateway.clone(), answered_total.clone(), answers.clone());
             tokio::spawn(async move {
                 let mut seen = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
+                while !seen.ends_with(&[Answered::V2; 3]) {
                     let reply = gateway.post("site", "{}").await;
                     assert_eq!(
                         reply.status,
                         StatusCode::OK,
-                        "a request failed during the deploy"
+                        "a request failed during the deploy: {:?}",
+                        reply.body
                     );
                     seen.push(answered(&reply.body));
+                    total.fetch_add(1, Ordering::Relaxed);
                     answers.notify_waiters();
                 }
                 seen
             })
         })
         .collect();
-    answers.notified().await;
+    within("traffic before the deploy", async {
+        while answered_total.load(Ordering::Relaxed) < 4 {
+            answers.notified().await;
+        }
+    })
+    .await;
 
     let deployed = gateway
         .admin_with(Method::POST, "/v1/campaigns/greet/versions", burn())
@@ -91,21 +102,18 @@ async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
     assert_eq!(deployed["active"], true);
     // Every request sent after the deploy answered runs v2.
     assert_eq!(who_answers(&gateway).await, Answered::V2);
-    for _ in 0..2 {
-        answers.notified().await;
-    }
-    stop.store(true, Ordering::Relaxed);
     for caller in callers {
-        let seen = within("a caller to stop", caller)
+        let seen = within("a caller to see v2", caller)
             .await
             .expect("no failed request");
-        let first_v2 = seen.iter().position(|a| *a == Answered::V2);
-        if let Some(swap) = first_v2 {
-            assert!(
-                seen[swap..].iter().all(|a| *a == Answered::V2),
-                "v1 answered after v2 had: {seen:?}"
-            );
-        }
+        let swap = seen
+            .iter()
+            .position(|a| *a == Answered::V2)
+            .expect("v2 answered");
+        assert!(
+            seen[swap..].iter().all(|a| *a == Answered::V2),
+            "v1 answered after v2 had: {seen:?}"
+        );
     }
 
     let versions = gateway
@@ -186,7 +194,7 @@ async fn uploads_that_are_not_campaign_components_are_refused_with_the_reason() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_deploys_and_the_active_version_survives_a_restart() {
+async fn the_cli_deploys_and_reloads_and_the_active_version_survives_a_restart() {
     let config = greet_toml();
     let gateway = Gateway::start(&config).await;
     let burn_path = plugin("burn");
@@ -207,10 +215,23 @@ async fn the_cli_deploys_and_the_active_version_survives_a_restart() {
     assert_eq!(versions["versions"].as_array().map(Vec::len), Some(2));
 
     gateway.cli(&["rollback", "greet", "1"]).await;
+    let logged_before = gateway.log().len();
     let gateway = Gateway::start_in(gateway.stop().await, &config, &[]).await;
     assert_eq!(who_answers(&gateway).await, Answered::V1, "and a rollback");
+    let restart_log = gateway.log()[logged_before..].to_owned();
     assert!(
-        gateway.log().contains("from the cache") || gateway.log().contains("cached=true"),
-        "a restart loads compiled components from the cache"
+        restart_log.contains("cached=true") && !restart_log.contains("cached=false"),
+        "a restart loads compiled components from the cache:\n{restart_log}"
     );
+
+    // A config that now names v2's component is a new intent: it runs,
+    // as the version it already is.
+    gateway.rewrite_config(&config.replace(&plugin("trivial"), &burn_path));
+    let reloaded: Value = serde_json::from_str(&gateway.cli(&["reload"]).await).expect("JSON");
+    assert_eq!(reloaded["reloaded"]["changed"], json!(["greet"]));
+    assert_eq!(who_answers(&gateway).await, Answered::V2);
+    let versions: Value =
+        serde_json::from_str(&gateway.cli(&["versions", "greet"]).await).expect("JSON");
+    assert_eq!(versions["active"], 2);
+    assert_eq!(versions["versions"].as_array().map(Vec::len), Some(2));
 }

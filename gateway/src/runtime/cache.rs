@@ -46,6 +46,9 @@ impl CompiledCache {
         // compiling the same component never write into one file.
         let mut partial = tempfile::NamedTempFile::new_in(&self.dir)?;
         partial.write_all(&component.serialize()?)?;
+        // On disk before it has the final name: a power cut must not leave
+        // a truncated file that `load` would trust.
+        partial.as_file().sync_all()?;
         partial.persist(path)?;
         Ok(())
     }
