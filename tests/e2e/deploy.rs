@@ -13,26 +13,23 @@ use crate::harness::{plugin, within, Gateway};
 /// `greet` answers its callers synchronously; v1 is `trivial` (answers
 /// `ok`), and `burn` (answers a number) is deployed as v2.
 pub(crate) fn greet_toml() -> String {
+    // Room for the compile of a deploy on a loaded 2-core machine.
+    greet_running("trivial", 10, "deadline_ms = 5000")
+}
+
+/// `greet` running `plugin` first; `burn` spends `iterations` rounds.
+fn greet_running(plugin_name: &str, iterations: u64, extra: &str) -> String {
     format!(
-        r#"
-[sources.site]
-[campaigns.greet]
-source = "site"
-lane = "speed"
-plugin = "{}"
-settings = {{ iterations = "10" }}
-# Room for the compile of a deploy on a loaded 2-core machine.
-deadline_ms = 5000
-"#,
-        plugin("trivial")
+        "[sources.site]\n[campaigns.greet]\nsource = \"site\"\nlane = \"speed\"\nplugin = \"{}\"\nsettings = {{ iterations = \"{iterations}\" }}\n{extra}\n",
+        plugin(plugin_name)
     )
 }
 
 /// Which plugin answered: `trivial` says `ok`, `burn` a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Answered {
-    V1,
-    V2,
+    Trivial,
+    Burn,
 }
 
 pub(crate) async fn who_answers(gateway: &Gateway) -> Answered {
@@ -43,8 +40,8 @@ pub(crate) async fn who_answers(gateway: &Gateway) -> Answered {
 
 fn answered(body: &[u8]) -> Answered {
     match std::str::from_utf8(body).expect("UTF-8") {
-        "ok" => Answered::V1,
-        number if number.parse::<u64>().is_ok() => Answered::V2,
+        "ok" => Answered::Trivial,
+        number if number.parse::<u64>().is_ok() => Answered::Burn,
         other => panic!("unexpected answer `{other}`"),
     }
 }
@@ -56,7 +53,7 @@ fn burn() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
     let gateway = Arc::new(Gateway::start(&greet_toml()).await);
-    assert_eq!(who_answers(&gateway).await, Answered::V1);
+    assert_eq!(who_answers(&gateway).await, Answered::Trivial);
 
     // Two callers keep posting, each one request after the other, so each
     // one's answers are in the order the gateway ran them; each stops once
@@ -69,7 +66,7 @@ async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
                 (gateway.clone(), answered_total.clone(), answers.clone());
             tokio::spawn(async move {
                 let mut seen = Vec::new();
-                while !seen.ends_with(&[Answered::V2; 3]) {
+                while !seen.ends_with(&[Answered::Burn; 3]) {
                     let reply = gateway.post("site", "{}").await;
                     assert_eq!(
                         reply.status,
@@ -101,17 +98,17 @@ async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
     assert_eq!(deployed["origin"], "deploy");
     assert_eq!(deployed["active"], true);
     // Every request sent after the deploy answered runs v2.
-    assert_eq!(who_answers(&gateway).await, Answered::V2);
+    assert_eq!(who_answers(&gateway).await, Answered::Burn);
     for caller in callers {
         let seen = within("a caller to see v2", caller)
             .await
             .expect("no failed request");
         let swap = seen
             .iter()
-            .position(|a| *a == Answered::V2)
+            .position(|a| *a == Answered::Burn)
             .expect("v2 answered");
         assert!(
-            seen[swap..].iter().all(|a| *a == Answered::V2),
+            seen[swap..].iter().all(|a| *a == Answered::Burn),
             "v1 answered after v2 had: {seen:?}"
         );
     }
@@ -139,7 +136,7 @@ async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
         .await;
     assert_eq!(back.status, StatusCode::OK, "{:?}", back.body);
     assert_eq!(back.json()["version"], 1);
-    assert_eq!(who_answers(&gateway).await, Answered::V1);
+    assert_eq!(who_answers(&gateway).await, Answered::Trivial);
 
     let missing = gateway
         .admin_with(
@@ -190,7 +187,7 @@ async fn uploads_that_are_not_campaign_components_are_refused_with_the_reason() 
         .admin(Method::GET, "/v1/campaigns/greet/versions")
         .await;
     assert_eq!(versions["versions"].as_array().map(Vec::len), Some(1));
-    assert_eq!(who_answers(&gateway).await, Answered::V1);
+    assert_eq!(who_answers(&gateway).await, Answered::Trivial);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,12 +198,12 @@ async fn the_cli_deploys_and_reloads_and_the_active_version_survives_a_restart()
     let deployed: Value =
         serde_json::from_str(&gateway.cli(&["deploy", "greet", &burn_path]).await).expect("JSON");
     assert_eq!(deployed["version"], 2);
-    assert_eq!(who_answers(&gateway).await, Answered::V2);
+    assert_eq!(who_answers(&gateway).await, Answered::Burn);
 
     let gateway = Gateway::start_in(gateway.stop().await, &config, &[]).await;
     assert_eq!(
         who_answers(&gateway).await,
-        Answered::V2,
+        Answered::Burn,
         "a restart keeps v2"
     );
     let versions: Value =
@@ -217,7 +214,11 @@ async fn the_cli_deploys_and_reloads_and_the_active_version_survives_a_restart()
     gateway.cli(&["rollback", "greet", "1"]).await;
     let logged_before = gateway.log().len();
     let gateway = Gateway::start_in(gateway.stop().await, &config, &[]).await;
-    assert_eq!(who_answers(&gateway).await, Answered::V1, "and a rollback");
+    assert_eq!(
+        who_answers(&gateway).await,
+        Answered::Trivial,
+        "and a rollback"
+    );
     let restart_log = gateway.log()[logged_before..].to_owned();
     assert!(
         restart_log.contains("cached=true") && !restart_log.contains("cached=false"),
@@ -229,9 +230,55 @@ async fn the_cli_deploys_and_reloads_and_the_active_version_survives_a_restart()
     gateway.rewrite_config(&config.replace(&plugin("trivial"), &burn_path));
     let reloaded: Value = serde_json::from_str(&gateway.cli(&["reload"]).await).expect("JSON");
     assert_eq!(reloaded["reloaded"]["changed"], json!(["greet"]));
-    assert_eq!(who_answers(&gateway).await, Answered::V2);
+    assert_eq!(who_answers(&gateway).await, Answered::Burn);
     let versions: Value =
         serde_json::from_str(&gateway.cli(&["versions", "greet"]).await).expect("JSON");
     assert_eq!(versions["active"], 2);
     assert_eq!(versions["versions"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_already_running_finishes_on_the_version_it_started_with() {
+    // v1 is `burn` with enough work to be still running during the deploy.
+    let config = greet_running(
+        "burn",
+        1_500_000_000,
+        "fuel = 100000000000\ndeadline_ms = 60000",
+    );
+    let gateway = Arc::new(Gateway::start(&config).await);
+    let slow = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move { gateway.post("site", "{}").await })
+    };
+    within("the v1 event to start", async {
+        loop {
+            let lanes = gateway.admin(Method::GET, "/v1/lanes").await;
+            if lanes["lanes"]["speed"]["running"].as_u64() > Some(0) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let trivial = std::fs::read(plugin("trivial")).expect("trivial.wasm");
+    let deployed = gateway
+        .admin_with(Method::POST, "/v1/campaigns/greet/versions", trivial)
+        .await;
+    assert_eq!(deployed.status, StatusCode::CREATED);
+    assert!(
+        !slow.is_finished(),
+        "the v1 event ended before the deploy: make it slower"
+    );
+    assert_eq!(
+        who_answers(&gateway).await,
+        Answered::Trivial,
+        "new events run the deployed `trivial`"
+    );
+    let finished = within("the v1 event to finish", slow).await.expect("task");
+    assert_eq!(finished.status, StatusCode::OK);
+    assert_eq!(
+        answered(&finished.body),
+        Answered::Burn,
+        "the running event finished on `burn`, the version it started with"
+    );
 }

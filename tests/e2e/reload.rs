@@ -44,7 +44,7 @@ async fn campaign(gateway: &Gateway, name: &str) -> Option<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_new_plugin_lane_limits_and_campaigns() {
     let gateway = Gateway::start(&greet_toml()).await;
-    assert_eq!(who_answers(&gateway).await, Answered::V1);
+    assert_eq!(who_answers(&gateway).await, Answered::Trivial);
 
     let later = format!(
         "[sources.shop]\n[campaigns.later]\nsource = \"shop\"\nlane = \"speed\"\nplugin = \"{}\"\n",
@@ -63,7 +63,7 @@ async fn sighup_applies_a_new_plugin_lane_limits_and_campaigns() {
     .await;
     assert_eq!(
         who_answers(&gateway).await,
-        Answered::V2,
+        Answered::Burn,
         "the new plugin runs"
     );
     let greet = campaign(&gateway, "greet").await.expect("greet");
@@ -101,7 +101,7 @@ async fn a_bad_config_is_refused_with_file_key_and_reason_and_the_old_one_keeps_
     let refusals = [
         (
             greet_toml().replace("lane = \"speed\"", "lane = \"fast\""),
-            "hooklane.toml:7: key `campaigns.greet.lane`",
+            "hooklane.toml:6: key `campaigns.greet.lane`",
         ),
         (
             format!("max_body_kb = 5\n{}", greet_toml()),
@@ -128,7 +128,7 @@ async fn a_bad_config_is_refused_with_file_key_and_reason_and_the_old_one_keeps_
             detail.contains("hooklane.toml"),
             "`{detail}` names the file"
         );
-        assert_eq!(who_answers(&gateway).await, Answered::V1);
+        assert_eq!(who_answers(&gateway).await, Answered::Trivial);
     }
 
     let refused = |log: String| log.matches("Reload refused").count();
@@ -140,7 +140,7 @@ async fn a_bad_config_is_refused_with_file_key_and_reason_and_the_old_one_keeps_
         }
     })
     .await;
-    assert_eq!(who_answers(&gateway).await, Answered::V1);
+    assert_eq!(who_answers(&gateway).await, Answered::Trivial);
     let versions = gateway
         .admin(Method::GET, "/v1/campaigns/greet/versions")
         .await;
