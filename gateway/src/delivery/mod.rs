@@ -78,20 +78,8 @@ impl Deliveries {
                     })
                 })
                 .transpose()?;
-            destinations.insert(
-                name.clone(),
-                Arc::new(Destination {
-                    name: name.clone(),
-                    breaker: Mutex::new(Breaker::new(
-                        config.breaker_failure_ratio,
-                        Duration::from_millis(config.breaker_cooldown_ms),
-                    )),
-                    config: config.clone(),
-                    secret,
-                    disabled: AtomicBool::new(false),
-                    next_slot: Mutex::new(Instant::now()),
-                }),
-            );
+            let destination = Destination::new(name, config.clone(), secret);
+            destinations.insert(name.clone(), Arc::new(destination));
         }
         Ok(Deliveries {
             queue,
@@ -114,13 +102,12 @@ impl Deliveries {
         };
         loop {
             sleep_until_ms(delivery.not_before_ms).await;
-            let tried = match destination.permit() {
-                Permit::Wait(wait) => {
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                Permit::Go => self.attempt(&destination, &delivery).await,
-            };
+            tokio::time::sleep_until(destination.reserve_slot().into()).await;
+            if let Permit::Wait(wait) = destination.breaker_permit() {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let tried = self.attempt(&destination, &delivery).await;
             match tried {
                 Tried::Delivered => {
                     if let Err(error) = self.queue.delivered(delivery.seq).await {
@@ -238,19 +225,33 @@ impl Deliveries {
 }
 
 impl Destination {
-    /// Whether an attempt may go now: the breaker must allow it and the
-    /// rate limit must have a slot.
-    fn permit(&self) -> Permit {
-        if let Permit::Wait(wait) = self.breaker.lock().expect("breaker lock").permit() {
-            return Permit::Wait(wait);
+    fn new(name: &str, config: DestinationConfig, secret: Option<Vec<u8>>) -> Self {
+        Destination {
+            name: name.into(),
+            breaker: Mutex::new(Breaker::new(
+                config.breaker_failure_ratio,
+                Duration::from_millis(config.breaker_cooldown_ms),
+            )),
+            config,
+            secret,
+            disabled: AtomicBool::new(false),
+            next_slot: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Reserve the next free slot of the rate limit: when this attempt may
+    /// go. Every waiting delivery gets a slot of its own, so a backlog wakes
+    /// one task per slot instead of all of them racing for each one.
+    fn reserve_slot(&self) -> Instant {
         let mut next = self.next_slot.lock().expect("rate lock");
-        let now = Instant::now();
-        if *next > now {
-            return Permit::Wait(*next - now);
-        }
-        *next = now.max(*next) + Duration::from_secs_f64(1.0 / self.config.rate_per_s);
-        Permit::Go
+        let slot = (*next).max(Instant::now());
+        *next = slot + Duration::from_secs_f64(1.0 / self.config.rate_per_s);
+        slot
+    }
+
+    /// Whether the circuit breaker lets an attempt go now.
+    fn breaker_permit(&self) -> Permit {
+        self.breaker.lock().expect("breaker lock").permit()
     }
 
     fn record(&self, success: bool) {
@@ -295,4 +296,25 @@ fn whsec_secret(env: &str) -> Result<Vec<u8>, String> {
     parse_whsec(value.trim())
         .map(|secret| secret.as_bytes().to_vec())
         .map_err(|problem| format!("`{env}`: {problem}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_gets_one_rate_limit_slot_each() {
+        let config: DestinationConfig =
+            toml::from_str("url = \"http://127.0.0.1:9/\"\nrate_per_s = 10.0").unwrap();
+        let destination = Destination::new("sink", config, None);
+        let asked = Instant::now();
+        let slots: Vec<Instant> = (0..5).map(|_| destination.reserve_slot()).collect();
+        assert!(
+            slots[0] - asked < Duration::from_secs(1),
+            "the first goes now"
+        );
+        for pair in slots.windows(2) {
+            assert_eq!(pair[1] - pair[0], Duration::from_millis(100));
+        }
+    }
 }
