@@ -398,15 +398,13 @@ async fn dead_letter(
     State(admin): State<Arc<Admin>>,
     Path(seq): Path<u64>,
 ) -> Result<Json<Value>, ApiError> {
-    let all = admin
+    admin
         .gateway
         .queue()
-        .dead_letters(&DeadLetterFilter::default())
+        .dead_letter(seq)
         .await
-        .map_err(store_error)?;
-    all.iter()
-        .find(|d| d.seq == seq)
-        .map(|d| Json(describe(d, true)))
+        .map_err(store_error)?
+        .map(|d| Json(describe(&d, true)))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,

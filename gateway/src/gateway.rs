@@ -752,13 +752,14 @@ fn emitted(
         ("hooklane-emitted-by".to_owned(), loaded.name.to_string()),
         ("hooklane-parent-event".to_owned(), parent.id.clone()),
     ];
-    let mut event = Event::new(
-        format!("campaign:{}", loaded.name),
+    let event = Event {
+        id: format!("{}.{index}", parent.id),
+        source: format!("campaign:{}", loaded.name),
+        received_at_ms: now_ms(),
         headers,
         body,
         content_type,
-    );
-    event.id = format!("{}.{index}", parent.id);
+    };
     NewWebhook {
         event,
         campaigns: vec![campaign],

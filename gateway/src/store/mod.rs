@@ -250,6 +250,8 @@ pub trait EventQueue: Send + Sync + 'static {
     async fn pending(&self) -> Result<(Vec<QueuedEvent>, Vec<QueuedDelivery>), StoreError>;
     /// Dead letters matching `filter`, oldest first.
     async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Dead letter `seq`, if there is one.
+    async fn dead_letter(&self, seq: u64) -> Result<Option<DeadLetter>, StoreError>;
     /// Move dead letters back to the queue or outbox with a fresh history.
     async fn replay(&self, seqs: &[u64]) -> Result<Committed, StoreError>;
     /// Drop dead letters and dedup records older than `before_ms`.

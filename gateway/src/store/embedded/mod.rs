@@ -400,6 +400,16 @@ impl EventQueue for EmbeddedStore {
         .await
     }
 
+    async fn dead_letter(&self, seq: u64) -> Result<Option<DeadLetter>, StoreError> {
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(DEAD).map_err(backend)?;
+            let raw = table.get(seq).map_err(backend)?;
+            raw.map(|raw| decode(raw.value())).transpose()
+        })
+        .await
+    }
+
     async fn replay(&self, seqs: &[u64]) -> Result<Committed, StoreError> {
         let seqs = seqs.to_vec();
         let fresh: Vec<u64> = seqs.iter().map(|_| self.seq()).collect();
@@ -623,11 +633,19 @@ mod tests {
             ..DeadLetterFilter::default()
         };
         assert!(store.dead_letters(&none).await.unwrap().is_empty());
+        let one = store
+            .dead_letter(dead.seq)
+            .await
+            .unwrap()
+            .expect("by its id");
+        assert_eq!(one.campaign(), "a");
+        assert!(store.dead_letter(dead.seq + 1000).await.unwrap().is_none());
 
         let replayed = store.replay(&[dead.seq]).await.unwrap();
         assert_eq!(replayed.events.len(), 1);
         assert!(replayed.events[0].attempts.is_empty());
         assert!(store.dead_letters(&only_a).await.unwrap().is_empty());
+        assert!(store.dead_letter(dead.seq).await.unwrap().is_none());
         let (pending, _) = store.pending().await.unwrap();
         assert_eq!(pending.len(), 2);
     }
