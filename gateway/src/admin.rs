@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -55,6 +55,10 @@ pub fn routes(
             get(versions)
                 .post(deploy)
                 .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
+        )
+        .route(
+            "/v1/campaigns/{campaign}/versions/{version}",
+            delete(delete_version),
         )
         .route("/v1/campaigns/{campaign}/rollback", post(rollback))
         .route("/v1/reload", post(reload))
@@ -187,6 +191,9 @@ fn deploy_error(error: DeployError) -> ApiError {
         DeployError::Versions(VersionError::Unknown { .. }) => {
             (StatusCode::NOT_FOUND, "unknown_version")
         }
+        DeployError::Versions(VersionError::Active { .. }) => {
+            (StatusCode::CONFLICT, "version_active")
+        }
         DeployError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin"),
         // Retrying will not help: an operator must look at the file.
         DeployError::Versions(VersionError::Corrupt { .. }) => {
@@ -224,6 +231,25 @@ async fn versions(
     Ok(Json(
         json!({ "campaign": campaign, "active": history.active, "versions": listed }),
     ))
+}
+
+async fn delete_version(
+    State(admin): State<Arc<Admin>>,
+    Path((campaign, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let version: u32 = version.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_version",
+            format!("versions are numbers; `{version}` is not one"),
+        )
+    })?;
+    admin
+        .gateway
+        .delete_version(&campaign, version)
+        .await
+        .map_err(deploy_error)?;
+    Ok(Json(json!({ "campaign": campaign, "deleted": version })))
 }
 
 /// The body is the component itself (`application/wasm`).

@@ -371,6 +371,18 @@ impl Gateway {
         .await
     }
 
+    /// Forget stored `version` of `campaign`; the one it runs cannot go.
+    pub async fn delete_version(&self, campaign: &str, version: u32) -> Result<(), DeployError> {
+        let _one_at_a_time = self.running.lock().await;
+        self.campaign(campaign)
+            .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
+        if let Some(digest) = self.versions.delete(campaign, version)? {
+            self.runtime.forget_compiled(&digest);
+        }
+        tracing::info!(%campaign, version, "Deleted a stored plugin version");
+        Ok(())
+    }
+
     /// Swap in the plugin `pick` compiles and records for a loaded campaign.
     /// Compiling takes a while, so it runs off the async threads, and one
     /// change at a time.

@@ -108,12 +108,15 @@ enum Command {
         /// The version to run (see `versions`).
         version: u32,
     },
-    /// List the stored versions of a campaign's plugin.
+    /// List the stored versions of a campaign's plugin, or delete one.
     Versions {
         #[command(flatten)]
         admin: AdminArgs,
         /// The campaign.
         campaign: String,
+        /// Delete this stored version instead (never the one that runs).
+        #[arg(long, value_name = "VERSION")]
+        delete: Option<u32>,
     },
     /// Work on a plugin without a gateway.
     Plugin {
@@ -292,9 +295,24 @@ fn main() -> ExitCode {
                 .announce(format!("Switching `{campaign}` to v{version}"));
             admin_call(&admin, call)
         }
-        Command::Versions { admin, campaign } => admin_call(
+        Command::Versions {
+            admin,
+            campaign,
+            delete: None,
+        } => admin_call(
             &admin,
             AdminCall::get(format!("/v1/campaigns/{campaign}/versions")),
+        ),
+        Command::Versions {
+            admin,
+            campaign,
+            delete: Some(version),
+        } => admin_call(
+            &admin,
+            AdminCall::new(
+                reqwest::Method::DELETE,
+                format!("/v1/campaigns/{campaign}/versions/{version}"),
+            ),
         ),
         Command::Plugin {
             action:

@@ -77,6 +77,8 @@ impl History {
 pub enum VersionError {
     #[error("campaign `{campaign}` has no version {version}")]
     Unknown { campaign: String, version: u32 },
+    #[error("version {version} is the one campaign `{campaign}` runs: switch to another first")]
+    Active { campaign: String, version: u32 },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -174,6 +176,56 @@ impl PluginVersions {
         Ok(chosen)
     }
 
+    /// Forget stored `version` of `campaign` (never the active one). The
+    /// component itself is deleted too unless another version, of any
+    /// campaign, is the same component; the digest of a deleted component
+    /// is returned, so its compiled form can go as well.
+    pub fn delete(&self, campaign: &str, version: u32) -> Result<Option<String>, VersionError> {
+        let mut history = self.history(campaign)?;
+        if version == history.active {
+            return Err(VersionError::Active {
+                campaign: campaign.into(),
+                version,
+            });
+        }
+        let unknown = || VersionError::Unknown {
+            campaign: campaign.into(),
+            version,
+        };
+        let index = history
+            .versions
+            .iter()
+            .position(|v| v.version == version)
+            .ok_or_else(unknown)?;
+        let gone = history.versions.remove(index);
+        self.save(campaign, &history)?;
+        if self.is_referenced(&gone.digest)? {
+            return Ok(None);
+        }
+        let blob = self.blob_path(&gone.digest);
+        std::fs::remove_file(&blob).map_err(io_error(&blob))?;
+        Ok(Some(gone.digest))
+    }
+
+    /// Whether any campaign's history still names the component `digest`.
+    fn is_referenced(&self, digest: &str) -> Result<bool, VersionError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(io_error(&self.dir))?;
+        for entry in entries {
+            let path = entry.map_err(io_error(&self.dir))?.path();
+            let Some(campaign) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if self.history(campaign)?.by_digest(digest).is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn save(&self, campaign: &str, history: &History) -> Result<(), VersionError> {
         let json = serde_json::to_vec_pretty(history).expect("a history serialises");
         write_atomically(&self.history_path(campaign), &json)
@@ -257,5 +309,36 @@ mod tests {
         ));
         // Campaigns do not see each other's versions.
         assert!(reopened.history("other").unwrap().versions.is_empty());
+    }
+
+    #[test]
+    fn deleting_a_version_keeps_the_active_one_and_shared_components() {
+        let dir = tempfile::tempdir().unwrap();
+        let versions = PluginVersions::open(dir.path().join("plugins")).unwrap();
+        for (campaign, bytes, digest) in [
+            ("a", b"one", "d1"),
+            ("a", b"two", "d2"),
+            ("b", b"one", "d1"),
+        ] {
+            versions
+                .store(campaign, bytes, digest, Origin::Deploy)
+                .unwrap();
+        }
+        versions.activate("a", 2, false).unwrap();
+        assert!(matches!(
+            versions.delete("a", 2),
+            Err(VersionError::Active { version: 2, .. })
+        ));
+        // `b` still has the same component: it stays.
+        assert_eq!(versions.delete("a", 1).unwrap(), None);
+        assert_eq!(versions.read("d1").unwrap(), b"one");
+        assert_eq!(versions.history("a").unwrap().versions.len(), 1);
+        assert!(matches!(
+            versions.delete("a", 1),
+            Err(VersionError::Unknown { version: 1, .. })
+        ));
+        // The last version naming it takes the component with it.
+        assert_eq!(versions.delete("b", 1).unwrap(), Some("d1".into()));
+        assert!(versions.read("d1").is_err());
     }
 }

@@ -147,6 +147,29 @@ async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.json()["error"], "unknown_version");
+
+    // Stored versions can be deleted, but not the one that runs.
+    let running = gateway
+        .admin_with(Method::DELETE, "/v1/campaigns/greet/versions/1", "")
+        .await;
+    assert_eq!(running.status, StatusCode::CONFLICT);
+    assert_eq!(running.json()["error"], "version_active");
+    let deleted = gateway
+        .admin_with(Method::DELETE, "/v1/campaigns/greet/versions/2", "")
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{:?}", deleted.body);
+    let versions = gateway
+        .admin(Method::GET, "/v1/campaigns/greet/versions")
+        .await;
+    assert_eq!(versions["versions"].as_array().map(Vec::len), Some(1));
+    let gone = gateway
+        .admin_with(
+            Method::POST,
+            "/v1/campaigns/greet/rollback",
+            json!({ "version": 2 }).to_string(),
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
     assert!(
         gateway.log().contains("Switched plugin version"),
         "the swap is logged"

@@ -39,6 +39,14 @@ impl CompiledCache {
         Ok((component, false))
     }
 
+    /// Drop the compiled form of component `digest`, if cached.
+    pub fn remove(&self, digest: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.dir.join(format!("{digest}.cwasm"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     fn store(&self, path: &Path, component: &Component) -> wasmtime::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         // Write a uniquely named file then rename it, so a crash never

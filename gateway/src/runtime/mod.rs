@@ -202,6 +202,14 @@ impl Runtime {
         })
     }
 
+    /// Drop the cached compiled form of component `digest` (its last
+    /// stored version was deleted).
+    pub fn forget_compiled(&self, digest: &str) {
+        if let Some(Err(error)) = self.cache.as_ref().map(|cache| cache.remove(digest)) {
+            tracing::warn!(digest, %error, "Could not remove a cached compiled component");
+        }
+    }
+
     /// Bind a compiled component to campaign `name`'s limits and settings;
     /// `version` names it in logs ("v3").
     pub fn plugin(
