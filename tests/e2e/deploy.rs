@@ -46,6 +46,13 @@ fn answered(body: &[u8]) -> Answered {
     }
 }
 
+async fn rollback(gateway: &Gateway, version: u32) -> crate::harness::Reply {
+    let body = json!({ "version": version }).to_string();
+    gateway
+        .admin_with(Method::POST, "/v1/campaigns/greet/rollback", body)
+        .await
+}
+
 fn burn() -> Vec<u8> {
     std::fs::read(plugin("burn")).expect("burn.wasm")
 }
@@ -127,24 +134,12 @@ async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
     let listed = gateway.admin(Method::GET, "/v1/campaigns").await;
     assert_eq!(listed["campaigns"][0]["version"], 2);
 
-    let back = gateway
-        .admin_with(
-            Method::POST,
-            "/v1/campaigns/greet/rollback",
-            json!({ "version": 1 }).to_string(),
-        )
-        .await;
+    let back = rollback(&gateway, 1).await;
     assert_eq!(back.status, StatusCode::OK, "{:?}", back.body);
     assert_eq!(back.json()["version"], 1);
     assert_eq!(who_answers(&gateway).await, Answered::Trivial);
 
-    let missing = gateway
-        .admin_with(
-            Method::POST,
-            "/v1/campaigns/greet/rollback",
-            json!({ "version": 9 }).to_string(),
-        )
-        .await;
+    let missing = rollback(&gateway, 9).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.json()["error"], "unknown_version");
 
@@ -162,13 +157,7 @@ async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
         .admin(Method::GET, "/v1/campaigns/greet/versions")
         .await;
     assert_eq!(versions["versions"].as_array().map(Vec::len), Some(1));
-    let gone = gateway
-        .admin_with(
-            Method::POST,
-            "/v1/campaigns/greet/rollback",
-            json!({ "version": 2 }).to_string(),
-        )
-        .await;
+    let gone = rollback(&gateway, 2).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
     assert!(
         gateway.log().contains("Switched plugin version"),
