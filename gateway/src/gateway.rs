@@ -174,7 +174,7 @@ impl Gateway {
             .chain(Lane::ALL.map(|lane| config.lanes.get(lane).memory_mb))
             .max()
             .unwrap_or(64);
-        compile_beside_segmentation(config.lanes.segmentation.nice);
+        compile_in_the_background();
         let cache = config.data_dir.join("compiled");
         let runtime = Runtime::new(
             &config.runtime,
@@ -220,14 +220,14 @@ impl Gateway {
         let gateway = self.clone();
         // The lock goes with the work: a caller that stops waiting cannot
         // let another change start while this one is still going.
-        let reloaded = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
-            let new = Config::load(&running.file)?;
-            let reloaded = gateway.apply(&running, &new)?;
-            *running = new;
-            Ok(reloaded)
-        })
-        .await
-        .expect("a reload does not panic")?;
+        let reloaded = self
+            .off_the_speed_lane(move || -> Result<_, ReloadError> {
+                let new = Config::load(&running.file)?;
+                let reloaded = gateway.apply(&running, &new)?;
+                *running = new;
+                Ok(reloaded)
+            })
+            .await?;
         tracing::info!(
             added = ?reloaded.added,
             changed = ?reloaded.changed,
@@ -396,7 +396,7 @@ impl Gateway {
             .campaign(campaign)
             .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
         let gateway = self.clone();
-        tokio::task::spawn_blocking(move || {
+        self.off_the_speed_lane(move || {
             // Held until the swap is done, even if the caller stops waiting.
             let _one_at_a_time = one_at_a_time;
             let started = Instant::now();
@@ -430,7 +430,24 @@ impl Gateway {
             Ok(version)
         })
         .await
-        .expect("a plugin change does not panic")
+    }
+
+    /// Run `work` (compiling plugins, for a deploy or reload) on a thread
+    /// of its own in the background, like the compiler's worker threads:
+    /// the speed lane keeps the CPU it needs meanwhile.
+    async fn off_the_speed_lane<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (done, result) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("hooklane-change".into())
+            .spawn(move || {
+                crate::lanes::background_only("plugin change");
+                let _ = done.send(work());
+            })
+            .expect("can start a thread for a plugin change");
+        result.await.expect("a plugin change does not panic")
     }
 
     fn compile(&self, campaign: &str, bytes: &[u8], digest: &str) -> Result<Compiled, DeployError> {
@@ -781,11 +798,11 @@ fn emitted(
 
 /// wasmtime compiles on rayon's global pool. A deploy or reload compiling
 /// while traffic flows must not take CPU from the speed lane, so those
-/// threads run at the segmentation lane's niceness, like CPU-heavy plugins.
-fn compile_beside_segmentation(nice: i32) {
+/// threads only get what the lanes leave (see [`crate::lanes::background_only`]).
+fn compile_in_the_background() {
     let pool = rayon::ThreadPoolBuilder::new()
         .thread_name(|i| format!("hooklane-compile-{i}"))
-        .start_handler(move |_| crate::lanes::lower_priority("compile", nice))
+        .start_handler(|_| crate::lanes::background_only("compile"))
         .build_global();
     if let Err(error) = pool {
         // Built already in this process (a second gateway in one test).

@@ -87,5 +87,17 @@ fn the_deploy_bench_runs_end_to_end() {
         report["deploy_ms"]["median"].as_f64().unwrap() > 0.0,
         "{report}"
     );
+    assert!(
+        printed.contains("speed p99, deploying / idle:"),
+        "{printed}"
+    );
+    assert!(
+        report["deploys_under_traffic"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        report["speed_p99_deploying_over_idle"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
     assert!(report["restart_s"].as_f64().unwrap() > 0.0, "{report}");
 }

@@ -1,9 +1,10 @@
 //! `hooklane bench deploy`: a gateway holding 1,000 campaigns, each running
 //! its own version of a small plugin — its resident memory, the time to
-//! deploy one more version, and the time to restart with a warm compiled
+//! deploy one more version, the speed lane's p99 while versions are
+//! deployed back to back, and the time to restart with a warm compiled
 //! cache. Each figure is printed beside its baseline from the same run: a
-//! gateway with one campaign (memory, deploy) and the cold first start
-//! (restart).
+//! gateway with one campaign (memory, deploy), the same traffic with no
+//! deploy going on (p99), and the cold first start (restart).
 //!
 //! The versions are the `trivial` plugin with a custom section naming the
 //! variant appended: behaviour alike, digests all different, so every one
@@ -18,11 +19,16 @@ use tokio::process::Command;
 
 use super::process::Server;
 use super::{BenchError, BenchOptions, PATIENCE, REQUEST_TIMEOUT};
+use crate::loadgen::{self, Plan, TrafficClass};
 
 /// Targets with 1,000 campaign versions on a 2-core machine.
 const TARGET_RSS_MB: f64 = 1024.0;
 const TARGET_DEPLOY_MS: f64 = 50.0;
 const TARGET_RESTART_S: f64 = 5.0;
+/// Deploys compile beside the segmentation lane, below the speed lane.
+const TARGET_P99_DEPLOYING_OVER_IDLE: f64 = 1.5;
+/// Open-loop rate of the speed campaign in the p99 rounds.
+const SPEED_RATE: f64 = 200.0;
 
 const ADMIN_TOKEN: &str = "bench-admin-token";
 
@@ -39,6 +45,14 @@ pub struct DeployReport {
     pub deploy_ms: Timings,
     /// ... and to the gateway with one campaign.
     pub deploy_one_campaign_ms: Timings,
+    /// Speed p99 (ms) of campaign `c1` at a fixed rate, with no deploy
+    /// going on and while versions are deployed to `c0` back to back, per
+    /// round; the ratio is the median of the rounds'.
+    pub speed_p99_idle_ms: Vec<f64>,
+    pub speed_p99_deploying_ms: Vec<f64>,
+    pub speed_p99_deploying_over_idle: f64,
+    /// Deploys done during the p99 rounds.
+    pub deploys_under_traffic: usize,
     /// First start: every version compiled.
     pub cold_start_s: f64,
     /// Restart with the compiled cache warm.
@@ -84,6 +98,14 @@ impl DeployReport {
             verdict(self.deploy_ms.median <= TARGET_DEPLOY_MS)
         );
         out += &format!(
+            "speed p99, deploying / idle: {:.2}  (p99 {:.2} vs {:.2} ms, {} deploys)  (target <= {TARGET_P99_DEPLOYING_OVER_IDLE}: {})\n",
+            self.speed_p99_deploying_over_idle,
+            median(&self.speed_p99_deploying_ms),
+            median(&self.speed_p99_idle_ms),
+            self.deploys_under_traffic,
+            verdict(self.speed_p99_deploying_over_idle <= TARGET_P99_DEPLOYING_OVER_IDLE)
+        );
+        out += &format!(
             "restart, warm cache:       {:.2} s  (cold first start: {:.2} s, ratio {:.2})  (target <= {TARGET_RESTART_S} s: {})\n",
             self.restart_s,
             self.cold_start_s,
@@ -96,6 +118,11 @@ impl DeployReport {
 
 pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
     let (campaigns, deploys) = if options.smoke { (20, 3) } else { (1000, 20) };
+    let (rounds, window) = if options.smoke {
+        (1, Duration::from_millis(500))
+    } else {
+        (3, Duration::from_secs(5))
+    };
     let work = std::path::absolute(options.out.with_extension("deploy"))?;
     let _ = std::fs::remove_dir_all(&work);
     let variants = write_variants(
@@ -121,6 +148,24 @@ pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
     let rss_mb = all.rss_mb()?;
     eprintln!("bench: deploying {deploys} versions");
     let deploy_ms = all.deploy_each(deploy_all).await?;
+    eprintln!("bench: speed p99, idle and while deploying, {rounds} rounds of {window:?}");
+    let trivial = std::fs::read(&installed[0])?;
+    let (mut speed_p99_idle_ms, mut speed_p99_deploying_ms) = (Vec::new(), Vec::new());
+    let mut ratios = Vec::new();
+    let mut deploys_under_traffic = 0;
+    for round in 0..rounds {
+        let idle = all.speed_p99_ms(window).await?;
+        let until = Instant::now() + window;
+        let (deploying, deployed) = tokio::join!(
+            all.speed_p99_ms(window),
+            all.deploy_until(&trivial, round, until)
+        );
+        let deploying = deploying?;
+        deploys_under_traffic += deployed?;
+        ratios.push(deploying / idle);
+        speed_p99_idle_ms.push(idle);
+        speed_p99_deploying_ms.push(deploying);
+    }
 
     eprintln!("bench: restart with the compiled cache warm");
     all.stop().await?;
@@ -139,11 +184,21 @@ pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
             / (campaigns.max(2) - 1) as f64,
         deploy_ms,
         deploy_one_campaign_ms,
+        speed_p99_idle_ms,
+        speed_p99_deploying_ms,
+        speed_p99_deploying_over_idle: median(&ratios),
+        deploys_under_traffic,
         cold_start_s,
         restart_s,
     };
     super::write_report(&options.out, &report)?;
     Ok(report)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// Write `count` variants of the component at `original` into `dir`.
@@ -253,32 +308,77 @@ impl Gateway {
         Ok(())
     }
 
-    /// Deploy each of `versions` to campaign `c0` in turn, timing each
-    /// admin call from the first byte sent to the answer.
+    /// Deploy each of `versions` to campaign `c0` in turn.
     async fn deploy_each(&self, versions: &[PathBuf]) -> Result<Timings, BenchError> {
-        let admin = self.server.addr("admin");
         let mut samples = Vec::new();
         for version in versions {
-            let bytes = std::fs::read(version)?;
-            let started = Instant::now();
-            let response = self
-                .http
-                .post(format!("http://{admin}/v1/campaigns/c0/versions"))
-                .bearer_auth(ADMIN_TOKEN)
-                .body(bytes)
-                .send()
-                .await
-                .map_err(std::io::Error::other)?;
-            let status = response.status();
-            let body = response.text().await.map_err(std::io::Error::other)?;
-            samples.push(started.elapsed().as_secs_f64() * 1000.0);
-            if status != reqwest::StatusCode::CREATED {
-                return Err(
-                    std::io::Error::other(format!("deploy answered {status}: {body}")).into(),
-                );
-            }
+            samples.push(self.deploy(std::fs::read(version)?).await?);
         }
         Ok(Timings::of(samples))
+    }
+
+    /// Deploy `component` to campaign `c0`; the admin call's time in ms,
+    /// from the first byte sent to the answer.
+    async fn deploy(&self, component: Vec<u8>) -> Result<f64, BenchError> {
+        let admin = self.server.addr("admin");
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(format!("http://{admin}/v1/campaigns/c0/versions"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(component)
+            .send()
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = response.status();
+        let body = response.text().await.map_err(std::io::Error::other)?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if status != reqwest::StatusCode::CREATED {
+            return Err(std::io::Error::other(format!("deploy answered {status}: {body}")).into());
+        }
+        Ok(ms)
+    }
+
+    /// p99 in ms of campaign `c1`'s answers at [`SPEED_RATE`] for `window`.
+    async fn speed_p99_ms(&self, window: Duration) -> Result<f64, BenchError> {
+        let plan = Plan {
+            classes: vec![TrafficClass {
+                name: "speed".into(),
+                rate_per_s: SPEED_RATE,
+                url: format!("http://{}/hooks/s1", self.server.addr("ingress")),
+                body: bytes::Bytes::from_static(b"{}"),
+                ok_statuses: 200..300,
+            }],
+            duration: window,
+            max_requests_per_class: 1_000_000,
+            request_timeout: REQUEST_TIMEOUT,
+        };
+        let report = loadgen::run_open_loop(&plan).await?.remove(0);
+        if report.errors + report.refused > 0 {
+            return Err(std::io::Error::other(format!(
+                "the speed campaign failed {} and refused {} requests",
+                report.errors, report.refused
+            ))
+            .into());
+        }
+        Ok(report.p99_us.unwrap_or(0) as f64 / 1000.0)
+    }
+
+    /// Deploy fresh variants of `component` to `c0` back to back until
+    /// `until`; how many. `round` keeps the variants of each round unique.
+    async fn deploy_until(
+        &self,
+        component: &[u8],
+        round: usize,
+        until: Instant,
+    ) -> Result<usize, BenchError> {
+        let mut deployed = 0;
+        while Instant::now() < until {
+            let variant = with_custom_section(component, &format!("round-{round}-{deployed}"));
+            self.deploy(variant).await?;
+            deployed += 1;
+        }
+        Ok(deployed)
     }
 
     /// The process's resident set, in MiB.
