@@ -241,7 +241,7 @@ async fn delete_version(
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_version",
-            format!("versions are numbers; `{version}` is not one"),
+            format!("campaign `{campaign}` has no version `{version}`"),
         )
     })?;
     admin

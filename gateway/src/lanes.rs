@@ -412,33 +412,14 @@ impl Drop for Slot {
 /// Lower the calling thread's scheduling priority (Linux niceness is per
 /// thread). Lowering never needs privileges; failure only costs isolation,
 /// so it is logged, not fatal.
-fn lower_priority(lane: Lane, nice: i32) {
+/// `work` names the thread's work in the warning.
+pub(crate) fn lower_priority(work: impl std::fmt::Display, nice: i32) {
     if nice == 0 {
         return;
     }
     let thread = rustix::thread::gettid();
     if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
-        tracing::warn!(%lane, nice, %error, "Could not lower the lane thread's priority");
-    }
-}
-
-/// Put the calling thread in Linux's `SCHED_IDLE` class: it gets only the
-/// CPU time other threads leave, and a thread that wakes (a speed-lane
-/// request) preempts it at once. For compiling plugins during a deploy or
-/// reload: niceness alone (10 or 19) still let compiles delay the speed
-/// lane by a scheduler slice, doubling its p99 in `hooklane bench deploy`.
-/// Like niceness, this needs no privileges, and a failure only costs
-/// isolation. Threads this one starts inherit the class.
-pub(crate) fn background_only(work: &str) {
-    use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-        ThreadPriority, ThreadSchedulePolicy,
-    };
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(error) =
-        set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
-    {
-        tracing::warn!(%work, ?error, "Could not move a thread to the background");
+        tracing::warn!(%work, nice, %error, "Could not lower a thread's priority");
     }
 }
 

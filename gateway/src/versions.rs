@@ -57,6 +57,10 @@ pub struct History {
     /// same leaves deploys and rollbacks in place.
     #[serde(default)]
     pub config_digest: Option<String>,
+    /// The highest number ever given, so a deleted version's number is
+    /// never given to another component.
+    #[serde(default)]
+    pub last_number: u32,
 }
 
 impl History {
@@ -70,6 +74,11 @@ impl History {
 
     fn by_digest(&self, digest: &str) -> Option<&Version> {
         self.versions.iter().find(|v| v.digest == digest)
+    }
+
+    fn next_number(&self) -> u32 {
+        let highest_listed = self.versions.iter().map(|v| v.version).max();
+        self.last_number.max(highest_listed.unwrap_or(0)) + 1
     }
 }
 
@@ -141,12 +150,13 @@ impl PluginVersions {
             write_atomically(&blob, bytes)?;
         }
         let version = Version {
-            version: history.versions.last().map_or(1, |v| v.version + 1),
+            version: history.next_number(),
             digest: digest.into(),
             size_bytes: bytes.len() as u64,
             stored_at_ms: now_ms(),
             origin,
         };
+        history.last_number = version.version;
         history.versions.push(version.clone());
         self.save(campaign, &history)?;
         Ok(version)
@@ -198,17 +208,25 @@ impl PluginVersions {
             .position(|v| v.version == version)
             .ok_or_else(unknown)?;
         let gone = history.versions.remove(index);
+        // Decided before anything changes, so a history that cannot be read
+        // refuses the delete instead of leaving an orphaned component.
+        let still_used = history.by_digest(&gone.digest).is_some()
+            || self.is_referenced_elsewhere(&gone.digest, campaign)?;
         self.save(campaign, &history)?;
-        if self.is_referenced(&gone.digest)? {
+        if still_used {
             return Ok(None);
         }
         let blob = self.blob_path(&gone.digest);
-        std::fs::remove_file(&blob).map_err(io_error(&blob))?;
+        if let Err(error) = std::fs::remove_file(&blob) {
+            // The version is gone either way; only disk space is at stake.
+            tracing::warn!(path = %blob.display(), %error, "Could not delete an unused component");
+        }
         Ok(Some(gone.digest))
     }
 
-    /// Whether any campaign's history still names the component `digest`.
-    fn is_referenced(&self, digest: &str) -> Result<bool, VersionError> {
+    /// Whether a campaign other than `except` still names component
+    /// `digest`.
+    fn is_referenced_elsewhere(&self, digest: &str, except: &str) -> Result<bool, VersionError> {
         let entries = std::fs::read_dir(&self.dir).map_err(io_error(&self.dir))?;
         for entry in entries {
             let path = entry.map_err(io_error(&self.dir))?.path();
@@ -219,7 +237,7 @@ impl PluginVersions {
             else {
                 continue;
             };
-            if self.history(campaign)?.by_digest(digest).is_some() {
+            if campaign != except && self.history(campaign)?.by_digest(digest).is_some() {
                 return Ok(true);
             }
         }
@@ -340,5 +358,11 @@ mod tests {
         // The last version naming it takes the component with it.
         assert_eq!(versions.delete("b", 1).unwrap(), Some("d1".into()));
         assert!(versions.read("d1").is_err());
+        // A deleted number, even the highest, is never given again.
+        let three = versions.store("a", b"three", "d3", Origin::Deploy).unwrap();
+        assert_eq!(three.version, 3);
+        versions.delete("a", 3).unwrap();
+        let four = versions.store("a", b"four", "d4", Origin::Deploy).unwrap();
+        assert_eq!(four.version, 4);
     }
 }

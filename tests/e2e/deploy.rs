@@ -8,20 +8,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::harness::{plugin, within, Gateway};
+use crate::harness::{plugin, within, Gateway, Recorder};
 
 /// `greet` answers its callers synchronously; v1 is `trivial` (answers
 /// `ok`), and `burn` (answers a number) is deployed as v2.
 pub(crate) fn greet_toml() -> String {
-    // Room for the compile of a deploy on a loaded 2-core machine.
-    greet_running("trivial", 10, "deadline_ms = 5000")
-}
-
-/// `greet` running `plugin` first; `burn` spends `iterations` rounds.
-fn greet_running(plugin_name: &str, iterations: u64, extra: &str) -> String {
+    // The deadline leaves room for a deploy's compile on a loaded machine.
     format!(
-        "[sources.site]\n[campaigns.greet]\nsource = \"site\"\nlane = \"speed\"\nplugin = \"{}\"\nsettings = {{ iterations = \"{iterations}\" }}\n{extra}\n",
-        plugin(plugin_name)
+        "[sources.site]\n[campaigns.greet]\nsource = \"site\"\nlane = \"speed\"\nplugin = \"{}\"\nsettings = {{ iterations = \"10\" }}\ndeadline_ms = 5000\n",
+        plugin("trivial")
     )
 }
 
@@ -251,46 +246,55 @@ async fn the_cli_deploys_and_reloads_and_the_active_version_survives_a_restart()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_already_running_finishes_on_the_version_it_started_with() {
-    // v1 is `burn` with enough work to be still running during the deploy.
-    let config = greet_running(
-        "burn",
-        1_500_000_000,
-        "fuel = 100000000000\ndeadline_ms = 60000",
+    // v1 is `personal-offer`, whose recommendation service keeps it waiting
+    // until the test lets it answer.
+    let mut catalog = Recorder::holding(json!({ "candidates": [] })).await;
+    let config = format!(
+        r#"
+[sources.site]
+[campaigns.greet]
+source = "site"
+lane = "speed"
+plugin = "{}"
+deadline_ms = 60000
+fetch_timeout_ms = 60000
+allowed_hosts = ["{}"]
+settings = {{ recommendation_url = "{}" }}
+"#,
+        plugin("personal-offer"),
+        catalog.addr,
+        catalog.url()
     );
     let gateway = Arc::new(Gateway::start(&config).await);
-    let slow = {
+    let waiting = {
         let gateway = gateway.clone();
-        tokio::spawn(async move { gateway.post("site", "{}").await })
+        tokio::spawn(async move {
+            gateway
+                .post_json("site", json!({ "customer_id": "c-1" }))
+                .await
+        })
     };
-    within("the v1 event to start", async {
-        loop {
-            let lanes = gateway.admin(Method::GET, "/v1/lanes").await;
-            if lanes["lanes"]["speed"]["running"].as_u64() > Some(0) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    catalog.next().await; // v1 is running, waiting for its answer.
+
     let trivial = std::fs::read(plugin("trivial")).expect("trivial.wasm");
     let deployed = gateway
         .admin_with(Method::POST, "/v1/campaigns/greet/versions", trivial)
         .await;
     assert_eq!(deployed.status, StatusCode::CREATED);
-    assert!(
-        !slow.is_finished(),
-        "the v1 event ended before the deploy: make it slower"
-    );
     assert_eq!(
         who_answers(&gateway).await,
         Answered::Trivial,
-        "new events run the deployed `trivial`"
+        "new events run v2"
     );
-    let finished = within("the v1 event to finish", slow).await.expect("task");
+
+    catalog.release();
+    let finished = within("the v1 event to finish", waiting)
+        .await
+        .expect("task");
     assert_eq!(finished.status, StatusCode::OK);
     assert_eq!(
-        answered(&finished.body),
-        Answered::Burn,
-        "the running event finished on `burn`, the version it started with"
+        finished.json()["customer_id"],
+        "c-1",
+        "the running event finished on `personal-offer`, the version it started with"
     );
 }

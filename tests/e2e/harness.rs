@@ -357,11 +357,26 @@ impl Recorded {
 pub struct Recorder {
     pub addr: SocketAddr,
     received: mpsc::UnboundedReceiver<Recorded>,
+    /// Answers wait while this is false (see [`Recorder::holding`]).
+    answering: tokio::sync::watch::Sender<bool>,
 }
 
 impl Recorder {
     pub async fn start(answer: Value) -> Recorder {
         Recorder::failing_first(&[], answer).await
+    }
+
+    /// Record requests at once but hold every answer until
+    /// [`Recorder::release`]: a service that keeps its callers waiting.
+    pub async fn holding(answer: Value) -> Recorder {
+        let recorder = Recorder::failing_first(&[], answer).await;
+        recorder.answering.send_replace(false);
+        recorder
+    }
+
+    /// Let held answers, and all later ones, go.
+    pub fn release(&self) {
+        self.answering.send_replace(true);
     }
 
     /// Answer the first requests with `statuses`, then 200 with `answer`.
@@ -371,9 +386,11 @@ impl Recorder {
         let (tx, received) = mpsc::unbounded_channel();
         let answer = Arc::new(answer.to_string());
         let statuses = Arc::new(std::sync::Mutex::new(VecDeque::from(statuses.to_vec())));
+        let (answering, gate) = tokio::sync::watch::channel(true);
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let tx = tx.clone();
             let answer = answer.clone();
+            let mut gate = gate.clone();
             let status = statuses
                 .lock()
                 .expect("statuses")
@@ -381,6 +398,7 @@ impl Recorder {
                 .unwrap_or(200);
             async move {
                 let _ = tx.send(Recorded { headers, body });
+                let _ = gate.wait_for(|open| *open).await;
                 (
                     StatusCode::from_u16(status).expect("status"),
                     [("content-type", "application/json")],
@@ -389,7 +407,11 @@ impl Recorder {
             }
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Recorder { addr, received }
+        Recorder {
+            addr,
+            received,
+            answering,
+        }
     }
 
     pub fn url(&self) -> String {

@@ -25,7 +25,7 @@ use crate::loadgen::{self, Plan, TrafficClass};
 const TARGET_RSS_MB: f64 = 1024.0;
 const TARGET_DEPLOY_MS: f64 = 50.0;
 const TARGET_RESTART_S: f64 = 5.0;
-/// Deploys compile beside the segmentation lane, below the speed lane.
+/// Deploys compile at the care lane's niceness, below the speed lane.
 const TARGET_P99_DEPLOYING_OVER_IDLE: f64 = 1.5;
 /// Open-loop rate of the speed campaign in the p99 rounds.
 const SPEED_RATE: f64 = 200.0;
@@ -354,14 +354,17 @@ impl Gateway {
             request_timeout: REQUEST_TIMEOUT,
         };
         let report = loadgen::run_open_loop(&plan).await?.remove(0);
-        if report.errors + report.refused > 0 {
-            return Err(std::io::Error::other(format!(
-                "the speed campaign failed {} and refused {} requests",
-                report.errors, report.refused
-            ))
-            .into());
+        let failed = |what: String| Err(std::io::Error::other(what).into());
+        if report.errors + report.refused + report.unsent > 0 {
+            return failed(format!(
+                "the speed campaign failed {}, refused {} and could not be sent {} requests",
+                report.errors, report.refused, report.unsent
+            ));
         }
-        Ok(report.p99_us.unwrap_or(0) as f64 / 1000.0)
+        match report.p99_us {
+            Some(p99) => Ok(p99 as f64 / 1000.0),
+            None => failed("the speed campaign answered nothing".into()),
+        }
     }
 
     /// Deploy fresh variants of `component` to `c0` back to back until

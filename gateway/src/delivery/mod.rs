@@ -102,9 +102,14 @@ impl Deliveries {
         };
         loop {
             sleep_until_ms(delivery.not_before_ms).await;
+            // Asked before taking a slot of the rate limit (no slot is spent
+            // on a delivery the breaker holds back) and again when the slot
+            // comes (the breaker may have opened meanwhile).
+            if held_back(&destination).await {
+                continue;
+            }
             tokio::time::sleep_until(destination.reserve_slot().into()).await;
-            if let Permit::Wait(wait) = destination.breaker_permit() {
-                tokio::time::sleep(wait).await;
+            if held_back(&destination).await {
                 continue;
             }
             let tried = self.attempt(&destination, &delivery).await;
@@ -267,6 +272,16 @@ impl Destination {
     }
 }
 
+/// Whether the breaker holds deliveries to `destination` back; if so, wait
+/// until it may let one go.
+async fn held_back(destination: &Destination) -> bool {
+    let Permit::Wait(wait) = destination.breaker_permit() else {
+        return false;
+    };
+    tokio::time::sleep(wait).await;
+    true
+}
+
 fn attempt(cause: &str, detail: &str) -> Attempt {
     Attempt {
         at_ms: now_ms(),
@@ -307,12 +322,15 @@ mod tests {
         let config: DestinationConfig =
             toml::from_str("url = \"http://127.0.0.1:9/\"\nrate_per_s = 10.0").unwrap();
         let destination = Destination::new("sink", config, None);
-        let asked = Instant::now();
-        let slots: Vec<Instant> = (0..5).map(|_| destination.reserve_slot()).collect();
         assert!(
-            slots[0] - asked < Duration::from_secs(1),
+            destination.reserve_slot() <= Instant::now(),
             "the first goes now"
         );
+        // A backlog: the next free slot is a minute away.
+        let free = Instant::now() + Duration::from_secs(60);
+        *destination.next_slot.lock().unwrap() = free;
+        let slots: Vec<Instant> = (0..5).map(|_| destination.reserve_slot()).collect();
+        assert_eq!(slots[0], free);
         for pair in slots.windows(2) {
             assert_eq!(pair[1] - pair[0], Duration::from_millis(100));
         }
