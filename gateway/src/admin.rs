@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Lane;
+use crate::delivery::EnableError;
 use crate::error::ApiError;
 use crate::gateway::{DeployError, Gateway, ReloadError};
 use crate::store::{DeadItem, DeadLetter, DeadLetterFilter};
@@ -63,6 +64,8 @@ pub fn routes(
         .route("/v1/campaigns/{campaign}/rollback", post(rollback))
         .route("/v1/reload", post(reload))
         .route("/v1/lanes", get(lanes))
+        .route("/v1/destinations", get(destinations))
+        .route("/v1/destinations/{name}/enable", post(enable_destination))
         .route("/v1/kv/{namespace}/{key}", get(kv_get))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay_matching))
@@ -320,6 +323,25 @@ async fn reload(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError
             tracing::error!("Reload refused, the running config is kept: {error}");
             Err(ApiError::new(status, reason, error.to_string()))
         }
+    }
+}
+
+async fn destinations(State(admin): State<Arc<Admin>>) -> Json<Value> {
+    Json(json!({ "destinations": admin.gateway.deliveries().states() }))
+}
+
+async fn enable_destination(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match admin.gateway.deliveries().enable(&name).await {
+        Ok(()) => Ok(Json(json!({ "destination": name, "disabled": false }))),
+        Err(EnableError::Unknown(_)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_destination",
+            format!("no destination named `{name}` is configured"),
+        )),
+        Err(EnableError::Store(e)) => Err(store_error(e)),
     }
 }
 

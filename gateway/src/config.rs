@@ -774,6 +774,9 @@ impl Config {
                     "expected at most 4096 (a 32-bit wasm memory)".into(),
                 ));
             }
+            if let Some(namespace) = &campaign.kv_namespace {
+                check_name(namespace).map_err(|e| invalid(key("kv_namespace"), e))?;
+            }
             for (i, host) in campaign.allowed_hosts.iter().enumerate() {
                 if host.is_empty() || host.contains(['/', '*', ' ']) {
                     return Err(invalid(
@@ -879,6 +882,15 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "/etc/hooklane.toml: key `campaigns.login.emits[0]`: expected the name of a campaign in [campaigns], found `nope`"
+        );
+    }
+
+    #[test]
+    fn a_kv_namespace_is_a_plain_name() {
+        let err = parse(&format!("{BASE}\nkv_namespace = \"hooklane.x\"")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/hooklane.toml: key `campaigns.login.kv_namespace`: expected a name of 1-64 letters, digits, `-` or `_`, found `hooklane.x`"
         );
     }
 

@@ -194,8 +194,12 @@ impl Gateway {
             }
             campaigns.insert(loaded.name.to_string(), Arc::new(loaded));
         }
-        let deliveries =
-            Deliveries::new(queue.clone(), services.http.clone(), &config.destinations)?;
+        let deliveries = Deliveries::new(
+            queue.clone(),
+            kv.clone(),
+            services.http.clone(),
+            &config.destinations,
+        )?;
         Ok(Arc::new(Gateway {
             campaigns,
             router: ArcSwap::from_pointee(router),
@@ -457,10 +461,15 @@ impl Gateway {
     /// Schedule everything the store holds from before a restart: events
     /// accepted but not finished, deliveries not yet done.
     pub async fn resume(self: &Arc<Self>) -> Result<(usize, usize), StoreError> {
+        self.deliveries.restore_disabled().await?;
         let (events, deliveries) = self.queue.pending().await?;
         let counts = (events.len(), deliveries.len());
         self.schedule(Committed { deliveries, events });
         Ok(counts)
+    }
+
+    pub fn deliveries(&self) -> &Deliveries {
+        &self.deliveries
     }
 
     pub fn queue(&self) -> &Arc<dyn EventQueue> {

@@ -84,6 +84,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Show the destinations' state, or enable one a `410 Gone` disabled.
+    Destinations {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Send to this destination again.
+        #[arg(long, value_name = "NAME")]
+        enable: Option<String>,
+    },
     /// Show each lane's queued and running events.
     Lanes {
         #[command(flatten)]
@@ -337,6 +345,17 @@ fn main() -> ExitCode {
             };
             runtime(None).and_then(|rt| rt.block_on(plugin_test(options)))
         }
+        Command::Destinations {
+            admin,
+            enable: None,
+        } => admin_call(&admin, AdminCall::get("/v1/destinations".into())),
+        Command::Destinations {
+            admin,
+            enable: Some(name),
+        } => admin_call(
+            &admin,
+            AdminCall::post(format!("/v1/destinations/{name}/enable")),
+        ),
         Command::Reload { admin } => admin_call(&admin, AdminCall::post("/v1/reload".into())),
         Command::Lanes { admin } => admin_call(&admin, AdminCall::get("/v1/lanes".into())),
     };

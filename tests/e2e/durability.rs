@@ -127,8 +127,8 @@ async fn a_delivery_is_retried_until_the_destination_is_back_and_signed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gone_disables_the_destination() {
-    let mut sink = Recorder::failing_first(&[410, 410, 410], json!({})).await;
+async fn gone_disables_the_destination_across_restarts_until_enabled() {
+    let mut sink = Recorder::failing_first(&[410], json!({})).await;
     let config = relay_config(&sink, "retry_schedule_ms = [20, 20]", "max_concurrency = 1");
     let gateway = Gateway::start(&config).await;
     assert_eq!(
@@ -140,7 +140,6 @@ async fn gone_disables_the_destination() {
         gateway.post_json("orders", json!({ "n": 2 })).await.status,
         202
     );
-
     let dead = dead_letters_eventually(&gateway, 2).await;
     let causes: Vec<&str> = dead
         .iter()
@@ -148,6 +147,31 @@ async fn gone_disables_the_destination() {
         .collect();
     assert_eq!(causes, ["http_410", "destination_disabled"]);
     assert!(sink.drain().is_empty(), "nothing is sent after 410 Gone");
+
+    // Still disabled after a restart: a new delivery is not even tried.
+    let gateway = Gateway::start_in(gateway.stop().await, &config, &[]).await;
+    let listed = gateway.admin(Method::GET, "/v1/destinations").await;
+    assert_eq!(listed["destinations"][0]["name"], "sink");
+    assert_eq!(listed["destinations"][0]["disabled"], true);
+    assert_eq!(
+        gateway.post_json("orders", json!({ "n": 3 })).await.status,
+        202
+    );
+    dead_letters_eventually(&gateway, 3).await;
+    assert!(sink.drain().is_empty(), "nothing is sent after a restart");
+
+    // Enabled by an operator, the dead letters replay and arrive.
+    gateway
+        .admin(Method::POST, "/v1/destinations/sink/enable")
+        .await;
+    let replayed = gateway.admin(Method::POST, "/v1/dead-letters/replay").await;
+    assert_eq!(replayed["replayed"], 3);
+    let mut delivered: Vec<u64> = Vec::new();
+    for _ in 0..3 {
+        delivered.push(sink.next().await.json()["n"].as_u64().expect("n"));
+    }
+    delivered.sort();
+    assert_eq!(delivered, [1, 2, 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@ async fn every_documented_operation_exists_and_answers_as_documented() {
                     .replace("{id}", "424242")
                     .replace("{campaign}", "absent")
                     .replace("{version}", "1")
+                    .replace("{name}", "absent")
             );
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             let response = gateway

@@ -45,6 +45,15 @@ impl Breaker {
         }
     }
 
+    /// `closed`, `open` or `half_open`, for operators.
+    pub fn state(&self) -> &'static str {
+        match self.state {
+            State::Closed => "closed",
+            State::Open { .. } => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
+
     pub fn permit(&mut self) -> Permit {
         match self.state {
             State::Closed => Permit::Go,

@@ -4,8 +4,9 @@
 //! the same `webhook-id` on every try, paced by a per-destination rate limit
 //! and held back by a circuit breaker while its destination is failing, so a
 //! dead destination costs nothing but timers. `410 Gone` disables the
-//! destination; after the last try the delivery becomes a dead letter with
-//! every attempt. Must never run plugins.
+//! destination — remembered across restarts until an operator enables it
+//! again; after the last try the delivery becomes a dead letter with every
+//! attempt. Must never run plugins.
 
 mod breaker;
 
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::DestinationConfig;
 use crate::event::now_ms;
-use crate::store::{Attempt, DeadItem, EventQueue, QueuedDelivery};
+use crate::store::{Attempt, DeadItem, EventQueue, KvStore, QueuedDelivery, StoreError};
 use crate::verify::{parse_whsec, sign_standard_webhooks};
 use breaker::{Breaker, Permit};
 
@@ -41,9 +42,34 @@ pub struct SecretError {
     reason: String,
 }
 
+/// Where destinations disabled by `410 Gone` are remembered: a namespace no
+/// campaign can name (campaign namespaces have no `.`).
+const DISABLED_NAMESPACE: &str = "hooklane.disabled-destinations";
+
+/// A destination as operators see it.
+#[derive(Debug, serde::Serialize)]
+pub struct DestinationState {
+    pub name: String,
+    pub url: String,
+    /// Disabled by a `410 Gone` until enabled again.
+    pub disabled: bool,
+    /// The circuit breaker: `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+}
+
+/// Why a destination could not be enabled.
+#[derive(Debug, thiserror::Error)]
+pub enum EnableError {
+    #[error("no destination named `{0}` is configured")]
+    Unknown(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// The delivery worker: schedules every stored delivery until done.
 pub struct Deliveries {
     queue: Arc<dyn EventQueue>,
+    kv: Arc<dyn KvStore>,
     client: reqwest::Client,
     destinations: HashMap<String, Arc<Destination>>,
 }
@@ -63,6 +89,7 @@ enum Tried {
 impl Deliveries {
     pub fn new(
         queue: Arc<dyn EventQueue>,
+        kv: Arc<dyn KvStore>,
         client: reqwest::Client,
         configs: &std::collections::BTreeMap<String, DestinationConfig>,
     ) -> Result<Self, SecretError> {
@@ -83,9 +110,56 @@ impl Deliveries {
         }
         Ok(Deliveries {
             queue,
+            kv,
             client,
             destinations,
         })
+    }
+
+    /// Disable again the destinations a `410 Gone` disabled before the
+    /// restart. Call it before scheduling deliveries.
+    pub async fn restore_disabled(&self) -> Result<(), StoreError> {
+        for destination in self.destinations.values() {
+            if self
+                .kv
+                .get(DISABLED_NAMESPACE, &destination.name)
+                .await?
+                .is_some()
+            {
+                destination.disabled.store(true, Ordering::Relaxed);
+                tracing::warn!(destination = %destination.name, "Destination stays disabled: it answered 410 Gone before the restart");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every destination's state, by name.
+    pub fn states(&self) -> Vec<DestinationState> {
+        let mut states: Vec<DestinationState> = self
+            .destinations
+            .values()
+            .map(|d| DestinationState {
+                name: d.name.clone(),
+                url: d.config.url.to_string(),
+                disabled: d.disabled.load(Ordering::Relaxed),
+                breaker: d.breaker.lock().expect("breaker lock").state(),
+            })
+            .collect();
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        states
+    }
+
+    /// Send to `name` again after a `410 Gone` disabled it; deliveries
+    /// dead-lettered meanwhile can then be replayed.
+    pub async fn enable(&self, name: &str) -> Result<(), EnableError> {
+        let destination = self
+            .destinations
+            .get(name)
+            .ok_or_else(|| EnableError::Unknown(name.into()))?;
+        self.kv.delete(DISABLED_NAMESPACE, name).await?;
+        destination.disabled.store(false, Ordering::Relaxed);
+        tracing::info!(destination = %name, "Destination enabled");
+        Ok(())
     }
 
     /// Keep trying `delivery` in the background until it is delivered or
@@ -153,7 +227,7 @@ impl Deliveries {
         if destination.disabled.load(Ordering::Relaxed) {
             return Tried::Gone(attempt(
                 "destination_disabled",
-                "the destination answered 410 Gone earlier and is disabled",
+                "the destination answered 410 Gone earlier and is disabled until an operator enables it",
             ));
         }
         let timestamp = SystemTime::now()
@@ -179,6 +253,13 @@ impl Deliveries {
             Ok(response) if response.status() == reqwest::StatusCode::GONE => {
                 destination.disabled.store(true, Ordering::Relaxed);
                 tracing::warn!(destination = %destination.name, "Destination answered 410 Gone: disabled");
+                if let Err(error) = self
+                    .kv
+                    .set(DISABLED_NAMESPACE, &destination.name, b"410", None)
+                    .await
+                {
+                    tracing::error!(destination = %destination.name, %error, "Could not record the destination as disabled; it is tried again after a restart");
+                }
                 Tried::Gone(attempt("http_410", "the destination answered 410 Gone"))
             }
             Ok(response) => {
