@@ -548,9 +548,10 @@ pub struct DestinationConfig {
     /// Give up on one attempt after this many ms. Default 5000.
     #[serde(default = "defaults::delivery_timeout_ms")]
     pub timeout_ms: u64,
-    /// Environment variable holding the destination's `whsec_` secret:
-    /// deliveries are then signed per Standard Webhooks. Default: unsigned.
-    pub secret_env: Option<String>,
+    /// The destination's `whsec_` secret, `{ env = "VAR" }` or
+    /// `{ file = "path" }` (relative to the config file): deliveries are then
+    /// signed per Standard Webhooks. Default: unsigned.
+    pub secret: Option<crate::verify::SecretSource>,
     /// Delay before each retry, in ms; the delivery is dead-lettered after
     /// the last. Each delay is drawn uniformly from (0, delay] (full jitter),
     /// and a longer `Retry-After` wins. Default 5 s, 5 min, 30 min, 2 h, 5 h,

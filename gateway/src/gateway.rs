@@ -199,6 +199,7 @@ impl Gateway {
             kv.clone(),
             services.http.clone(),
             &config.destinations,
+            &config.base_dir,
         )?;
         Ok(Arc::new(Gateway {
             campaigns,

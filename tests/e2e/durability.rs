@@ -95,7 +95,7 @@ async fn a_delivery_is_retried_until_the_destination_is_back_and_signed() {
     let mut sink = Recorder::failing_first(&[503, 503], json!({})).await;
     let config = relay_config(
         &sink,
-        "secret_env = \"SINK_SECRET\"\nretry_schedule_ms = [20, 20, 20]",
+        "secret = { env = \"SINK_SECRET\" }\nretry_schedule_ms = [20, 20, 20]",
         "",
     );
     let dir = tempfile::tempdir().expect("temp dir");

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::DestinationConfig;
 use crate::event::now_ms;
 use crate::store::{Attempt, DeadItem, EventQueue, KvStore, QueuedDelivery, StoreError};
-use crate::verify::{parse_whsec, sign_standard_webhooks};
+use crate::verify::sign_standard_webhooks;
 use breaker::{Breaker, Permit};
 
 /// A destination and what the gateway knows of it.
@@ -34,12 +34,13 @@ struct Destination {
     next_slot: Mutex<Instant>,
 }
 
-/// A destination's secret could not be used.
+/// A destination's signing secret could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("destination `{destination}`: {reason}")]
+#[error("destination `{destination}`: {error}")]
 pub struct SecretError {
     destination: String,
-    reason: String,
+    #[source]
+    error: crate::verify::SecretError,
 }
 
 /// Where destinations disabled by `410 Gone` are remembered: a namespace no
@@ -92,19 +93,21 @@ impl Deliveries {
         kv: Arc<dyn KvStore>,
         client: reqwest::Client,
         configs: &std::collections::BTreeMap<String, DestinationConfig>,
+        base_dir: &std::path::Path,
     ) -> Result<Self, SecretError> {
         let mut destinations = HashMap::new();
         for (name, config) in configs {
             let secret = config
-                .secret_env
-                .as_deref()
-                .map(|env| {
-                    whsec_secret(env).map_err(|reason| SecretError {
+                .secret
+                .as_ref()
+                .map(|source| {
+                    source.whsec(base_dir).map_err(|error| SecretError {
                         destination: name.clone(),
-                        reason,
+                        error,
                     })
                 })
-                .transpose()?;
+                .transpose()?
+                .map(|secret| secret.as_bytes().to_vec());
             let destination = Destination::new(name, config.clone(), secret);
             destinations.insert(name.clone(), Arc::new(destination));
         }
@@ -386,14 +389,6 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// The decoded key of a `whsec_` secret read from the environment variable `env`.
-fn whsec_secret(env: &str) -> Result<Vec<u8>, String> {
-    let value =
-        std::env::var(env).map_err(|_| format!("environment variable `{env}` is not set"))?;
-    parse_whsec(value.trim())
-        .map(|secret| secret.as_bytes().to_vec())
-        .map_err(|problem| format!("`{env}`: {problem}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::mac::{Algorithm, BadMac, Encoding};
-use super::secret::Secret;
+use super::secret::{Secret, SecretError, SecretSource};
 use super::{required_header, Rejection, Timestamp, Verified, MAX_SIGNATURES};
 
 const ID: &str = "webhook-id";
@@ -88,6 +88,17 @@ pub fn parse_whsec(text: &str) -> Result<Secret, &'static str> {
         .decode(encoded)
         .map_err(|_| "expected standard base64 after `whsec_`")?;
     Secret::new(key)
+}
+
+impl SecretSource {
+    /// Read a `whsec_` signing secret (surrounding whitespace ignored), for
+    /// signing deliveries; relative files are resolved against `base`.
+    pub fn whsec(&self, base: &std::path::Path) -> Result<Secret, SecretError> {
+        self.read(base, &|name| std::env::var_os(name), |bytes| {
+            let text = String::from_utf8(bytes).map_err(|_| "it is not valid UTF-8")?;
+            parse_whsec(text.trim())
+        })
+    }
 }
 
 /// The ed25519 public key of a `whpk_<base64>` key.

@@ -362,3 +362,29 @@ fn timestamps_before_the_epoch_or_beyond_i64_do_not_overflow() {
         assert!(Timestamp::parse(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn a_signing_secret_is_read_from_a_file_or_named_when_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sink.whsec"), format!("{WHSEC}\n")).unwrap();
+    let from_file = SecretSource::File("sink.whsec".into())
+        .whsec(dir.path())
+        .unwrap();
+    assert_eq!(from_file, parse_whsec(WHSEC).unwrap());
+
+    let missing = SecretSource::Env("HOOKLANE_TEST_NO_SUCH_SECRET".into())
+        .whsec(dir.path())
+        .unwrap_err();
+    assert_eq!(
+        missing.to_string(),
+        "secret env var `HOOKLANE_TEST_NO_SUCH_SECRET` is missing"
+    );
+    std::fs::write(dir.path().join("bad.whsec"), "not-a-whsec").unwrap();
+    let malformed = SecretSource::File("bad.whsec".into())
+        .whsec(dir.path())
+        .unwrap_err();
+    assert!(
+        malformed.to_string().contains("expected `whsec_`"),
+        "{malformed}"
+    );
+}
