@@ -138,7 +138,16 @@ async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.json()["error"], "unknown_version");
 
-    // Stored versions can be deleted, but not the one that runs.
+    // Stored versions can be deleted, but not the one that runs; the
+    // component and its compiled form go with the last version naming them.
+    let burn_digest = deployed["digest"].as_str().expect("digest").to_owned();
+    let stored = [
+        format!("plugins/blobs/{burn_digest}.wasm"),
+        format!("compiled/{burn_digest}.cwasm"),
+    ];
+    for file in &stored {
+        assert!(gateway.data_file(file).exists(), "{file} is stored");
+    }
     let running = gateway
         .admin_with(Method::DELETE, "/v1/campaigns/greet/versions/1", "")
         .await;
@@ -148,6 +157,9 @@ async fn a_deploy_swaps_in_under_traffic_and_a_rollback_brings_v1_back() {
         .admin_with(Method::DELETE, "/v1/campaigns/greet/versions/2", "")
         .await;
     assert_eq!(deleted.status, StatusCode::OK, "{:?}", deleted.body);
+    for file in &stored {
+        assert!(!gateway.data_file(file).exists(), "{file} is deleted");
+    }
     let versions = gateway
         .admin(Method::GET, "/v1/campaigns/greet/versions")
         .await;

@@ -311,6 +311,11 @@ impl Gateway {
         .await
     }
 
+    /// A file under the gateway's data directory.
+    pub fn data_file(&self, relative: &str) -> PathBuf {
+        self.dir.path().join("data").join(relative)
+    }
+
     /// The gateway's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
