@@ -192,6 +192,14 @@ impl Gateway {
             if from_config {
                 versions.activate(&loaded.name, loaded.version.version, true)?;
             }
+            // A reload logs what it changed instead, not every campaign.
+            tracing::info!(
+                campaign = %loaded.name,
+                lane = %loaded.config.lane,
+                version = %loaded.version.label(),
+                digest = %&loaded.version.digest[..12],
+                "Loaded campaign"
+            );
             campaigns.insert(loaded.name.to_string(), Arc::new(loaded));
         }
         let deliveries = Deliveries::new(
@@ -915,13 +923,6 @@ impl Prepared {
             &self.config,
             &limits,
             &version.label(),
-        );
-        tracing::info!(
-            campaign = %self.name,
-            lane = %self.config.lane,
-            version = %version.label(),
-            digest = %&version.digest[..12],
-            "Loaded campaign"
         );
         let loaded = LoadedCampaign {
             name: self.name.as_str().into(),
