@@ -320,7 +320,6 @@ async fn reload(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError
                 ReloadError::Config(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config"),
                 ReloadError::Versions(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             };
-            tracing::error!("Reload refused, the running config is kept: {error}");
             Err(ApiError::new(status, reason, error.to_string()))
         }
     }

@@ -240,7 +240,10 @@ impl Gateway {
             Ok(reloaded)
         })
         .await
-        .expect("a reload does not panic")?;
+        .expect("a reload does not panic")
+        .inspect_err(|error| {
+            tracing::error!("Reload refused, the running config is kept: {error}")
+        })?;
         tracing::info!(
             added = ?reloaded.added,
             changed = ?reloaded.changed,
@@ -390,44 +393,26 @@ impl Gateway {
         campaign: &str,
         version: u32,
     ) -> Result<(), DeployError> {
-        let one_at_a_time = self.running.clone().lock_owned().await;
-        let campaign = self
-            .campaign(campaign)
-            .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?
-            .name
-            .clone();
-        let gateway = self.clone();
         // Reads every campaign's history: off the async threads.
-        tokio::task::spawn_blocking(move || {
-            let _one_at_a_time = one_at_a_time;
-            if let Some(digest) = gateway.versions.delete(&campaign, version)? {
+        self.with_change_lock(campaign, move |gateway, current| {
+            if let Some(digest) = gateway.versions.delete(&current.name, version)? {
                 gateway.runtime.forget_compiled(&digest);
             }
-            tracing::info!(%campaign, version, "Deleted a stored plugin version");
+            tracing::info!(campaign = %current.name, version, "Deleted a stored plugin version");
             Ok(())
         })
         .await
-        .expect("deleting a version does not panic")
     }
 
     /// Swap in the plugin `pick` compiles and records for a loaded campaign.
-    /// Compiling takes a while, so it runs off the async threads, and one
-    /// change at a time.
     async fn change(
         self: &Arc<Self>,
         campaign: &str,
         pick: impl FnOnce(&Gateway, &str) -> Result<(Compiled, Version), DeployError> + Send + 'static,
     ) -> Result<Version, DeployError> {
-        let one_at_a_time = self.running.clone().lock_owned().await;
-        let current = self
-            .campaign(campaign)
-            .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
-        let gateway = self.clone();
-        tokio::task::spawn_blocking(move || {
-            // Held until the swap is done, even if the caller stops waiting.
-            let _one_at_a_time = one_at_a_time;
+        self.with_change_lock(campaign, move |gateway, current| {
             let started = Instant::now();
-            let (compiled, version) = pick(&gateway, &current.name)?;
+            let (compiled, version) = pick(gateway, &current.name)?;
             let plugin = gateway.runtime.plugin(
                 &compiled,
                 &current.name,
@@ -455,6 +440,27 @@ impl Gateway {
                 "Switched plugin version"
             );
             Ok(version)
+        })
+        .await
+    }
+
+    /// Run `work` on loaded `campaign` off the async threads (it compiles
+    /// and writes files), one change at a time. The lock travels with the
+    /// work: a caller that stops waiting cannot let another change start
+    /// while this one is still going.
+    async fn with_change_lock<T: Send + 'static>(
+        self: &Arc<Self>,
+        campaign: &str,
+        work: impl FnOnce(&Gateway, Arc<LoadedCampaign>) -> Result<T, DeployError> + Send + 'static,
+    ) -> Result<T, DeployError> {
+        let one_at_a_time = self.running.clone().lock_owned().await;
+        let current = self
+            .campaign(campaign)
+            .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
+        let gateway = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = one_at_a_time;
+            work(&gateway, current)
         })
         .await
         .expect("a plugin change does not panic")
@@ -562,10 +568,7 @@ impl Gateway {
             };
             let _ = answer.send(result);
         });
-        if submitted.is_err() {
-            metrics.refused();
-        }
-        submitted?;
+        submitted.inspect_err(|_| metrics.refused())?;
         answered.await.map_err(|_| RunError::ShuttingDown)?
     }
 
@@ -995,12 +998,7 @@ fn prepare(
     campaign: &CampaignConfig,
     running: Option<&LoadedCampaign>,
 ) -> Result<Prepared, StartError> {
-    let path = campaign.plugin.display().to_string();
-    let configured = std::fs::read(&campaign.plugin).map_err(|source| LoadError::Read {
-        campaign: name.into(),
-        path: path.clone(),
-        source,
-    })?;
+    let configured = runtime::read_plugin_file(name, campaign)?;
     let digest = runtime::digest(&configured);
     let history = versions.history(name)?;
     let stored = history
@@ -1012,7 +1010,10 @@ fn prepare(
         (Some(loaded), _) if *loaded.plugin.compiled().digest == **wanted => {
             loaded.plugin.compiled().clone()
         }
-        (_, None) => compile_from(runtime, name, &configured, &digest, path)?,
+        (_, None) => {
+            let source = campaign.plugin.display().to_string();
+            compile_from(runtime, name, &configured, &digest, source)?
+        }
         (_, Some(version)) => {
             let bytes = versions.read(&version.digest)?;
             let source = format!("stored version {}", version.label());

@@ -208,10 +208,10 @@ impl PluginVersions {
             .position(|v| v.version == version)
             .ok_or_else(unknown)?;
         let gone = history.versions.remove(index);
-        // Decided before anything changes, so a history that cannot be read
-        // refuses the delete instead of leaving an orphaned component.
-        let still_used = history.by_digest(&gone.digest).is_some()
-            || self.is_referenced_elsewhere(&gone.digest, campaign)?;
+        // A history holds each component once, so only other campaigns can
+        // still use it. Decided before anything changes, so a history that
+        // cannot be read refuses the delete instead of orphaning a component.
+        let still_used = self.is_referenced_elsewhere(&gone.digest, campaign)?;
         self.save(campaign, &history)?;
         if still_used {
             return Ok(None);

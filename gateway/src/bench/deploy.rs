@@ -11,14 +11,12 @@
 //! is compiled, cached and held in memory on its own, as real versions are.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::process::Command;
 
 use super::process::Server;
-use super::{BenchError, BenchOptions, PATIENCE, REQUEST_TIMEOUT};
+use super::{BenchError, BenchOptions, REQUEST_TIMEOUT};
 use crate::loadgen::{self, Plan, TrafficClass};
 
 /// Targets with 1,000 campaign versions on a 2-core machine.
@@ -253,7 +251,6 @@ impl Gateway {
     /// Start (or restart: the data directory is kept) a gateway in `dir`;
     /// returns once it listens, that is once every campaign is loaded.
     async fn start(dir: &Path, plugins: &[PathBuf]) -> Result<Gateway, BenchError> {
-        std::fs::create_dir_all(dir)?;
         let mut config = String::from(
             "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         );
@@ -263,21 +260,8 @@ impl Gateway {
                 super::toml_path(plugin)
             );
         }
-        let config_path = dir.join("bench.toml");
-        std::fs::write(&config_path, config)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("gateway.log"))?;
-        let mut command = Command::new(std::env::current_exe()?);
-        command
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("HOOKLANE_LOG", "warn")
-            .env("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdin(Stdio::null())
-            .stderr(log);
-        let server = Server::spawn(command, &["ingress", "admin"], PATIENCE).await?;
+        let server =
+            super::serve_in(dir, &config, &[("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)]).await?;
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()

@@ -63,19 +63,35 @@ impl BenchOptions {
     async fn start_gateway(&self, name: &str, config: &str) -> Result<Server, BenchError> {
         let dir = self.out.with_extension(name);
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let config_path = dir.join("bench.toml");
-        std::fs::write(&config_path, config)?;
-        let log = dir.join("gateway.log");
-        let mut command = Command::new(std::env::current_exe()?);
-        command
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("HOOKLANE_LOG", "warn")
-            .stderr(std::fs::File::create(&log)?);
-        eprintln!("bench: starting {name} (log: {})", log.display());
-        Ok(Server::spawn(command, &["ingress"], PATIENCE).await?)
+        eprintln!(
+            "bench: starting {name} (log: {})",
+            dir.join("gateway.log").display()
+        );
+        serve_in(&dir, config, &[]).await
     }
+}
+
+/// Write `config` to `dir/bench.toml` and run `hooklane serve` on it with
+/// `env`, its log appended to `dir/gateway.log`; whatever data `dir` holds
+/// is kept, so calling it again is a restart. Returns once the ingress and
+/// admin listeners are bound, that is once every campaign is loaded.
+async fn serve_in(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<Server, BenchError> {
+    std::fs::create_dir_all(dir)?;
+    let config_path = dir.join("bench.toml");
+    std::fs::write(&config_path, config)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("HOOKLANE_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stderr(log);
+    Ok(Server::spawn(command, &["ingress", "admin"], PATIENCE).await?)
 }
 
 /// Targets on a 2-core machine.

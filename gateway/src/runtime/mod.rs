@@ -155,17 +155,12 @@ impl Runtime {
         campaign: &CampaignConfig,
         limits: &CampaignLimits,
     ) -> Result<Plugin, LoadError> {
-        let path = campaign.plugin.display().to_string();
-        let bytes = std::fs::read(&campaign.plugin).map_err(|source| LoadError::Read {
-            campaign: name.into(),
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = read_plugin_file(name, campaign)?;
         let compiled =
             self.compile(&bytes, &digest(&bytes))
                 .map_err(|reason| LoadError::Invalid {
                     campaign: name.into(),
-                    path,
+                    path: campaign.plugin.display().to_string(),
                     reason,
                 })?;
         Ok(self.plugin(&compiled, name, campaign, limits, "local"))
@@ -220,7 +215,7 @@ impl Runtime {
         limits: &CampaignLimits,
         version: &str,
     ) -> Plugin {
-        let sandbox = Sandbox::new(name, campaign, limits, version, &compiled.digest);
+        let sandbox = Sandbox::new(name, campaign, limits, version);
         Plugin {
             compiled: compiled.clone(),
             sandbox: Arc::new(sandbox),
@@ -228,6 +223,15 @@ impl Runtime {
             fuel_yield_interval: self.fuel_yield_interval,
         }
     }
+}
+
+/// The component campaign `name`'s config names.
+pub fn read_plugin_file(name: &str, campaign: &CampaignConfig) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(&campaign.plugin).map_err(|source| LoadError::Read {
+        campaign: name.into(),
+        path: campaign.plugin.display().to_string(),
+        source,
+    })
 }
 
 /// The hex SHA-256 of a component: names its version and its cache file.
@@ -272,8 +276,6 @@ pub struct Sandbox {
     pub lane: Lane,
     /// The campaign's version number ("v3"), for logs.
     pub version: String,
-    /// Short content hash of the component, for logs.
-    pub digest: String,
     pub fuel: u64,
     pub deadline: Duration,
     pub memory_bytes: usize,
@@ -286,19 +288,11 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// `digest` is the hex SHA-256 of the component.
-    fn new(
-        name: &str,
-        campaign: &CampaignConfig,
-        limits: &CampaignLimits,
-        version: &str,
-        digest: &str,
-    ) -> Self {
+    fn new(name: &str, campaign: &CampaignConfig, limits: &CampaignLimits, version: &str) -> Self {
         Sandbox {
             campaign: name.into(),
             lane: campaign.lane,
             version: version.into(),
-            digest: digest[..12].to_owned(),
             fuel: limits.fuel,
             deadline: Duration::from_millis(limits.deadline_ms),
             memory_bytes: (limits.memory_mb as usize) << 20,
