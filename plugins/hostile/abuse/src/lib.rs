@@ -11,6 +11,7 @@
 //! - `"fetch": "url"` — an http-fetch; its error text goes into the answer;
 //! - `"fail": "deadline" | "error"` — then spin until the deadline, or
 //!   fail with an internal error;
+//! - `"deliver_to": "destination"` — deliver the body unchanged there;
 //! - `"respond": {"status": S, "headers": [[name, value], ...]}` — answer
 //!   with that status and those headers and, as body, a JSON report of what
 //!   happened.
@@ -67,6 +68,13 @@ impl Campaign for Abuse {
             _ => {}
         }
         let mut actions = Vec::new();
+        if let Some(destination) = script["deliver_to"].as_str() {
+            actions.push(Action::Deliver(hooklane_sdk::Delivery {
+                destination: destination.into(),
+                headers: vec![],
+                body: event.body.clone(),
+            }));
+        }
         if let Some(targets) = config::get("emit_to") {
             let fanout: usize = config::get("fanout").map_or(Ok(1), |f| {
                 f.parse()
