@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, Notify};
 
-use crate::harness::{care_forwarder_toml, plugin, within, Gateway, Recorder};
+use crate::harness::{care_forwarder_toml, within, Gateway, Recorder};
 
 /// A `relay` campaign on source `orders` forwarding to the `sink` recorder.
 fn relay_config(sink: &Recorder, destination_extra: &str, campaign_extra: &str) -> String {
