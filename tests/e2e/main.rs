@@ -15,5 +15,6 @@ mod lanes;
 mod limits;
 mod metrics;
 mod openapi;
+mod plugin_faults;
 mod reload;
 mod signatures;
