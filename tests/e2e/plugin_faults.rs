@@ -1,9 +1,10 @@
-//! What a plugin's output may do to the gateway's log: its log messages
-//! and prints are held to per-event budgets, and what is dropped is said.
+//! What a plugin's output may do to the gateway's log and to the caller:
+//! its log and prints are held to per-event budgets, and an answer hyper
+//! could not send as it is gets `bad_output`.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::harness::{plugin, Gateway};
+use crate::harness::{plugin, Gateway, PATIENCE};
 
 /// A sync speed campaign `name` (on source `name`) running the plugin
 /// `plugin_name`, with time enough for a loaded machine; `extra` adds
@@ -85,4 +86,87 @@ async fn log_and_stdout_floods_are_cut_at_their_budgets_and_the_drop_is_logged_o
             "no {stream} line with {fields}: {dropped:#?}"
         );
     }
+}
+
+/// POST `script` to `source`; the status and body, or why there is none
+/// (a plugin's answer that breaks the connection must fail the test, not
+/// the harness).
+async fn answer(gateway: &Gateway, source: &str, script: &Value) -> Result<(u16, Value), String> {
+    let response = gateway
+        .http
+        .post(format!("http://{}/hooks/{source}", gateway.ingress))
+        .header("content-type", "application/json")
+        .body(script.to_string())
+        .timeout(PATIENCE)
+        .send()
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("no body: {e}"))?;
+    let body = serde_json::from_slice(&body)
+        .map_err(|_| format!("{status} with a body that is not JSON: {body:?}"))?;
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_hyper_cannot_send_as_they_are_are_refused_as_bad_output() {
+    let gateway = Gateway::start(&abuse_toml("rude")).await;
+    let header = |name: &str, value: &str| json!({ "headers": [[name, value]] });
+    let status = |status: u16| json!({ "status": status });
+    let gateway_only = [
+        ("connection", "close"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("Transfer-Encoding", "gzip"),
+        ("te", "trailers"),
+        ("trailer", "x-checksum"),
+        ("upgrade", "websocket"),
+        ("content-length", "1"),
+        ("Content-Length", "100000"),
+        ("hooklane-event-id", "forged"),
+    ];
+    let not_http = [
+        (
+            header("bad name", "1"),
+            "header name \"bad name\"".to_owned(),
+        ),
+        (
+            header("x-note", "a\r\nset-cookie: b=2"),
+            "header `x-note` whose value".to_owned(),
+        ),
+    ];
+    let cases = gateway_only
+        .map(|(name, value)| (header(name, value), format!("header `{name}`")))
+        .into_iter()
+        .chain(not_http)
+        .chain([100, 101, 103, 600].map(|s| (status(s), format!("status {s}"))));
+    // Every case is tried, so a failure lists all that are not refused.
+    let mut wrong = Vec::new();
+    for (respond, named) in cases {
+        let script = json!({ "respond": respond });
+        match answer(&gateway, "rude", &script).await {
+            Ok((502, body))
+                if body["cause"] == "bad_output"
+                    && body["campaign"] == "rude"
+                    && body["detail"].as_str().is_some_and(|d| {
+                        d.starts_with("campaign `rude` returned an action it may not take")
+                            && d.contains(&named)
+                    }) => {}
+            other => wrong.push(format!("{script}: {other:?}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not refused as bad_output:\n{}",
+        wrong.join("\n")
+    );
+
+    // The caller's connections are fine: an ordinary answer still arrives.
+    let ordinary = json!({ "respond": header("x-note", "fine") });
+    let (status, _) = answer(&gateway, "rude", &ordinary).await.unwrap();
+    assert_eq!(status, 200);
 }
