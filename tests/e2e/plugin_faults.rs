@@ -1,10 +1,11 @@
 //! What a plugin's output may do to the gateway's log and to the caller:
-//! its log and prints are held to per-event budgets, and an answer hyper
-//! could not send as it is gets `bad_output`.
+//! its log and prints are held to per-event budgets, an answer hyper could
+//! not send as it is gets `bad_output`, and the secrets in its fetch URLs
+//! reach neither the caller nor the log.
 
 use serde_json::{json, Value};
 
-use crate::harness::{plugin, Gateway, PATIENCE};
+use crate::harness::{black_hole, plugin, Gateway, PATIENCE};
 
 /// A sync speed campaign `name` (on source `name`) running the plugin
 /// `plugin_name`, with time enough for a loaded machine; `extra` adds
@@ -169,4 +170,75 @@ async fn answers_hyper_cannot_send_as_they_are_are_refused_as_bad_output() {
     let ordinary = json!({ "respond": header("x-note", "fine") });
     let (status, _) = answer(&gateway, "rude", &ordinary).await.unwrap();
     assert_eq!(status, 200);
+}
+
+const PASSWORD: &str = "pa55w0rd";
+const API_KEY: &str = "SECRET-key-123";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_fetch_urls_reach_neither_the_caller_nor_the_log() {
+    let silent = black_hole().await;
+    // A port that was free a moment ago: connections to it are refused.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = |addr: &str| format!("http://shop:{PASSWORD}@{addr}/x?api_key={API_KEY}#{API_KEY}");
+    // `hang` fetches its `url` setting and fails with the fetch's error.
+    let campaign = |name: &str, url: String| {
+        let extra = format!(
+            "fetch_timeout_ms = 200\nallowed_hosts = [\"{silent}\", \"{closed}\"]\nsettings = {{ url = \"{url}\" }}"
+        );
+        speed_campaign_toml(name, "hang", &extra)
+    };
+    let config = [
+        campaign("times-out", url(&silent.to_string())),
+        campaign("refused", url(&closed.to_string())),
+        // Port out of range: the URL does not even parse.
+        campaign("unparseable", url("127.0.0.1:99999")),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+
+    let cases = [
+        (
+            "times-out",
+            "fetch_timeout",
+            format!("http://{silent}/x?<redacted> timed out"),
+        ),
+        (
+            "refused",
+            "unavailable",
+            format!("connection failed: http://{closed}/x?<redacted>: "),
+        ),
+        (
+            "unparseable",
+            "unavailable",
+            "not a valid URL: invalid port number".into(),
+        ),
+    ];
+    for (source, cause, detail) in cases {
+        let reply = gateway.post_json(source, json!({})).await;
+        let text = String::from_utf8_lossy(&reply.body);
+        assert_eq!(reply.status, 502, "{text}");
+        assert_eq!(reply.json()["cause"], cause, "{text}");
+        assert!(text.contains(&detail), "{source}: no `{detail}` in {text}");
+        assert!(
+            !text.contains(PASSWORD) && !text.contains(API_KEY),
+            "{text}"
+        );
+    }
+    let log = gateway.log();
+    for source in ["times-out", "refused", "unparseable"] {
+        assert!(
+            lines_with(&log, &["Campaign failed", &format!("campaign={source}")]).len() == 1,
+            "the failure of {source} is logged"
+        );
+    }
+    let leaks = lines_with(&log, &[PASSWORD])
+        .into_iter()
+        .chain(lines_with(&log, &[API_KEY]))
+        .collect::<Vec<_>>();
+    assert!(leaks.is_empty(), "secrets in the log: {leaks:#?}");
 }

@@ -18,7 +18,8 @@ pub struct PluginState {
     pub sandbox: Arc<Sandbox>,
     pub services: HostServices,
     pub event_id: String,
-    /// The URL of an http-fetch that hit its timeout during this run.
+    /// The URL, redacted, of an http-fetch that hit its timeout during this
+    /// run.
     pub timed_out_fetch: Option<String>,
     /// What the logging import may still write during this run.
     pub log_budget: LogBudget,
