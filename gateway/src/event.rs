@@ -6,6 +6,10 @@ use bytes::Bytes;
 /// HTTP-style headers: (lower-case name, value) pairs in order.
 pub type Headers = Vec<(String, String)>;
 
+/// The header that tells a synchronous caller its event's id; only the
+/// gateway sets it.
+pub const EVENT_ID_HEADER: &str = "hooklane-event-id";
+
 /// One webhook (or emitted body) to be handled by one campaign.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Event {

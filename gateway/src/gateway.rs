@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use dashmap::DashMap;
+use http::{HeaderMap, StatusCode};
 use tokio::sync::oneshot;
 
 use crate::actions;
 use crate::config::{CampaignConfig, CampaignLimits, Config, ConfigError, Lane, LanesConfig};
 use crate::delivery::{Deliveries, SecretError};
-use crate::event::{now_ms, Action, Event, Headers};
+use crate::event::{now_ms, Action, Event};
 use crate::lanes::{LaneFull, Lanes};
 use crate::router::{Router, VerifierError};
 use crate::runtime::{self, Compiled, HostServices, LoadError, Plugin, PluginFailure, Runtime};
@@ -128,11 +129,12 @@ pub enum Accepted {
     Duplicate { event_id: String },
 }
 
-/// A plugin's answer to a synchronous caller.
+/// A plugin's answer to a synchronous caller, checked to be sendable as it
+/// is ([`actions::response_head`]).
 #[derive(Debug, Clone)]
 pub struct Reply {
-    pub status: u16,
-    pub headers: Headers,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -828,6 +830,7 @@ impl Gateway {
                     headers,
                     body,
                 } => {
+                    let (status, headers) = actions::response_head(status, &headers)?;
                     reply = Some(Reply {
                         status,
                         headers,

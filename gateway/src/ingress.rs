@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::config::{Config, DedupConfig};
 use crate::error::ApiError;
-use crate::event::{Event, Headers};
+use crate::event::{Event, Headers, EVENT_ID_HEADER};
 use crate::gateway::{log_failure, Accepted, Gateway, RunError};
 use crate::store::Dedup;
 use crate::telemetry;
@@ -159,18 +159,10 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
     match gateway.run_sync(campaign, &event).await {
         Ok(Some(reply)) => {
             let mut response = Response::new(Body::from(reply.body));
-            *response.status_mut() =
-                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            for (name, value) in &reply.headers {
-                if let (Ok(name), Ok(value)) = (
-                    header::HeaderName::try_from(name.as_str()),
-                    header::HeaderValue::try_from(value.as_str()),
-                ) {
-                    response.headers_mut().append(name, value);
-                }
-            }
+            *response.status_mut() = reply.status;
+            *response.headers_mut() = reply.headers;
             response.headers_mut().insert(
-                "hooklane-event-id",
+                EVENT_ID_HEADER,
                 header::HeaderValue::try_from(&event.id).expect("uuid is a valid header"),
             );
             Ok(response)

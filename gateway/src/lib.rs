@@ -20,6 +20,7 @@ pub mod lanes;
 pub mod loadgen;
 pub mod plugin_test;
 pub mod progress;
+mod redact;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -16,5 +16,6 @@ mod lanes;
 mod limits;
 mod metrics;
 mod openapi;
+mod plugin_faults;
 mod reload;
 mod signatures;

@@ -8,7 +8,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::host::{HostServices, KvWrites};
-use super::output::GuestOutput;
+use super::output::{Dropped, GuestOutput, LogBudget, CAPTURE_LIMIT, LOG_BUDGET};
 use super::Sandbox;
 
 pub struct PluginState {
@@ -18,10 +18,13 @@ pub struct PluginState {
     pub sandbox: Arc<Sandbox>,
     pub services: HostServices,
     pub event_id: String,
-    /// The URL of an http-fetch that hit its timeout during this run.
+    /// The URL, redacted, of an http-fetch that hit its timeout during this
+    /// run.
     pub timed_out_fetch: Option<String>,
     /// Writes through the kv import, committed only if the run succeeds.
     pub kv_writes: KvWrites,
+    /// What the logging import may still write during this run.
+    pub log_budget: LogBudget,
     stdout: GuestOutput,
     stderr: GuestOutput,
     stderr_text: Vec<u8>,
@@ -48,20 +51,46 @@ impl PluginState {
             event_id: event_id.into(),
             timed_out_fetch: None,
             kv_writes: KvWrites::default(),
+            log_budget: LogBudget::default(),
             stdout,
             stderr,
             stderr_text: Vec::new(),
         }
     }
 
-    /// Log what the guest printed, line by line, with its campaign; keep
-    /// stderr for [`PluginState::panic_message`].
+    /// Log what the guest printed, line by line, with its campaign, then
+    /// one line per stream that went over its budget; keep stderr for
+    /// [`PluginState::panic_message`].
     pub fn flush_guest_output(&mut self) {
-        let stdout = self.stdout.take();
-        let stderr = self.stderr.take();
+        let (stdout, stdout_dropped) = self.stdout.take();
+        let (stderr, stderr_dropped) = self.stderr.take();
         self.log_lines("stdout", &stdout);
         self.log_lines("stderr", &stderr);
+        for (stream, dropped, budget) in [
+            ("log", self.log_budget.dropped(), LOG_BUDGET),
+            ("stdout", stdout_dropped, CAPTURE_LIMIT),
+            ("stderr", stderr_dropped, CAPTURE_LIMIT),
+        ] {
+            self.log_dropped(stream, dropped, budget);
+        }
         self.stderr_text = stderr;
+    }
+
+    fn log_dropped(&self, stream: &str, dropped: Dropped, budget_bytes: usize) {
+        if dropped == Dropped::default() {
+            return;
+        }
+        tracing::warn!(
+            campaign = %self.sandbox.campaign,
+            lane = %self.sandbox.lane,
+            version = %self.sandbox.version,
+            event = %self.event_id,
+            stream,
+            dropped_bytes = dropped.bytes,
+            dropped_lines = dropped.lines,
+            budget_bytes,
+            "Dropped plugin output over its per-event budget"
+        );
     }
 
     fn log_lines(&self, stream: &str, text: &[u8]) {

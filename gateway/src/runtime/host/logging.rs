@@ -1,17 +1,14 @@
 //! `hooklane:plugin/logging`: plugin log lines become `tracing` events tagged
-//! with campaign, lane, version and event.
+//! with campaign, lane, version and event, within the event's
+//! [log budget](crate::runtime::output::LogBudget).
 
 use crate::runtime::bindings::hooklane::plugin::logging::{Host, Level};
 use crate::runtime::state::PluginState;
 
-/// Longest log message kept; the rest is cut so a plugin cannot flood logs.
-const MAX_MESSAGE_CHARS: usize = 4096;
-
 impl Host for PluginState {
     async fn log(&mut self, level: Level, message: String) {
-        let message = match message.char_indices().nth(MAX_MESSAGE_CHARS) {
-            Some((cut, _)) => &message[..cut],
-            None => &message,
+        let Some(message) = self.log_budget.admit(&message) else {
+            return;
         };
         let sandbox = &self.sandbox;
         macro_rules! emit {

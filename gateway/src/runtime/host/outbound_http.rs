@@ -1,9 +1,12 @@
 //! `hooklane:plugin/outbound-http`: fetch from allowlisted hosts only, with a
 //! timeout, a bounded response body, and no redirects. Waiting holds no
-//! thread: the call is async all the way down.
+//! thread: the call is async all the way down. Error texts and log lines
+//! name the URL only [redacted](crate::redact): a plugin's URL may carry
+//! credentials, and these texts reach callers and the log.
 
 use std::time::Duration;
 
+use crate::redact::redacted;
 use crate::runtime::bindings::hooklane::plugin::outbound_http::{
     FetchError, Host, Request, Response,
 };
@@ -14,8 +17,9 @@ const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 impl Host for PluginState {
     async fn fetch(&mut self, request: Request) -> Result<Response, FetchError> {
+        // The URL itself is never echoed: it may carry credentials.
         let url = url::Url::parse(&request.url)
-            .map_err(|e| FetchError::InvalidRequest(format!("bad url `{}`: {e}", request.url)))?;
+            .map_err(|e| FetchError::InvalidRequest(format!("not a valid URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(FetchError::InvalidRequest(format!(
                 "only http and https URLs, not `{}`",
@@ -28,6 +32,7 @@ impl Host for PluginState {
             tracing::warn!(
                 campaign = %self.sandbox.campaign,
                 lane = %self.sandbox.lane,
+                version = %self.sandbox.version,
                 event = %self.event_id,
                 host,
                 "Refused http-fetch to a host not on the allowlist"
@@ -88,14 +93,18 @@ impl Host for PluginState {
             }))
         }
         .await;
+        // reqwest's errors print the full URL, secrets and all: drop it and
+        // name the redacted one instead.
+        let failed =
+            |e: reqwest::Error| format!("{}: {}", redacted(&url), error_chain(&e.without_url()));
         match result {
             Ok(answer) => answer,
             Err(e) if e.is_timeout() => {
-                self.timed_out_fetch = Some(url.to_string());
+                self.timed_out_fetch = Some(redacted(&url));
                 Err(FetchError::Timeout)
             }
-            Err(e) if e.is_builder() => Err(FetchError::InvalidRequest(e.to_string())),
-            Err(e) => Err(FetchError::Connection(error_chain(&e))),
+            Err(e) if e.is_builder() => Err(FetchError::InvalidRequest(failed(e))),
+            Err(e) => Err(FetchError::Connection(failed(e))),
         }
     }
 }
