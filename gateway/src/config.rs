@@ -221,8 +221,9 @@ pub struct SourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
     /// Headers that carry the sender's webhook id, first present wins.
-    /// Default `webhook-id`, `x-github-delivery`, `x-shopify-webhook-id`,
-    /// `idempotency-key`. An empty list and no `json_pointer` turn it off.
+    /// Default `webhook-id`, `svix-id`, `x-github-delivery`,
+    /// `x-shopify-webhook-id`, `idempotency-key`. An empty list and no
+    /// `json_pointer` turn it off. A verified signature's id comes first.
     #[serde(default = "defaults::dedup_headers")]
     pub headers: Vec<String>,
     /// A JSON pointer into the body used when no header matched, e.g. `/id`
@@ -628,6 +629,7 @@ mod defaults {
     pub fn dedup_headers() -> Vec<String> {
         [
             "webhook-id",
+            "svix-id",
             "x-github-delivery",
             "x-shopify-webhook-id",
             "idempotency-key",
