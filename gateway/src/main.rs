@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hooklane::bench::process::listening_line;
 use hooklane::bench::BenchOptions;
 use hooklane::config::Config;
+use hooklane::telemetry::OneLinePerRecord;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -237,7 +238,7 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(OneLinePerRecord(std::io::stderr));
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
