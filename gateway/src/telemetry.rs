@@ -124,6 +124,12 @@ pub fn dead_letter(campaign: &str, kind: &'static str) {
         .increment(1);
 }
 
+/// A listener could not accept a connection (out of file descriptors and
+/// the like); `listener` is `ingress` or `admin`.
+pub fn accept_error(listener: &'static str) {
+    counter!("hooklane_accept_errors_total", "listener" => listener).increment(1);
+}
+
 /// A lane's depth, set when metrics are scraped.
 pub fn lane_depth(lane: Lane, queued: usize, running: usize) {
     gauge!("hooklane_lane_queued", "lane" => lane.as_str()).set(queued as f64);
