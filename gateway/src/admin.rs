@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Lane;
+use crate::config::{AdminConfig, Lane};
 use crate::delivery::EnableError;
 use crate::error::ApiError;
 use crate::gateway::{DeployError, Gateway, ReloadError};
@@ -32,22 +32,21 @@ struct Admin {
     gateway: Arc<Gateway>,
     /// Renders `/metrics`; absent when another recorder was installed first.
     metrics: Option<PrometheusHandle>,
-    /// SHA-256 of the token: digests have one length whatever the token's,
-    /// and are compared in constant time.
-    token_digest: Option<[u8; 32]>,
+    /// Where the bearer token comes from.
+    token: AdminConfig,
 }
 
-/// The admin routes. `token` is the bearer token; without one, `/v1/*` is
-/// refused.
+/// The admin routes. `/v1/*` needs the bearer token `config` names, and is
+/// refused while there is none.
 pub fn routes(
     gateway: Arc<Gateway>,
-    token: Option<String>,
+    config: AdminConfig,
     metrics: Option<PrometheusHandle>,
 ) -> Router {
     let admin = Arc::new(Admin {
         gateway,
         metrics,
-        token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+        token: config,
     });
     let v1 = Router::new()
         .route("/v1/campaigns", get(campaigns))
@@ -85,20 +84,35 @@ pub fn routes(
 }
 
 async fn authenticate(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
-    let Some(expected) = admin.token_digest else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "no admin token is configured on this gateway",
-        )
-        .into_response();
+    // Read per call, a small file read on a low-traffic API: a rotated token
+    // file takes effect at once and the old token stops working.
+    let expected = match admin.token.token() {
+        Ok(Some(token)) => digest(&token),
+        Ok(None) => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "no admin token is configured on this gateway",
+            )
+            .into_response()
+        }
+        // Like no token at all: nothing to compare against.
+        Err(error) => {
+            tracing::warn!(%error, "Refused an admin call: the admin token file cannot be read");
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the admin token file cannot be read; the gateway's log says why",
+            )
+            .into_response();
+        }
     };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|token| <[u8; 32]>::from(Sha256::digest(token.as_bytes())));
+        .map(digest);
     let valid = presented.is_some_and(|digest| bool::from(digest.ct_eq(&expected)));
     if !valid {
         return ApiError::new(
@@ -109,6 +123,12 @@ async fn authenticate(State(admin): State<Arc<Admin>>, request: Request, next: N
         .into_response();
     }
     next.run(request).await
+}
+
+/// SHA-256 of a token: digests have one length whatever the token's, and
+/// are compared in constant time.
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Prometheus text format; lane depths are sampled now.

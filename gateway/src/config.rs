@@ -110,10 +110,17 @@ pub struct AdminConfig {
 }
 
 impl AdminConfig {
-    /// The admin token from `token_file` or `token_env`, if set.
-    pub fn token(&self, base: &Path) -> Result<Option<String>, std::io::Error> {
+    /// The admin token as it is now: the content of `token_file` if one is
+    /// configured (read on every call, so a rotated file counts at once),
+    /// else the value of `token_env`; `None` when unset or empty.
+    pub fn token(&self) -> Result<Option<String>, TokenFileError> {
         let token = match &self.token_file {
-            Some(file) => Some(std::fs::read_to_string(base.join(file))?),
+            Some(file) => Some(
+                std::fs::read_to_string(file).map_err(|source| TokenFileError {
+                    file: file.clone(),
+                    source,
+                })?,
+            ),
             None => std::env::var(&self.token_env).ok(),
         };
         Ok(token
@@ -131,6 +138,15 @@ impl AdminConfig {
             )
         })
     }
+}
+
+/// `admin.token_file` could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}: {source}", file.display())]
+pub struct TokenFileError {
+    pub file: PathBuf,
+    #[source]
+    pub source: std::io::Error,
 }
 
 impl Default for AdminConfig {
@@ -248,8 +264,9 @@ pub struct SourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
     /// Headers that carry the sender's webhook id, first present wins.
-    /// Default `webhook-id`, `x-github-delivery`, `x-shopify-webhook-id`,
-    /// `idempotency-key`. An empty list and no `json_pointer` turn it off.
+    /// Default `webhook-id`, `svix-id`, `x-github-delivery`,
+    /// `x-shopify-webhook-id`, `idempotency-key`. An empty list and no
+    /// `json_pointer` turn it off. A verified signature's id comes first.
     #[serde(default = "defaults::dedup_headers")]
     pub headers: Vec<String>,
     /// A JSON pointer into the body used when no header matched, e.g. `/id`
@@ -658,6 +675,7 @@ mod defaults {
     pub fn dedup_headers() -> Vec<String> {
         [
             "webhook-id",
+            "svix-id",
             "x-github-delivery",
             "x-shopify-webhook-id",
             "idempotency-key",
@@ -734,6 +752,16 @@ impl Config {
         Config::parse(&text, path, base)
     }
 
+    /// The admin token now ([`AdminConfig::token`]); a token file that
+    /// cannot be read is an error naming this file and `admin.token_file`.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        self.admin.token().map_err(|error| ConfigError::Invalid {
+            file: self.file.clone(),
+            key: "admin.token_file".into(),
+            expected: format!("a readable file holding the admin token; {error}"),
+        })
+    }
+
     /// Parse and validate `text`, naming `file` in errors and resolving
     /// relative paths against `base`.
     pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
@@ -760,6 +788,7 @@ impl Config {
         config.base_dir = base.to_owned();
         config.file = file.to_owned();
         config.data_dir = base.join(&config.data_dir);
+        config.admin.token_file = config.admin.token_file.map(|file| base.join(file));
         for campaign in config.campaigns.values_mut() {
             campaign.plugin = base.join(&campaign.plugin);
         }
@@ -1030,6 +1059,28 @@ mod tests {
             err.to_string()
                 .contains("key `lanes.care.nice`: expected 0 to 19"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_file_is_read_relative_to_the_config_and_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hooklane.toml");
+        let text = "[admin]\ntoken_env = \"PATH\"\ntoken_file = \"admin.token\"\n";
+        let config = Config::parse(text, &file, dir.path()).unwrap();
+        let token_file = dir.path().join("admin.token");
+        std::fs::write(&token_file, "s3cret\n").unwrap();
+        assert_eq!(config.admin_token().unwrap().as_deref(), Some("s3cret"));
+        std::fs::write(&token_file, "rotated").unwrap();
+        assert_eq!(config.admin_token().unwrap().as_deref(), Some("rotated"));
+        std::fs::remove_file(&token_file).unwrap();
+        assert_eq!(
+            config.admin_token().unwrap_err().to_string(),
+            format!(
+                "{}: key `admin.token_file`: a readable file holding the admin token; cannot read {}: No such file or directory (os error 2)",
+                file.display(),
+                token_file.display()
+            )
         );
     }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hooklane::bench::process::listening_line;
 use hooklane::bench::BenchOptions;
 use hooklane::config::Config;
+use hooklane::telemetry::OneLinePerRecord;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -237,7 +238,7 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(OneLinePerRecord(std::io::stderr));
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -384,12 +385,12 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
 }
 
 async fn serve_config(config: Config) -> anyhow::Result<()> {
-    let token = std::env::var(&config.admin.token_env)
-        .ok()
-        .filter(|t| !t.is_empty());
-    if token.is_none() {
+    // The admin API reads the token again per call (a rotated file takes
+    // effect at once); reading it now makes an unreadable file a start error.
+    if config.admin_token()?.is_none() {
         tracing::warn!(
             env = %config.admin.token_env,
+            file = ?config.admin.token_file,
             "No admin token set: the admin API's /v1 endpoints will refuse every call"
         );
     }
@@ -402,7 +403,6 @@ async fn serve_config(config: Config) -> anyhow::Result<()> {
     };
     hooklane::server::serve(
         config,
-        token,
         metrics,
         |bound| {
             // On stdout, one line each, so scripts and tests can find the

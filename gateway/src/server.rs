@@ -1,19 +1,23 @@
 //! Running the gateway: bind the ingress and admin listeners, serve until a
-//! shutdown signal, then let background work finish.
+//! shutdown signal, then let background work finish. Both listeners are
+//! served by one loop with the same connection limits.
 
-use std::future::{Future, IntoFuture};
-use std::time::Duration;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
+use axum::extract::Request;
+use axum::http::StatusCode;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use std::net::SocketAddr;
-
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::gateway::{Gateway, StartError};
+use crate::telemetry;
 
 /// How often expired dedup records, KV values and old dead letters are swept.
 const RETENTION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
@@ -75,7 +79,6 @@ pub struct Bound {
 /// bound, and serve until `shutdown` resolves.
 pub async fn serve(
     config: Config,
-    admin_token: Option<String>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     on_bound: impl FnOnce(Bound),
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -111,75 +114,245 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let ingress = serve_sources(
+    let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms);
+    let ingress = serve_listener(
+        "ingress",
         ingress_listener,
         crate::ingress::routes(gateway.clone(), &config),
-        Duration::from_millis(config.header_read_timeout_ms),
+        header_read_timeout,
         stopped(stop_rx.clone()),
     );
-    let admin = axum::serve(
+    let admin = serve_listener(
+        "admin",
         admin_listener,
-        crate::admin::routes(gateway.clone(), admin_token, metrics),
-    )
-    .with_graceful_shutdown(stopped(stop_rx));
-    tokio::try_join!(ingress, admin.into_future())?;
+        crate::admin::routes(gateway.clone(), config.admin.clone(), metrics),
+        header_read_timeout,
+        stopped(stop_rx),
+    );
+    tokio::try_join!(ingress, admin)?;
     tracing::info!("Listeners closed; waiting for the runs in progress");
     gateway.stop().await;
     Ok(())
 }
 
-/// Most headers a webhook may carry.
+/// Most headers a request may carry; [`refuse_large_head`] answers beyond.
 const MAX_HEADERS: usize = 64;
-/// Largest request head (request line and headers) in bytes; hyper answers
-/// 431 beyond it.
+/// Largest request head (request line and headers) in bytes; likewise.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// hyper's own limits, four times ours. hyper refuses beyond them itself,
+/// with a bare 431 and no way for us to add a body, so ours are the ones an
+/// ordinary caller meets. The byte limit also bounds a connection's read
+/// buffer.
+const HYPER_MAX_HEADERS: usize = 4 * MAX_HEADERS;
+const HYPER_MAX_HEAD_BYTES: usize = 4 * MAX_HEAD_BYTES;
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Serve the source-facing routes with the connection limits sources get:
-/// bounded headers, and a deadline on reading them so a slow client cannot
-/// hold a connection (slowloris); bodies have their own deadline in
-/// [`crate::ingress`].
-async fn serve_sources(
+/// Serve `routes` on `listener` with the limits every caller gets, on the
+/// ingress and the admin listener alike: bounded request heads, and a
+/// deadline on reading them so a slow client cannot hold a connection
+/// (slowloris); ingress bodies have their own deadline in
+/// [`crate::ingress`]. An accept error (out of file descriptors and the
+/// like) pauses accepting rather than spinning, and the connections already
+/// open keep being served.
+async fn serve_listener(
+    name: &'static str,
     listener: TcpListener,
     routes: axum::Router,
     header_read_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut http = http1::Builder::new();
-    http.max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEAD_BYTES)
+    http.max_headers(HYPER_MAX_HEADERS)
+        .max_header_size(HYPER_MAX_HEAD_BYTES)
+        .max_buf_size(HYPER_MAX_HEAD_BYTES)
         .header_read_timeout(header_read_timeout)
         .timer(TokioTimer::new());
+    let routes = routes.layer(axum::middleware::map_request(refuse_large_head));
     let connections = GracefulShutdown::new();
+    let mut errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    // Out of file descriptors and the like: keep serving the
-                    // connections we have.
-                    Err(error) => {
-                        tracing::warn!(%error, "Could not accept a connection");
-                        continue;
-                    }
-                };
-                let service = TowerToHyperService::new(routes.clone());
-                let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    // A client hanging up mid-request is no error of ours.
-                    let _ = connection.await;
-                });
-            }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
-        }
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                errors.reset();
+                stream
+            }
+            Err(error) => {
+                telemetry::accept_error(name);
+                let pause = errors.failed(Instant::now());
+                if let Some(suppressed) = pause.warn {
+                    tracing::warn!(
+                        listener = name,
+                        %error,
+                        suppressed,
+                        "Could not accept a connection; pausing accepts"
+                    );
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause.wait) => continue,
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let service = TowerToHyperService::new(routes.clone());
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A client hanging up mid-request is no error of ours.
+            let _ = connection.await;
+        });
     }
     if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("Requests still in flight after the shutdown grace period");
+        tracing::warn!(
+            listener = name,
+            "Requests still in flight after the shutdown grace period"
+        );
     }
     Ok(())
+}
+
+/// Refuse a request head over [`MAX_HEADERS`] or [`MAX_HEAD_BYTES`] with
+/// 431 and a JSON body. The size counts the head as HTTP/1.1 writes it:
+/// request line, `name: value` lines and the blank line.
+async fn refuse_large_head(request: Request) -> Result<Request, ApiError> {
+    let headers = request.headers();
+    // `METHOD target HTTP/1.1\r\n`
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |p| p.as_str().len());
+    let request_line = request.method().as_str().len() + target + 12;
+    let size = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + request_line
+        + 2;
+    if headers.len() <= MAX_HEADERS && size <= MAX_HEAD_BYTES {
+        return Ok(request);
+    }
+    Err(ApiError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+        format!(
+            "the request has {} headers in {size} bytes of head; at most {MAX_HEADERS} headers and {MAX_HEAD_BYTES} bytes are accepted",
+            headers.len()
+        ),
+    ))
+}
+
+/// The first pause after an accept error; it doubles with each error ...
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(5);
+/// ... up to this.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// The least time between two warnings about accept errors.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// A listener's run of accept errors. The error persists until something
+/// else frees a descriptor, so retrying at once only burns CPU and floods
+/// the log: the pause doubles with each error, and one warning a second
+/// says how many were not logged.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    /// The next pause; zero after a successful accept.
+    pause: Duration,
+    last_warned: Option<Instant>,
+    /// Errors since the last warning.
+    suppressed: u64,
+}
+
+/// What to do after an accept error.
+#[derive(Debug, PartialEq, Eq)]
+struct AcceptPause {
+    wait: Duration,
+    /// Warn now, saying how many errors went unlogged since the last warning.
+    warn: Option<u64>,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, now: Instant) -> AcceptPause {
+        self.pause = (self.pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+        let due = self
+            .last_warned
+            .is_none_or(|last| now.duration_since(last) >= ACCEPT_WARN_EVERY);
+        let warn = if due {
+            self.last_warned = Some(now);
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        };
+        AcceptPause {
+            wait: self.pause,
+            warn,
+        }
+    }
+
+    /// An accept worked: the next error starts from the shortest pause.
+    fn reset(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_back_off_and_warn_once_a_second() {
+        let start = Instant::now();
+        let mut errors = AcceptErrors::default();
+        let at = |ms| start + Duration::from_millis(ms);
+        let first = errors.failed(at(0));
+        assert_eq!(
+            first,
+            AcceptPause {
+                wait: Duration::from_millis(5),
+                warn: Some(0)
+            }
+        );
+        let waits: Vec<Duration> = (1..=10).map(|ms| errors.failed(at(ms)).wait).collect();
+        assert_eq!(waits[0], Duration::from_millis(10));
+        assert_eq!(waits[9], Duration::from_secs(1));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        // Twelve errors in the first second: one warning, then one for the
+        // eleven held back.
+        assert_eq!(errors.failed(at(999)).warn, None);
+        assert_eq!(errors.failed(at(1000)).warn, Some(11));
+        assert_eq!(errors.failed(at(1001)).warn, None);
+
+        errors.reset();
+        assert_eq!(errors.failed(at(1002)).wait, Duration::from_millis(5));
+    }
+
+    #[tokio::test]
+    async fn heads_over_the_limits_get_a_json_431() {
+        let request = |headers: usize, value: &str| {
+            let mut request = Request::new(axum::body::Body::empty());
+            for i in 0..headers {
+                let name = http::HeaderName::try_from(format!("x-h{i}")).unwrap();
+                request.headers_mut().insert(name, value.parse().unwrap());
+            }
+            request
+        };
+        assert!(refuse_large_head(request(MAX_HEADERS, "x")).await.is_ok());
+        let many = refuse_large_head(request(MAX_HEADERS + 1, "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(many.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(many.error, "headers_too_large");
+        assert_eq!(
+            many.detail,
+            "the request has 65 headers in 658 bytes of head; at most 64 headers and 16384 bytes are accepted"
+        );
+        let long = "x".repeat(MAX_HEAD_BYTES);
+        assert!(refuse_large_head(request(1, &long)).await.is_err());
+    }
 }

@@ -2,9 +2,16 @@
 //! recorder behind `GET /metrics` on the admin listener. Labels stay
 //! low-cardinality — campaign, lane, configured source, destination, cause —
 //! never an event id.
+//!
+//! Also the log's writer, [`OneLinePerRecord`]: whatever a record quotes (a
+//! request path, a plugin's message) stays on the record's one line.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
 
 use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::Lane;
 
@@ -123,8 +130,102 @@ pub fn dead_letter(campaign: &str, kind: &'static str) {
         .increment(1);
 }
 
+/// A listener could not accept a connection (out of file descriptors and
+/// the like); `listener` is `ingress` or `admin`.
+pub fn accept_error(listener: &'static str) {
+    counter!("hooklane_accept_errors_total", "listener" => listener).increment(1);
+}
+
 /// A lane's depth, set when metrics are scraped.
 pub fn lane_depth(lane: Lane, queued: usize, running: usize) {
     gauge!("hooklane_lane_queued", "lane" => lane.as_str()).set(queued as f64);
     gauge!("hooklane_lane_running", "lane" => lane.as_str()).set(running as f64);
+}
+
+/// Wraps the log's [`MakeWriter`] so that each record stays one line: the
+/// text format writes messages and field values as they are, so a `\n` in
+/// a request path or a plugin's log message would forge a line of its own.
+/// Control characters other than the record's final newline become `\n`,
+/// `\r`, `\t` or `\xNN`. ESC is kept: the formatter already escapes it in
+/// values, and uses it for colours on a terminal. JSON lines pass unchanged
+/// (JSON escapes them itself).
+pub struct OneLinePerRecord<M>(pub M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for OneLinePerRecord<M> {
+    type Writer = Escaping<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Escaping(self.0.make_writer())
+    }
+}
+
+/// The writer of [`OneLinePerRecord`]; the formatter hands it one whole
+/// record per write.
+pub struct Escaping<W>(W);
+
+impl<W: Write> Write for Escaping<W> {
+    fn write(&mut self, record: &[u8]) -> io::Result<usize> {
+        self.0.write_all(&one_line(record))?;
+        Ok(record.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `record` with its control characters escaped, but for ESC and a final
+/// newline. Bytes of multi-byte UTF-8 characters are never below 0x80, so
+/// working on bytes keeps the text valid.
+fn one_line(record: &[u8]) -> Cow<'_, [u8]> {
+    let (body, end) = match record.strip_suffix(b"\n") {
+        Some(body) => (body, &b"\n"[..]),
+        None => (record, &b""[..]),
+    };
+    let escaped = |b: &u8| b.is_ascii_control() && *b != 0x1b;
+    if !body.iter().any(escaped) {
+        return Cow::Borrowed(record);
+    }
+    let mut line = Vec::with_capacity(record.len() + 16);
+    for &b in body {
+        match b {
+            b'\n' => line.extend_from_slice(b"\\n"),
+            b'\r' => line.extend_from_slice(b"\\r"),
+            b'\t' => line.extend_from_slice(b"\\t"),
+            b if escaped(&b) => line.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            b => line.push(b),
+        }
+    }
+    line.extend_from_slice(end);
+    Cow::Owned(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_stays_one_line() {
+        let escaped = |record: &[u8]| String::from_utf8(one_line(record).into_owned()).unwrap();
+        assert_eq!(
+            escaped(b"Refused: no source named `a\nforged` is configured\n"),
+            "Refused: no source named `a\\nforged` is configured\n"
+        );
+        assert_eq!(
+            escaped("tab\tcr\rbell\x07del\x7f \u{e9}t\u{e9}\n".as_bytes()),
+            "tab\\tcr\\rbell\\x07del\\x7f \u{e9}t\u{e9}\n"
+        );
+        // Colours stay, and a record without a final newline gets none.
+        assert_eq!(escaped(b"\x1b[32mINFO\x1b[0m ok"), "\x1b[32mINFO\x1b[0m ok");
+        assert!(matches!(one_line(b"plain\n"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn the_writer_escapes_whole_records() {
+        let mut written = Vec::new();
+        let mut writer = Escaping(&mut written);
+        writer.write_all(b"one\ntwo\n").unwrap();
+        writer.write_all(b"three\n").unwrap();
+        assert_eq!(written, b"one\\ntwo\nthree\n");
+    }
 }

@@ -41,15 +41,59 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
 }
 
 /// Write `dir/hooklane.toml`: loopback listeners on free ports, data in
-/// `dir/data`, and the caller's sources, campaigns and destinations.
-fn write_config(dir: &std::path::Path, campaigns_toml: &str) -> PathBuf {
+/// `dir/data`, the caller's sources, campaigns and destinations, and
+/// `admin_toml` in the `[admin]` table.
+fn write_config(dir: &std::path::Path, campaigns_toml: &str, admin_toml: &str) -> PathBuf {
     // The caller's top-level keys come before any table; `[admin]` last.
     let config = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{campaigns_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{campaigns_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_toml}\n"
     );
     let path = dir.join("hooklane.toml");
     std::fs::write(&path, config).expect("write config");
     path
+}
+
+/// How to start a gateway beyond its sources and campaigns.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// Extra environment.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Lines of the `[admin]` table.
+    pub admin_toml: &'a str,
+    /// The process's `ulimit -n`: it runs out of file descriptors sooner.
+    pub fd_limit: Option<u32>,
+}
+
+/// `hooklane serve` in `dir` (config written there, log to
+/// `dir/gateway.log`) as `launch` says.
+pub fn serve_command(dir: &std::path::Path, campaigns_toml: &str, launch: &Launch) -> Command {
+    let config_path = write_config(dir, campaigns_toml, launch.admin_toml);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .expect("log file");
+    let binary = env!("CARGO_BIN_EXE_hooklane");
+    let mut command = match launch.fd_limit {
+        Some(limit) => {
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                .arg(binary);
+            shell
+        }
+        None => Command::new(binary),
+    };
+    command
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("HOOKLANE_LOG", "info,hooklane=debug")
+        .envs(launch.env.iter().copied())
+        .stderr(log)
+        .kill_on_drop(true);
+    command
 }
 
 /// A running `hooklane serve`, killed on drop.
@@ -58,6 +102,8 @@ pub struct Gateway {
     pub ingress: SocketAddr,
     pub admin: SocketAddr,
     dir: tempfile::TempDir,
+    /// The `[admin]` lines it started with, kept when the config is rewritten.
+    admin_toml: String,
     pub http: reqwest::Client,
 }
 
@@ -112,7 +158,7 @@ impl Gateway {
 
     /// Replace the config file (read again on reload) with `campaigns_toml`.
     pub fn rewrite_config(&self, campaigns_toml: &str) {
-        write_config(self.dir.path(), campaigns_toml);
+        write_config(self.dir.path(), campaigns_toml, &self.admin_toml);
     }
 
     /// Send the process a signal (`TERM`, `HUP`, …).
@@ -131,20 +177,20 @@ impl Gateway {
         campaigns_toml: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
-        let config_path = write_config(dir.path(), campaigns_toml);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("gateway.log"))
-            .expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hooklane"));
-        command
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("HOOKLANE_LOG", "info,hooklane=debug")
-            .envs(env.iter().copied())
-            .stderr(log);
+        let launch = Launch {
+            env,
+            ..Launch::default()
+        };
+        Gateway::launch(dir, campaigns_toml, launch).await
+    }
+
+    /// Start the gateway in `dir` as `launch` says.
+    pub async fn launch(
+        dir: tempfile::TempDir,
+        campaigns_toml: &str,
+        launch: Launch<'_>,
+    ) -> Gateway {
+        let command = serve_command(dir.path(), campaigns_toml, &launch);
         let server = match Server::spawn(command, &["ingress", "admin"], PATIENCE).await {
             Ok(server) => server,
             Err(e) => {
@@ -158,6 +204,7 @@ impl Gateway {
             admin: server.addr("admin"),
             server,
             dir,
+            admin_toml: launch.admin_toml.to_owned(),
             http: reqwest::Client::new(),
         }
     }
@@ -434,6 +481,19 @@ impl Recorder {
     pub fn drain(&mut self) -> Vec<Recorded> {
         std::iter::from_fn(|| self.received.try_recv().ok()).collect()
     }
+}
+
+/// Read until the server closes the connection; what it said before.
+pub async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    within(
+        "the server to close the connection",
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// A loopback host that accepts connections and never answers.

@@ -20,7 +20,8 @@ use super::{Scheme, Verifier};
 #[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum VerifyConfig {
     /// Standard Webhooks: `webhook-id`, `webhook-timestamp` and
-    /// `webhook-signature` headers.
+    /// `webhook-signature` headers, or Svix's `svix-id`, `svix-timestamp`
+    /// and `svix-signature`.
     StandardWebhooks {
         /// Required, at least one: each a `whsec_<base64>` HMAC key or a
         /// `whpk_<base64>` ed25519 public key.

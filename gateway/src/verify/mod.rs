@@ -86,9 +86,9 @@ impl Verifier {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// The provider's id for this delivery, for deduplication, where the
-    /// scheme has one: Standard Webhooks' `webhook-id` (covered by the
-    /// signature) or GitHub's `x-github-delivery` (not covered by it, so it
-    /// only recognises honest redeliveries).
+    /// scheme has one: Standard Webhooks' `webhook-id` or `svix-id` (covered
+    /// by the signature) or GitHub's `x-github-delivery` (not covered by it,
+    /// so it only recognises honest redeliveries).
     pub delivery_id: Option<String>,
 }
 

@@ -2,7 +2,10 @@
 //! `webhook-id`, `webhook-timestamp` and `webhook-signature`, the signed
 //! content `{id}.{timestamp}.{body}`, and space-separated signatures `v1,`
 //! (base64 HMAC-SHA256 under a `whsec_` key) or `v1a,` (base64 ed25519 under
-//! a `whpk_` public key). Also the signing side, for outbound deliveries.
+//! a `whpk_` public key). Senders that use Svix's own libraries name the
+//! headers `svix-id`, `svix-timestamp` and `svix-signature`; those are the
+//! same scheme under other names. Also the signing side, for outbound
+//! deliveries.
 
 use std::time::SystemTime;
 
@@ -10,11 +13,38 @@ use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::mac::{Algorithm, BadMac, Encoding};
 use super::secret::{Secret, SecretError, SecretSource};
-use super::{required_header, Rejection, Timestamp, Verified, MAX_SIGNATURES};
+use super::{optional_header, required_header, Rejection, Timestamp, Verified, MAX_SIGNATURES};
 
-const ID: &str = "webhook-id";
-const TIMESTAMP: &str = "webhook-timestamp";
-const SIGNATURE: &str = "webhook-signature";
+/// The names of the scheme's three headers.
+#[derive(Debug)]
+struct Names {
+    id: &'static str,
+    timestamp: &'static str,
+    signature: &'static str,
+}
+
+const STANDARD: Names = Names {
+    id: "webhook-id",
+    timestamp: "webhook-timestamp",
+    signature: "webhook-signature",
+};
+
+const SVIX: Names = Names {
+    id: "svix-id",
+    timestamp: "svix-timestamp",
+    signature: "svix-signature",
+};
+
+impl Names {
+    /// The naming `headers` use: Svix's when they carry `svix-id` and no
+    /// `webhook-id`, else the specification's. All three headers come from
+    /// one naming, so refusals name the headers the sender uses.
+    fn of(headers: &[(String, String)]) -> Result<&'static Names, Rejection> {
+        let svix = optional_header(headers, STANDARD.id)?.is_none()
+            && optional_header(headers, SVIX.id)?.is_some();
+        Ok(if svix { &SVIX } else { &STANDARD })
+    }
+}
 
 /// The scheme of `v1` signatures.
 const ALGORITHM: Algorithm = Algorithm::Sha256;
@@ -179,13 +209,14 @@ impl StandardWebhooks {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Verified, Rejection> {
-        let id = required_header(headers, ID)?;
-        let timestamp = required_header(headers, TIMESTAMP)?;
-        let signatures = required_header(headers, SIGNATURE)?;
+        let names = Names::of(headers)?;
+        let id = required_header(headers, names.id)?;
+        let timestamp = required_header(headers, names.timestamp)?;
+        let signatures = required_header(headers, names.signature)?;
         let timestamp = Timestamp::parse(timestamp)
-            .map_err(|problem| Rejection::malformed(TIMESTAMP, problem))?;
+            .map_err(|problem| Rejection::malformed(names.timestamp, problem))?;
         let signatures = parse_webhook_signatures(signatures)
-            .map_err(|problem| Rejection::malformed(SIGNATURE, problem))?;
+            .map_err(|problem| Rejection::malformed(names.signature, problem))?;
         timestamp.check_fresh(now, self.tolerance_s)?;
 
         let content = signed_content(id, timestamp.text, body);
@@ -395,7 +426,7 @@ mod tests {
                 .verify(&sent(value), SPEC_BODY, spec_now())
                 .unwrap_err()
         };
-        let malformed = |problem| Rejection::malformed(SIGNATURE, problem);
+        let malformed = |problem| Rejection::malformed(STANDARD.signature, problem);
         assert_eq!(
             signature("g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="),
             malformed("expected space-separated `v1,<base64>` or `v1a,<base64>` signatures")
@@ -435,10 +466,46 @@ mod tests {
         assert_eq!(
             spec_verifier().verify(&sent, SPEC_BODY, spec_now()),
             Err(Rejection::malformed(
-                TIMESTAMP,
+                STANDARD.timestamp,
                 "expected a Unix timestamp in decimal seconds"
             ))
         );
+    }
+
+    #[test]
+    fn svix_header_names_are_the_same_scheme() {
+        let svix = |sent: Vec<(String, String)>| -> Vec<(String, String)> {
+            sent.into_iter()
+                .map(|(name, value)| (name.replace("webhook-", "svix-"), value))
+                .collect()
+        };
+        let verified = spec_verifier()
+            .verify(&svix(sent(SPEC_SIGNATURE)), SPEC_BODY, spec_now())
+            .unwrap();
+        assert_eq!(verified.delivery_id.as_deref(), Some(SPEC_ID));
+        assert_eq!(
+            spec_verifier().verify(&svix(sent(SPEC_SIGNATURE)), b"{}", spec_now()),
+            Err(Rejection::BadSignature)
+        );
+        // Refusals name the headers of the sender's naming, and one
+        // request's three headers come from one naming.
+        let mut partial = svix(sent(SPEC_SIGNATURE));
+        partial.retain(|(name, _)| name != "svix-timestamp");
+        assert_eq!(
+            spec_verifier().verify(&partial, SPEC_BODY, spec_now()),
+            Err(Rejection::MissingHeader("svix-timestamp".into()))
+        );
+        partial.push(("webhook-timestamp".into(), SPEC_TIMESTAMP.to_string()));
+        assert_eq!(
+            spec_verifier().verify(&partial, SPEC_BODY, spec_now()),
+            Err(Rejection::MissingHeader("svix-timestamp".into()))
+        );
+        let mut both = sent(SPEC_SIGNATURE);
+        both.push(("svix-id".into(), "msg_other".into()));
+        let verified = spec_verifier()
+            .verify(&both, SPEC_BODY, spec_now())
+            .unwrap();
+        assert_eq!(verified.delivery_id.as_deref(), Some(SPEC_ID));
     }
 
     #[test]
