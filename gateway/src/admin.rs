@@ -512,7 +512,7 @@ async fn replay(admin: &Admin, seqs: Vec<u64>) -> Result<Json<Value>, ApiError> 
         .await
         .map_err(store_error)?;
     let replayed = committed.events.len() + committed.deliveries.len();
-    admin.gateway.schedule(committed);
+    admin.gateway.pull_soon(&committed);
     Ok(Json(json!({ "replayed": replayed })))
 }
 

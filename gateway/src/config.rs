@@ -206,6 +206,11 @@ pub struct StoreConfig {
     /// Most keys a KV namespace may hold. Default 100000.
     #[serde(default = "defaults::kv_quota_keys")]
     pub kv_quota_keys: u64,
+    /// Refuse webhooks for async campaigns (503 `store_full`) while the
+    /// store's file is larger than this, in MiB. Default 0: no limit but
+    /// the disk's.
+    #[serde(default)]
+    pub max_disk_mb: u64,
 }
 
 impl StoreConfig {
@@ -225,6 +230,7 @@ impl Default for StoreConfig {
             dead_letter_retention_hours: defaults::retention_hours(),
             kv_quota_mb: defaults::kv_quota_mb(),
             kv_quota_keys: defaults::kv_quota_keys(),
+            max_disk_mb: 0,
         }
     }
 }
@@ -488,9 +494,10 @@ pub struct LaneConfig {
     /// Events of the lane running at once (a run waiting on http-fetch holds
     /// a slot but no thread). Defaults 256 / 64 / 16.
     pub max_in_flight: usize,
-    /// Events waiting for a slot; beyond this the lane refuses (503 to a
-    /// sync caller, 429 to an async one, with Retry-After). Defaults
-    /// 1024 / 256 / 10000.
+    /// Stored events of the lane's campaigns not yet done — the backlog on
+    /// disk; beyond it webhooks for them get 429 with Retry-After. (Sync
+    /// callers wait in memory among at most `max_in_flight` others, else
+    /// 503.) Defaults 100000 / 1000000 / 10000000.
     pub queue: usize,
     /// Default cap on one campaign's concurrent runs. Defaults 256 / 16 / 4.
     pub campaign_concurrency: usize,
@@ -538,7 +545,7 @@ impl LaneConfig {
         LaneConfig {
             workers: 2,
             max_in_flight: 256,
-            queue: 1024,
+            queue: 100_000,
             campaign_concurrency: 256,
             nice: 0,
             fuel: 100_000_000,
@@ -554,7 +561,7 @@ impl LaneConfig {
         LaneConfig {
             workers: 1,
             max_in_flight: 64,
-            queue: 256,
+            queue: 1_000_000,
             campaign_concurrency: 16,
             nice: 10,
             fuel: 1_000_000_000,
@@ -570,7 +577,7 @@ impl LaneConfig {
         LaneConfig {
             workers: 1,
             max_in_flight: 16,
-            queue: 10_000,
+            queue: 10_000_000,
             campaign_concurrency: 4,
             nice: 19,
             fuel: 10_000_000_000,
@@ -1050,7 +1057,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(config.lanes.speed.workers, 3);
-        assert_eq!(config.lanes.speed.queue, 1024);
+        assert_eq!(config.lanes.speed.queue, 100_000);
         assert_eq!(config.lanes.care.nice, 5);
         assert_eq!(config.lanes.care.deadline_ms, 30_000);
         assert_eq!(config.lanes.segmentation.nice, 10);

@@ -162,6 +162,7 @@ pub struct Gateway {
     router: ArcSwap<Router>,
     lanes: Lanes,
     lane_configs: LanesConfig,
+    wakers: crate::dispatch::Wakers,
     /// Most emits between a webhook and an event it led to.
     max_emit_depth: usize,
     kv: Arc<dyn KvStore>,
@@ -244,6 +245,7 @@ impl Gateway {
             router: ArcSwap::from_pointee(router),
             lanes: Lanes::start(&config.lanes, tokio::runtime::Handle::current())?,
             lane_configs: config.lanes.clone(),
+            wakers: Default::default(),
             max_emit_depth: config.max_emit_depth,
             kv,
             queue,
@@ -539,17 +541,20 @@ impl Gateway {
         })
     }
 
-    /// Schedule everything the store holds from before a restart: events
-    /// accepted but not finished, deliveries not yet done.
-    pub async fn resume(self: &Arc<Self>) -> Result<(usize, usize), StoreError> {
-        self.deliveries.restore_disabled().await?;
-        let (events, deliveries) = self.queue.pending().await?;
-        let counts = (events.len(), deliveries.len());
-        self.schedule(Committed { deliveries, events });
-        Ok(counts)
+    pub(crate) fn wakers(&self) -> &crate::dispatch::Wakers {
+        &self.wakers
     }
 
-    pub fn deliveries(&self) -> &Deliveries {
+    pub(crate) fn lane_config(&self, lane: Lane) -> &crate::config::LaneConfig {
+        self.lane_configs.get(lane)
+    }
+
+    /// Whether the config has `campaign`, running or not.
+    pub(crate) fn is_configured(&self, campaign: &str) -> bool {
+        self.campaigns.contains_key(campaign) || self.unavailable.contains_key(campaign)
+    }
+
+    pub fn deliveries(&self) -> &Arc<Deliveries> {
         &self.deliveries
     }
 
@@ -557,13 +562,13 @@ impl Gateway {
         &self.queue
     }
 
-    /// Run what a commit or a replay stored.
-    pub fn schedule(self: &Arc<Self>, committed: Committed) {
-        for delivery in committed.deliveries {
-            self.deliveries.schedule(delivery);
+    /// Have what a commit or a replay stored pulled soon.
+    pub fn pull_soon(&self, committed: &Committed) {
+        for delivery in &committed.deliveries {
+            self.deliveries.wake(&delivery.destination);
         }
-        for event in committed.events {
-            self.schedule_event(event);
+        for event in &committed.events {
+            self.wake(&event.campaign);
         }
     }
 
@@ -657,9 +662,8 @@ impl Gateway {
         answered.await.map_err(|_| RunError::ShuttingDown)?
     }
 
-    /// Store `event` durably for the async `campaigns`, then run it in
-    /// their lanes. The caller checked the lanes' room first; once stored,
-    /// the events run whatever the lanes' load.
+    /// Store `event` durably for the async `campaigns`; their lanes pull it
+    /// from there. The caller checked the lanes' backlog first.
     pub async fn accept(
         self: &Arc<Self>,
         event: Event,
@@ -673,8 +677,8 @@ impl Gateway {
         };
         match self.queue.enqueue(webhook).await? {
             Enqueued::Stored(events) => {
-                for event in events {
-                    self.schedule_event(event);
+                for event in &events {
+                    self.wake(&event.campaign);
                 }
                 Ok(Accepted::Stored)
             }
@@ -682,44 +686,37 @@ impl Gateway {
         }
     }
 
-    /// `campaign`'s lane, if it could not take one more of its events now;
-    /// the event is then counted as refused.
+    /// `campaign`'s lane, if its backlog on disk is at the lane's `queue`
+    /// bound; the event is then counted as refused.
     pub fn full_lane(&self, campaign: &str) -> Option<Lane> {
         let c = self.campaign(campaign)?;
-        let room = self
-            .lanes
-            .has_room(c.config.lane, &c.name, c.limits.max_concurrency);
-        if !room {
+        let lane = c.config.lane;
+        let full = self.lane_backlog(lane) >= self.lane_configs.get(lane).queue as u64;
+        if full {
             c.plugin.sandbox().metrics.refused();
         }
-        (!room).then_some(c.config.lane)
+        full.then_some(lane)
     }
 
-    /// Run a stored event in its lane once it is due.
-    fn schedule_event(self: &Arc<Self>, queued: QueuedEvent) {
-        let wait = queued.not_before_ms.saturating_sub(now_ms());
-        if wait == 0 {
-            return self.submit_stored(queued);
-        }
-        let gateway = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            gateway.submit_stored(queued);
-        });
+    /// Stored events of `lane`'s campaigns not yet done.
+    pub fn lane_backlog(&self, lane: Lane) -> u64 {
+        self.campaigns
+            .iter()
+            .filter(|c| c.config.lane == lane)
+            .map(|c| self.queue.backlog(&c.name))
+            .sum()
     }
 
-    /// Hand a due stored event to its campaign's lane. The campaign is
+    /// Hand a stored event its lane pulled to the lane. The campaign is
     /// looked up now, not when the event was stored, so a retry runs the
     /// version deployed meanwhile.
-    fn submit_stored(self: &Arc<Self>, queued: QueuedEvent) {
+    pub(crate) fn submit_stored(self: &Arc<Self>, queued: QueuedEvent) {
         let gateway = self.clone();
         let loaded = match self.loaded(&queued.campaign) {
             Ok(loaded) => loaded,
             // Kept until a deploy or rollback makes it run again.
             Err(RunError::CampaignUnavailable { .. }) => {
-                let mut queued = queued;
-                queued.not_before_ms = now_ms() + UNAVAILABLE_RECHECK_MS;
-                return self.schedule_event(queued);
+                return self.queue.in_progress(queued.seq, UNAVAILABLE_RECHECK);
             }
             // The campaign left the config: keep the event for an operator.
             Err(error) => {
@@ -743,6 +740,7 @@ impl Gateway {
     /// Run a stored event; on failure retry it with backoff or bury it.
     async fn process(self: &Arc<Self>, loaded: &Arc<LoadedCampaign>, mut queued: QueuedEvent) {
         let deadline = Duration::from_millis(loaded.limits.deadline_ms);
+        self.queue.in_progress(queued.seq, deadline + LEASE_MARGIN);
         let Err(error) = self
             .run(loaded, &queued.event, deadline, Some(queued.seq))
             .await
@@ -753,8 +751,8 @@ impl Gateway {
             // Not the event's fault and no try of it: run it again once the
             // store writes (the writer logs the store's failure itself).
             tracing::debug!(campaign = %loaded.name, event = %queued.event.id, %reason, "Run not committed: the store cannot write; running it again later");
-            queued.not_before_ms = now_ms() + fastrand::u64(500..=1500);
-            return self.schedule_event(queued);
+            let later = Duration::from_millis(fastrand::u64(500..=1500));
+            return self.queue.in_progress(queued.seq, later);
         }
         log_failure(loaded, &queued.event, &error);
         let policy = self.lane_configs.get(loaded.config.lane);
@@ -769,13 +767,17 @@ impl Gateway {
             .saturating_mul(1 << (tries - 1).min(30))
             .min(policy.retry_max_ms);
         queued.not_before_ms = now_ms() + fastrand::u64(1..=ceiling.max(1));
-        if let Err(store) = persist(|| self.queue.retry_event(&queued)).await {
-            tracing::error!(campaign = %loaded.name, event = %queued.event.id, error = %store, "Could not store a retry; retrying from memory");
+        match persist(|| self.queue.retry_event(&queued)).await {
+            Ok(()) => self.wake(&queued.campaign),
+            Err(store) => {
+                // Its lease runs out and it is pulled again, with the tries
+                // stored before.
+                tracing::error!(campaign = %loaded.name, event = %queued.event.id, error = %store, "Could not store a retry");
+            }
         }
-        self.schedule_event(queued);
     }
 
-    async fn bury_event(&self, mut queued: QueuedEvent, error: &RunError) {
+    pub(crate) async fn bury_event(&self, mut queued: QueuedEvent, error: &RunError) {
         queued.attempts.push(attempt(error));
         let (campaign, event) = (queued.campaign.clone(), queued.event.id.clone());
         let dead = DeadItem::Event(queued);
@@ -883,7 +885,7 @@ impl Gateway {
                 StoreError::QuotaExceeded(quota) => RunError::Plugin(PluginFailure::KvQuota(quota)),
                 other => RunError::Store(other),
             })?;
-        self.schedule(committed);
+        self.pull_soon(&committed);
         Ok(reply)
     }
 
@@ -907,7 +909,7 @@ impl Gateway {
                 .into());
             }
             if let Some(lane) = self.full_lane(target) {
-                let queued = self.lanes.depth(lane).queued;
+                let queued = self.lane_backlog(lane) as usize;
                 return Err(LaneFull { lane, queued }.into());
             }
         }
@@ -922,9 +924,12 @@ impl Gateway {
     }
 }
 
-/// How often a stored event of an unavailable campaign looks whether its
-/// campaign runs again.
-const UNAVAILABLE_RECHECK_MS: u64 = 1000;
+/// How long a stored event of an unavailable campaign that was pulled waits
+/// before it is pulled again (unavailable campaigns are not pulled).
+const UNAVAILABLE_RECHECK: Duration = Duration::from_secs(1);
+/// How long a running event stays leased beyond its deadline: a lease
+/// that runs out means its worker died or hung, and the event runs again.
+pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(60);
 
 /// The campaign a deploy, rollback or delete works on.
 struct ChangeTarget {

@@ -8,8 +8,10 @@
 //! run first. Inside a lane, at most `max_in_flight` runs go at once, each
 //! campaign is capped at its own concurrency, and campaigns with work waiting
 //! take turns (round robin), so one campaign cannot take a whole lane. At
-//! most `queue` events wait; beyond that the lane refuses at once, so
-//! overload is answered early instead of by a growing queue.
+//! most `max_in_flight` events wait in memory (sync callers, and stored
+//! events pulled ahead from the backlog on disk); beyond that a sync caller
+//! is refused at once, so overload is answered early instead of by a
+//! growing queue.
 //!
 //! Must never know what a plugin is made of: work is an opaque future.
 
@@ -48,9 +50,18 @@ impl Lanes {
     /// priority. (Size that runtime with `lanes.speed.workers`.)
     pub fn start(config: &LanesConfig, speed_threads: Handle) -> std::io::Result<Lanes> {
         Ok(Lanes {
-            speed: LaneScheduler::new(Lane::Speed, &config.speed, Threads::Shared(speed_threads))?,
-            segmentation: LaneScheduler::start(Lane::Segmentation, &config.segmentation)?,
-            care: LaneScheduler::start(Lane::Care, &config.care)?,
+            speed: LaneScheduler::new(
+                Lane::Speed,
+                &config.speed,
+                config.speed.max_in_flight,
+                Threads::Shared(speed_threads),
+            )?,
+            segmentation: LaneScheduler::start(
+                Lane::Segmentation,
+                &config.segmentation,
+                config.segmentation.max_in_flight,
+            )?,
+            care: LaneScheduler::start(Lane::Care, &config.care, config.care.max_in_flight)?,
         })
     }
 
@@ -126,6 +137,21 @@ impl Lanes {
     /// Whether `lane` could take one more event of `campaign` right now.
     pub fn has_room(&self, lane: Lane, campaign: &str, campaign_cap: usize) -> bool {
         self.get(lane).shared.lock().admits(campaign, campaign_cap)
+    }
+
+    /// Events of `campaign` running or waiting in `lane`.
+    pub fn in_window(&self, lane: Lane, campaign: &str) -> usize {
+        let state = self.get(lane).shared.lock();
+        state
+            .campaigns
+            .get(campaign)
+            .map_or(0, |queue| queue.running + queue.waiting.len())
+    }
+
+    /// Changes whenever `lane` starts or finishes an event: a puller waiting
+    /// for room watches it.
+    pub fn watch(&self, lane: Lane) -> watch::Receiver<usize> {
+        self.get(lane).shared.outstanding.subscribe()
     }
 
     /// Events waiting and running in `lane`.
@@ -207,7 +233,9 @@ impl CampaignQueue {
 
 impl LaneScheduler {
     /// A lane on OS threads of its own, at the lane's niceness.
-    fn start(lane: Lane, config: &LaneConfig) -> std::io::Result<Self> {
+    /// As many events may wait in memory as `queue_bound`: the lanes use
+    /// `max_in_flight`, as the backlog waits on disk.
+    fn start(lane: Lane, config: &LaneConfig, queue_bound: usize) -> std::io::Result<Self> {
         let nice = config.nice;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.workers)
@@ -215,10 +243,15 @@ impl LaneScheduler {
             .on_thread_start(move || lower_priority(lane, nice))
             .enable_all()
             .build()?;
-        Self::new(lane, config, Threads::Own(runtime))
+        Self::new(lane, config, queue_bound, Threads::Own(runtime))
     }
 
-    fn new(lane: Lane, config: &LaneConfig, threads: Threads) -> std::io::Result<Self> {
+    fn new(
+        lane: Lane,
+        config: &LaneConfig,
+        queue_bound: usize,
+        threads: Threads,
+    ) -> std::io::Result<Self> {
         let (handle, runtime) = match threads {
             Threads::Own(runtime) => (runtime.handle().clone(), Some(runtime)),
             Threads::Shared(handle) => (handle, None),
@@ -228,7 +261,7 @@ impl LaneScheduler {
             shared: Arc::new(LaneShared {
                 state: Mutex::new(LaneState {
                     max_in_flight: config.max_in_flight,
-                    queue_bound: config.queue,
+                    queue_bound,
                     queued: 0,
                     running: 0,
                     campaigns: HashMap::new(),
@@ -431,9 +464,8 @@ mod tests {
     fn lane(max_in_flight: usize, queue: usize) -> LaneScheduler {
         let mut config = LanesConfig::default().segmentation;
         config.max_in_flight = max_in_flight;
-        config.queue = queue;
         config.nice = 0;
-        LaneScheduler::start(Lane::Segmentation, &config).unwrap()
+        LaneScheduler::start(Lane::Segmentation, &config, queue).unwrap()
     }
 
     /// Work that reports when it starts and finishes when released.

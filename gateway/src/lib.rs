@@ -12,6 +12,7 @@ pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod delivery;
+pub mod dispatch;
 pub mod error;
 pub mod event;
 pub mod gateway;

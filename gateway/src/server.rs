@@ -24,11 +24,13 @@ const RETENTION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Keep the data directory from growing without bound.
 fn spawn_retention(gateway: &std::sync::Arc<Gateway>, retention_hours: u64) {
+    let gateway = gateway.clone();
     let queue = gateway.queue().clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(RETENTION_SWEEP);
         loop {
             every.tick().await;
+            gateway.bury_orphans().await;
             let cutoff = crate::event::now_ms().saturating_sub(retention_hours * 3_600_000);
             match queue.purge(cutoff).await {
                 Ok(0) => {}
@@ -84,14 +86,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let gateway = tokio::task::block_in_place(|| Gateway::start(&config))?;
-    let (events, deliveries) = gateway.resume().await.map_err(StartError::Store)?;
-    if events + deliveries > 0 {
-        tracing::info!(
-            events,
-            deliveries,
-            "Resumed stored work from before the restart"
-        );
-    }
+    // Whatever the backlog, resuming is pulling: nothing is read ahead.
+    gateway.start_pulling().await.map_err(StartError::Store)?;
     spawn_retention(&gateway, config.store.dead_letter_retention_hours);
     spawn_reload_on_hangup(&gateway)?;
     let bind = |addr: SocketAddr| async move {

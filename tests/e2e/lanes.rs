@@ -1,6 +1,8 @@
-//! Lane admission and fairness, end to end: a full lane refuses early with
-//! `Retry-After`, the speed lane keeps answering meanwhile, and a campaign at
-//! its cap does not block the others in its lane.
+//! Lane admission and fairness, end to end: a lane whose backlog on disk is
+//! at its bound refuses early with `Retry-After`, and so does one with no
+//! room in memory for a sync caller; the speed lane keeps answering
+//! meanwhile, and a campaign at its cap does not block the others in its
+//! lane.
 
 use serde_json::json;
 
@@ -29,7 +31,7 @@ async fn a_full_segmentation_lane_refuses_while_speed_still_answers() {
         r#"
 [lanes.segmentation]
 max_in_flight = 2
-queue = 2
+queue = 4
 
 [sources.slow-sync]
 [campaigns.slow-sync]
@@ -45,7 +47,8 @@ plugin = "{hang}"
     ))
     .await;
 
-    // Two events run, two wait: the lane is exactly full.
+    // Four stored: the lane's backlog is at its bound. Two run, two are
+    // pulled ahead and wait in memory.
     for _ in 0..4 {
         let reply = gateway.post_json("slow", json!({})).await;
         assert_eq!(
@@ -60,6 +63,10 @@ plugin = "{hang}"
         429,
         "segmentation",
     );
+    // With two running and two waiting in memory, a sync caller finds no room.
+    gateway
+        .metrics_eventually(&[r#"hooklane_lane_queued{lane="segmentation"} 2"#])
+        .await;
     assert_overloaded(
         &gateway.post_json("slow-sync", json!({})).await,
         503,

@@ -1,9 +1,12 @@
 //! Deliveries: carrying out plugins' `deliver` actions from the durable
-//! outbox. Each delivery is retried on a per-destination schedule with full
-//! jitter (a longer `Retry-After` wins), signed per Standard Webhooks with
-//! the same `webhook-id` on every try, paced by a per-destination rate limit
-//! and held back by a circuit breaker while its destination is failing, so a
-//! dead destination costs nothing but timers. `410 Gone` disables the
+//! outbox. A worker per destination pulls its due deliveries — while the
+//! circuit breaker lets them go, at most [`WINDOW`] at a time, whatever the
+//! backlog on disk — and each is tried once, paced by the destination's
+//! rate limit, then settled: delivered, retried later on the destination's
+//! schedule with full jitter (a longer `Retry-After` wins; the store keeps
+//! the due time), or buried. Every try is signed per Standard Webhooks with
+//! the same `webhook-id`, so a dead destination costs nothing but its
+//! worker's sleep. `410 Gone` disables the
 //! destination — remembered across restarts until an operator enables it
 //! again; after the last try the delivery becomes a dead letter with every
 //! attempt. Must never run plugins.
@@ -32,7 +35,17 @@ struct Destination {
     breaker: Mutex<Breaker>,
     /// When the rate limit lets the next attempt go.
     next_slot: Mutex<Instant>,
+    /// Wakes its pull loop: deliveries were stored for it.
+    wake: tokio::sync::Notify,
 }
+
+/// Most deliveries per destination pulled and not yet settled.
+const WINDOW: usize = 64;
+/// How long a delivery stays leased beyond its timeout: a lease that runs
+/// out means its worker died or hung, and the delivery is tried again.
+const LEASE_MARGIN: Duration = Duration::from_secs(60);
+/// The longest a pull loop sleeps: leases that ran out are noticed within it.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// A destination's signing secret could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -165,60 +178,145 @@ impl Deliveries {
         Ok(())
     }
 
-    /// Keep trying `delivery` in the background until it is delivered or
-    /// buried.
-    pub fn schedule(self: &Arc<Self>, delivery: QueuedDelivery) {
-        let deliveries = self.clone();
-        tokio::spawn(async move { deliveries.run(delivery).await });
+    /// Start a worker per destination that pulls its due deliveries.
+    pub fn start_pulling(self: &Arc<Self>) {
+        for destination in self.destinations.values() {
+            tokio::spawn(self.clone().pull(destination.clone()));
+        }
     }
 
-    async fn run(&self, mut delivery: QueuedDelivery) {
-        let Some(destination) = self.destinations.get(&delivery.destination).cloned() else {
-            let attempt = attempt("unknown_destination", "the destination is not configured");
-            return self.bury(delivery, attempt).await;
-        };
+    /// Tell `destination`'s worker that it has deliveries to pull.
+    pub fn wake(&self, destination: &str) {
+        if let Some(destination) = self.destinations.get(destination) {
+            destination.wake.notify_one();
+        }
+    }
+
+    /// Pull `destination`'s due deliveries while the breaker lets them go,
+    /// at most [`WINDOW`] at a time, each tried once by a task of its own
+    /// and then settled: delivered, retried later (the store keeps its due
+    /// time) or buried.
+    async fn pull(self: Arc<Self>, destination: Arc<Destination>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+        let lease = Duration::from_millis(destination.config.timeout_ms) + LEASE_MARGIN;
         loop {
-            sleep_until_ms(delivery.not_before_ms).await;
-            if destination.disabled.load(Ordering::Relaxed) {
-                let attempt = attempt(
-                    "destination_disabled",
-                    "the destination answered 410 Gone earlier and is disabled until an operator enables it",
-                );
-                return self.bury(delivery, attempt).await;
+            // Held back by the breaker, nothing is pulled.
+            let held_back = destination.breaker.lock().expect("breaker lock").wait();
+            if let Some(wait) = held_back {
+                tokio::time::sleep(wait).await;
+                continue;
             }
-            destination.admit().await;
-            let tried = self.attempt(&destination, &delivery).await;
-            match tried {
-                Tried::Delivered => {
-                    if let Err(error) = persist(|| self.queue.delivered(delivery.seq)).await {
-                        tracing::error!(delivery = %delivery.id, %error, "Could not record a delivery; it may be sent again");
+            let room = slots.available_permits();
+            let (mut wait, mut full) = (IDLE_POLL, room == 0);
+            if room > 0 {
+                match self
+                    .queue
+                    .next_deliveries(&destination.name, room, lease)
+                    .await
+                {
+                    Ok(pulled) => {
+                        if let Some(due_ms) = pulled.next_due_ms {
+                            let until = due_ms.saturating_sub(now_ms());
+                            wait = wait.min(Duration::from_millis(until));
+                        }
+                        full = pulled.items.len() == room;
+                        for delivery in pulled.items {
+                            let slot = slots.clone().try_acquire_owned().expect("counted");
+                            let (deliveries, destination) = (self.clone(), destination.clone());
+                            tokio::spawn(async move {
+                                deliveries.try_once(&destination, delivery).await;
+                                drop(slot);
+                            });
+                        }
                     }
-                    tracing::debug!(delivery = %delivery.id, destination = %destination.name, "Delivered");
-                    return;
+                    Err(error) => {
+                        tracing::warn!(destination = %destination.name, %error, "Could not pull deliveries")
+                    }
                 }
-                Tried::Gone(attempt) => return self.bury(delivery, attempt).await,
-                Tried::Failed {
-                    attempt,
-                    retry_after,
-                } => {
-                    tracing::warn!(
-                        campaign = %delivery.campaign,
-                        delivery = %delivery.id,
-                        destination = %destination.name,
-                        cause = %attempt.cause,
-                        "Delivery attempt failed: {}", attempt.detail
-                    );
-                    delivery.attempts.push(attempt);
-                    let Some(delay) = destination.retry_delay(delivery.attempts.len(), retry_after)
-                    else {
-                        let last = delivery.attempts.pop().expect("just pushed");
-                        return self.bury(delivery, last).await;
-                    };
-                    delivery.not_before_ms = now_ms() + delay.as_millis() as u64;
-                    if let Err(error) = persist(|| self.queue.retry_delivery(&delivery)).await {
-                        // Still retried from memory; a restart resumes from the last stored try.
-                        tracing::error!(delivery = %delivery.id, %error, "Could not store a delivery retry");
+            }
+            tokio::select! {
+                () = destination.wake.notified() => {}
+                _ = slots.clone().acquire_owned(), if full => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One try of a pulled delivery, settled in the store.
+    async fn try_once(&self, destination: &Destination, mut delivery: QueuedDelivery) {
+        if destination.disabled.load(Ordering::Relaxed) {
+            let attempt = attempt(
+                "destination_disabled",
+                "the destination answered 410 Gone earlier and is disabled until an operator enables it",
+            );
+            return self.bury(delivery, attempt).await;
+        }
+        destination.admit().await;
+        let timeout = Duration::from_millis(destination.config.timeout_ms);
+        self.queue.in_progress(delivery.seq, timeout + LEASE_MARGIN);
+        match self.attempt(destination, &delivery).await {
+            Tried::Delivered => {
+                if let Err(error) = persist(|| self.queue.delivered(delivery.seq)).await {
+                    tracing::error!(delivery = %delivery.id, %error, "Could not record a delivery; it may be sent again");
+                }
+                tracing::debug!(delivery = %delivery.id, destination = %destination.name, "Delivered");
+            }
+            Tried::Gone(attempt) => self.bury(delivery, attempt).await,
+            Tried::Failed {
+                attempt,
+                retry_after,
+            } => {
+                tracing::warn!(
+                    campaign = %delivery.campaign,
+                    delivery = %delivery.id,
+                    destination = %destination.name,
+                    cause = %attempt.cause,
+                    "Delivery attempt failed: {}", attempt.detail
+                );
+                delivery.attempts.push(attempt);
+                let Some(delay) = destination.retry_delay(delivery.attempts.len(), retry_after)
+                else {
+                    let last = delivery.attempts.pop().expect("just pushed");
+                    return self.bury(delivery, last).await;
+                };
+                delivery.not_before_ms = now_ms() + delay.as_millis() as u64;
+                match persist(|| self.queue.retry_delivery(&delivery)).await {
+                    Ok(()) => destination.wake.notify_one(),
+                    // Its lease runs out and it is pulled again, with the
+                    // tries stored before.
+                    Err(error) => {
+                        tracing::error!(delivery = %delivery.id, %error, "Could not store a delivery retry")
                     }
+                }
+            }
+        }
+    }
+
+    /// Dead-letter the due deliveries to `destinations` that are no longer
+    /// configured: nothing would ever send them.
+    pub async fn bury_orphans(&self, destinations: Vec<String>) {
+        let lease = Duration::from_secs(60);
+        for destination in destinations {
+            if self.destinations.contains_key(&destination) {
+                continue;
+            }
+            loop {
+                let pulled = self
+                    .queue
+                    .next_deliveries(&destination, WINDOW, lease)
+                    .await;
+                let deliveries = match pulled {
+                    Ok(pulled) if !pulled.items.is_empty() => pulled.items,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%destination, %error, "Could not pull orphaned deliveries");
+                        break;
+                    }
+                };
+                for delivery in deliveries {
+                    let attempt =
+                        attempt("unknown_destination", "the destination is not configured");
+                    self.bury(delivery, attempt).await;
                 }
             }
         }
@@ -324,6 +422,7 @@ impl Destination {
             secret,
             disabled: AtomicBool::new(false),
             next_slot: Mutex::new(Instant::now()),
+            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -388,13 +487,6 @@ fn attempt(cause: &str, detail: &str) -> Attempt {
         at_ms: now_ms(),
         cause: cause.into(),
         detail: detail.into(),
-    }
-}
-
-async fn sleep_until_ms(not_before_ms: u64) {
-    let now = now_ms();
-    if not_before_ms > now {
-        tokio::time::sleep(Duration::from_millis(not_before_ms - now)).await;
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod embedded;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -296,15 +297,28 @@ impl DeadLetterFilter {
     }
 }
 
-/// The durable event queue, outbox and dead letters. Every method that
-/// changes state returns once the change is durable (group-committed) —
-/// except acknowledgements (an ack-only commit, `delivered`), which ride
-/// along with the next durable commit: losing one to a crash only re-runs
-/// the event or delivery, which at-least-once allows.
+/// What a pull leased.
+#[derive(Debug)]
+pub struct Pulled<T> {
+    pub items: Vec<T>,
+    /// When the next of the asked-for records that is not due yet falls
+    /// due, if the pull saw one: when to ask again.
+    pub next_due_ms: Option<u64>,
+}
+
+/// The durable event queue, outbox and dead letters: a leased, pull-based
+/// queue that owns the backlog, due times and redelivery. A lane pulls
+/// events when it has room ([`EventQueue::next_events`]), a delivery worker
+/// pulls its destination's deliveries; each item pulled is leased until it
+/// is settled — [`EventQueue::commit`] (effects and ack), `retry_*` (nak
+/// with a delay), `delivered`, [`EventQueue::bury`] — or its lease expires
+/// (a worker that died or hung), when it is handed out again:
+/// at-least-once. Nothing but the leases is in memory.
 ///
-/// Leases are in memory: an event handed to a lane is leased until acked,
-/// retried or dead-lettered; after a crash every unacknowledged event and
-/// delivery comes back from [`EventQueue::pending`] (at-least-once).
+/// Every method that changes state returns once the change is durable
+/// (group-committed) — except acknowledgements (an ack-only commit,
+/// `delivered`), which ride along with the next durable commit: losing one
+/// to a crash only re-runs the event or delivery.
 #[async_trait::async_trait]
 pub trait EventQueue: Send + Sync + 'static {
     /// Persist a webhook's events, unless its dedup key was seen in its window.
@@ -320,8 +334,29 @@ pub trait EventQueue: Send + Sync + 'static {
     async fn retry_delivery(&self, delivery: &QueuedDelivery) -> Result<(), StoreError>;
     /// Give up on an event or delivery: move it to the dead letters.
     async fn bury(&self, item: DeadItem) -> Result<DeadLetter, StoreError>;
-    /// Every stored event and delivery not yet done, for a restart.
-    async fn pending(&self) -> Result<(Vec<QueuedEvent>, Vec<QueuedDelivery>), StoreError>;
+    /// Lease up to `n` due events of `campaigns`, which take turns in the
+    /// order given, for `lease`.
+    async fn next_events(
+        &self,
+        campaigns: Vec<Arc<str>>,
+        n: usize,
+        lease: Duration,
+    ) -> Result<Pulled<QueuedEvent>, StoreError>;
+    /// Lease up to `n` due deliveries to `destination`, for `lease`.
+    async fn next_deliveries(
+        &self,
+        destination: &str,
+        n: usize,
+        lease: Duration,
+    ) -> Result<Pulled<QueuedDelivery>, StoreError>;
+    /// Keep event or delivery `seq` leased for `lease` from now: a worker
+    /// still on it, or one that wants it handed out again only then.
+    fn in_progress(&self, seq: u64, lease: Duration);
+    /// How many events of `campaign` are stored and not done: its backlog.
+    fn backlog(&self, campaign: &str) -> u64;
+    /// The campaigns with stored events and the destinations with stored
+    /// deliveries.
+    async fn owners(&self) -> Result<(Vec<String>, Vec<String>), StoreError>;
     /// Dead letters matching `filter`, oldest first.
     async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError>;
     /// Dead letter `seq`, if there is one.

@@ -6,6 +6,7 @@
 //! [`writer::Writer`] that group-commits. Reads run on tokio's blocking pool
 //! so no async worker waits on the disk.
 
+mod due;
 mod writer;
 
 use std::collections::HashMap;
@@ -24,8 +25,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     check_sizes, Committed, DeadItem, DeadLetter, DeadLetterFilter, Enqueued, EventQueue, KvChange,
-    KvQuota, KvStore, KvUsage, NewDelivery, NewWebhook, Outcome, QueuedDelivery, QueuedEvent,
-    StoreError,
+    KvQuota, KvStore, KvUsage, NewDelivery, NewWebhook, Outcome, Pulled, QueuedDelivery,
+    QueuedEvent, StoreError,
 };
 use crate::event::now_ms;
 use writer::{Shared, Sync, Writer};
@@ -54,6 +55,8 @@ pub struct EmbeddedStore {
     shared: Arc<Shared>,
     writer: Writer,
     quota: KvQuota,
+    leases: Arc<due::Leases>,
+    backlog: Arc<due::Backlog>,
     /// Next sequence number for events, deliveries and dead letters.
     next_seq: Arc<AtomicU64>,
 }
@@ -72,6 +75,8 @@ impl EmbeddedStore {
         let tx = db.begin_write().map_err(backend)?;
         count_kv_usage(&tx)?;
         migrate_dedup_keys(&tx)?;
+        build_due_indexes(&tx)?;
+        let backlog = due::Backlog::load(&tx)?;
         let mut last_seq = 0;
         for table in [EVENTS, DELIVERIES, DEAD] {
             let table = tx.open_table(table).map_err(backend)?;
@@ -85,6 +90,8 @@ impl EmbeddedStore {
             shared,
             writer,
             quota,
+            leases: Arc::default(),
+            backlog: Arc::new(backlog),
             next_seq: Arc::new(AtomicU64::new(last_seq + 1)),
         })
     }
@@ -97,6 +104,26 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || op(&db))
             .await
             .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
+    }
+
+    /// Run `write` in the next group commit, with the backlog changes it
+    /// records mirrored in memory once it is committed.
+    async fn write_counted<T: Send + 'static>(
+        &self,
+        sync: Sync,
+        write: impl FnOnce(&WriteTransaction, &mut due::BacklogDelta) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    ) -> Result<T, StoreError> {
+        let (value, delta) = self
+            .writer
+            .write(sync, move |txn| {
+                let mut delta = Vec::new();
+                write(txn, &mut delta).map(|value| (value, delta))
+            })
+            .await?;
+        self.backlog.apply(&delta);
+        Ok(value)
     }
 
     fn seq(&self) -> u64 {
@@ -217,6 +244,7 @@ fn migrate_dedup_keys(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// the write so two concurrent copies cannot both pass.
 fn insert_webhook(
     txn: &WriteTransaction,
+    delta: &mut due::BacklogDelta,
     webhook: &NewWebhook,
     events: Vec<QueuedEvent>,
 ) -> Result<Enqueued, StoreError> {
@@ -238,9 +266,98 @@ fn insert_webhook(
             .map_err(backend)?;
     }
     for event in &events {
-        put(txn, EVENTS, event.seq, event)?;
+        insert_event(txn, delta, event)?;
     }
     Ok(Enqueued::Stored(events))
+}
+
+/// Store `event` where the lanes pull it from.
+fn insert_event(
+    txn: &WriteTransaction,
+    delta: &mut due::BacklogDelta,
+    event: &QueuedEvent,
+) -> Result<(), StoreError> {
+    put(txn, EVENTS, event.seq, event)?;
+    let key = due::key(&event.campaign, event.not_before_ms, event.seq);
+    txn.open_table(due::EVENT_DUE)
+        .map_err(backend)?
+        .insert(key.as_slice(), ())
+        .map_err(backend)?;
+    due::count(txn, delta, &event.campaign, 1)
+}
+
+/// Remove event `seq` and its index entry; the event, if it was stored.
+fn remove_event(
+    txn: &WriteTransaction,
+    delta: &mut due::BacklogDelta,
+    seq: u64,
+) -> Result<Option<QueuedEvent>, StoreError> {
+    let Some(raw) = remove(txn, EVENTS, seq)? else {
+        return Ok(None);
+    };
+    let event: QueuedEvent = decode(&raw)?;
+    let key = due::key(&event.campaign, event.not_before_ms, seq);
+    txn.open_table(due::EVENT_DUE)
+        .map_err(backend)?
+        .remove(key.as_slice())
+        .map_err(backend)?;
+    due::count(txn, delta, &event.campaign, -1)?;
+    Ok(Some(event))
+}
+
+/// Store `delivery` where its destination's worker pulls it from.
+fn insert_delivery(txn: &WriteTransaction, delivery: &QueuedDelivery) -> Result<(), StoreError> {
+    put(txn, DELIVERIES, delivery.seq, delivery)?;
+    let key = due::key(&delivery.destination, delivery.not_before_ms, delivery.seq);
+    txn.open_table(due::DELIVERY_DUE)
+        .map_err(backend)?
+        .insert(key.as_slice(), ())
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Remove delivery `seq` and its index entry.
+fn remove_delivery(txn: &WriteTransaction, seq: u64) -> Result<(), StoreError> {
+    let Some(raw) = remove(txn, DELIVERIES, seq)? else {
+        return Ok(());
+    };
+    let delivery: QueuedDelivery = decode(&raw)?;
+    let key = due::key(&delivery.destination, delivery.not_before_ms, seq);
+    txn.open_table(due::DELIVERY_DUE)
+        .map_err(backend)?
+        .remove(key.as_slice())
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Index the records of a store written before the due indexes existed.
+fn build_due_indexes(txn: &WriteTransaction) -> Result<(), StoreError> {
+    if due::needs_building(txn, due::EVENT_DUE, EVENTS)? {
+        let events: Vec<QueuedEvent> = all_in(txn, EVENTS)?;
+        let mut delta = Vec::new();
+        for event in &events {
+            insert_event(txn, &mut delta, event)?;
+        }
+    }
+    if due::needs_building(txn, due::DELIVERY_DUE, DELIVERIES)? {
+        let deliveries: Vec<QueuedDelivery> = all_in(txn, DELIVERIES)?;
+        for delivery in &deliveries {
+            insert_delivery(txn, delivery)?;
+        }
+    }
+    Ok(())
+}
+
+fn all_in<T: DeserializeOwned>(
+    txn: &WriteTransaction,
+    table: TableDefinition<u64, &[u8]>,
+) -> Result<Vec<T>, StoreError> {
+    let table = txn.open_table(table).map_err(backend)?;
+    let mut items = Vec::new();
+    for entry in table.iter().map_err(backend)? {
+        items.push(decode(entry.map_err(backend)?.1.value())?);
+    }
+    Ok(items)
 }
 
 #[async_trait::async_trait]
@@ -452,11 +569,10 @@ fn purge_expired_kv(txn: &WriteTransaction) -> Result<usize, StoreError> {
 impl EventQueue for EmbeddedStore {
     async fn enqueue(&self, webhook: NewWebhook) -> Result<Enqueued, StoreError> {
         let events = self.queued_events(&webhook);
-        self.writer
-            .write(Sync::Durable, move |txn| {
-                insert_webhook(txn, &webhook, events)
-            })
-            .await
+        self.write_counted(Sync::Durable, move |txn, delta| {
+            insert_webhook(txn, delta, &webhook, events)
+        })
+        .await
     }
 
     async fn commit(&self, outcome: Outcome) -> Result<Committed, StoreError> {
@@ -485,51 +601,62 @@ impl EventQueue for EmbeddedStore {
         } else {
             Sync::Durable
         };
-        self.writer
-            .write(sync, move |txn| {
+        let committed = self
+            .write_counted(sync, move |txn, delta| {
                 // First: a quota refusal must come before any other change.
                 apply_kv(txn, &namespace, &kv, &quota)?;
                 for delivery in &deliveries {
-                    put(txn, DELIVERIES, delivery.seq, delivery)?;
+                    insert_delivery(txn, delivery)?;
                 }
                 let mut events = Vec::new();
                 for (webhook, queued) in emitted {
-                    if let Enqueued::Stored(stored) = insert_webhook(txn, &webhook, queued)? {
+                    if let Enqueued::Stored(stored) = insert_webhook(txn, delta, &webhook, queued)?
+                    {
                         events.extend(stored);
                     }
                 }
                 if let Some(seq) = ack {
-                    remove(txn, EVENTS, seq)?;
+                    remove_event(txn, delta, seq)?;
                 }
                 Ok(Committed { deliveries, events })
             })
-            .await
+            .await?;
+        if let Some(seq) = ack {
+            self.leases.release(seq);
+        }
+        Ok(committed)
     }
 
     async fn retry_event(&self, event: &QueuedEvent) -> Result<(), StoreError> {
-        let event = event.clone();
-        self.writer
-            .write(Sync::Durable, move |txn| {
-                put(txn, EVENTS, event.seq, &event)
-            })
-            .await
+        let (event, seq) = (event.clone(), event.seq);
+        self.write_counted(Sync::Durable, move |txn, delta| {
+            // Moved in the index to its new due time.
+            remove_event(txn, delta, event.seq)?;
+            insert_event(txn, delta, &event)
+        })
+        .await?;
+        self.leases.release(seq);
+        Ok(())
     }
 
     async fn delivered(&self, seq: u64) -> Result<(), StoreError> {
         self.writer
-            .write(Sync::Lazy, move |txn| {
-                remove(txn, DELIVERIES, seq).map(drop)
-            })
-            .await
+            .write(Sync::Lazy, move |txn| remove_delivery(txn, seq))
+            .await?;
+        self.leases.release(seq);
+        Ok(())
     }
 
     async fn retry_delivery(&self, delivery: &QueuedDelivery) -> Result<(), StoreError> {
-        let delivery = delivery.clone();
+        let (delivery, seq) = (delivery.clone(), delivery.seq);
         self.writer
             .write(Sync::Durable, move |txn| {
-                put(txn, DELIVERIES, delivery.seq, &delivery)
+                remove_delivery(txn, delivery.seq)?;
+                insert_delivery(txn, &delivery)
             })
-            .await
+            .await?;
+        self.leases.release(seq);
+        Ok(())
     }
 
     async fn bury(&self, item: DeadItem) -> Result<DeadLetter, StoreError> {
@@ -538,24 +665,72 @@ impl EventQueue for EmbeddedStore {
             dead_at_ms: now_ms(),
             item,
         };
-        self.writer
-            .write(Sync::Durable, move |txn| {
+        let buried = match &dead.item {
+            DeadItem::Event(e) => e.seq,
+            DeadItem::Delivery(d) => d.seq,
+        };
+        let dead = self
+            .write_counted(Sync::Durable, move |txn, delta| {
                 match &dead.item {
-                    DeadItem::Event(e) => remove(txn, EVENTS, e.seq)?,
-                    DeadItem::Delivery(d) => remove(txn, DELIVERIES, d.seq)?,
+                    DeadItem::Event(e) => drop(remove_event(txn, delta, e.seq)?),
+                    DeadItem::Delivery(d) => remove_delivery(txn, d.seq)?,
                 };
                 put(txn, DEAD, dead.seq, &dead)?;
                 Ok(dead)
             })
-            .await
+            .await?;
+        self.leases.release(buried);
+        Ok(dead)
     }
 
-    async fn pending(&self) -> Result<(Vec<QueuedEvent>, Vec<QueuedDelivery>), StoreError> {
+    async fn next_events(
+        &self,
+        campaigns: Vec<Arc<str>>,
+        n: usize,
+        lease: Duration,
+    ) -> Result<Pulled<QueuedEvent>, StoreError> {
+        let leases = self.leases.clone();
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let index = tx.open_table(due::EVENT_DUE).map_err(backend)?;
+            let found = due::pull(&index, &campaigns, n, now_ms(), &leases, lease)?;
+            let records = tx.open_table(EVENTS).map_err(backend)?;
+            pulled(&records, found)
+        })
+        .await
+    }
+
+    async fn next_deliveries(
+        &self,
+        destination: &str,
+        n: usize,
+        lease: Duration,
+    ) -> Result<Pulled<QueuedDelivery>, StoreError> {
+        let (leases, destination) = (self.leases.clone(), [Arc::from(destination)]);
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let index = tx.open_table(due::DELIVERY_DUE).map_err(backend)?;
+            let found = due::pull(&index, &destination, n, now_ms(), &leases, lease)?;
+            let records = tx.open_table(DELIVERIES).map_err(backend)?;
+            pulled(&records, found)
+        })
+        .await
+    }
+
+    fn in_progress(&self, seq: u64, lease: Duration) {
+        self.leases.extend(seq, lease);
+    }
+
+    fn backlog(&self, campaign: &str) -> u64 {
+        self.backlog.get(campaign)
+    }
+
+    async fn owners(&self) -> Result<(Vec<String>, Vec<String>), StoreError> {
         self.read(|db| {
             let tx = db.begin_read().map_err(backend)?;
-            let events = all(&tx.open_table(EVENTS).map_err(backend)?)?;
-            let deliveries = all(&tx.open_table(DELIVERIES).map_err(backend)?)?;
-            Ok((events, deliveries))
+            let campaigns = due::owners(&tx.open_table(due::EVENT_DUE).map_err(backend)?)?;
+            let destinations = due::owners(&tx.open_table(due::DELIVERY_DUE).map_err(backend)?)?;
+            Ok((campaigns, destinations))
         })
         .await
     }
@@ -583,30 +758,29 @@ impl EventQueue for EmbeddedStore {
     async fn replay(&self, seqs: &[u64]) -> Result<Committed, StoreError> {
         let seqs = seqs.to_vec();
         let fresh: Vec<u64> = seqs.iter().map(|_| self.seq()).collect();
-        self.writer
-            .write(Sync::Durable, move |txn| {
-                let mut committed = Committed::default();
-                for (seq, fresh) in seqs.into_iter().zip(fresh) {
-                    let Some(raw) = remove(txn, DEAD, seq)? else {
-                        continue;
-                    };
-                    match decode::<DeadLetter>(&raw)?.item {
-                        DeadItem::Event(mut event) => {
-                            (event.seq, event.attempts, event.not_before_ms) = (fresh, vec![], 0);
-                            put(txn, EVENTS, event.seq, &event)?;
-                            committed.events.push(event);
-                        }
-                        DeadItem::Delivery(mut delivery) => {
-                            (delivery.seq, delivery.attempts, delivery.not_before_ms) =
-                                (fresh, vec![], 0);
-                            put(txn, DELIVERIES, delivery.seq, &delivery)?;
-                            committed.deliveries.push(delivery);
-                        }
+        self.write_counted(Sync::Durable, move |txn, delta| {
+            let mut committed = Committed::default();
+            for (seq, fresh) in seqs.into_iter().zip(fresh) {
+                let Some(raw) = remove(txn, DEAD, seq)? else {
+                    continue;
+                };
+                match decode::<DeadLetter>(&raw)?.item {
+                    DeadItem::Event(mut event) => {
+                        (event.seq, event.attempts, event.not_before_ms) = (fresh, vec![], 0);
+                        insert_event(txn, delta, &event)?;
+                        committed.events.push(event);
+                    }
+                    DeadItem::Delivery(mut delivery) => {
+                        (delivery.seq, delivery.attempts, delivery.not_before_ms) =
+                            (fresh, vec![], 0);
+                        insert_delivery(txn, &delivery)?;
+                        committed.deliveries.push(delivery);
                     }
                 }
-                Ok(committed)
-            })
-            .await
+            }
+            Ok(committed)
+        })
+        .await
     }
 
     async fn purge(&self, before_ms: u64) -> Result<usize, StoreError> {
@@ -637,6 +811,25 @@ impl EventQueue for EmbeddedStore {
     }
 }
 
+/// The records a pull found, in the order it found them.
+fn pulled<T: DeserializeOwned>(
+    records: &redb::ReadOnlyTable<u64, &[u8]>,
+    found: due::Found,
+) -> Result<Pulled<T>, StoreError> {
+    let mut items = Vec::with_capacity(found.seqs.len());
+    for seq in found.seqs {
+        // The index and the records change in one transaction: a seq
+        // always has its record.
+        if let Some(raw) = records.get(seq).map_err(backend)? {
+            items.push(decode(raw.value())?);
+        }
+    }
+    Ok(Pulled {
+        items,
+        next_due_ms: found.next_due_ms,
+    })
+}
+
 fn all<T: DeserializeOwned>(table: &redb::ReadOnlyTable<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
     let mut items = Vec::with_capacity(table.len().map_err(backend)? as usize);
     for entry in table.iter().map_err(backend)? {
@@ -651,6 +844,19 @@ mod tests {
     use super::*;
     use crate::event::Event;
     use crate::store::{Attempt, Dedup};
+
+    impl EmbeddedStore {
+        /// Every stored event and delivery, leased or not.
+        async fn pending(&self) -> Result<(Vec<QueuedEvent>, Vec<QueuedDelivery>), StoreError> {
+            self.read(|db| {
+                let tx = db.begin_read().map_err(backend)?;
+                let events = all(&tx.open_table(EVENTS).map_err(backend)?)?;
+                let deliveries = all(&tx.open_table(DELIVERIES).map_err(backend)?)?;
+                Ok((events, deliveries))
+            })
+            .await
+        }
+    }
 
     const QUOTA: KvQuota = KvQuota {
         bytes: 1 << 20,
