@@ -5,6 +5,8 @@
 //! redelivery count, KV buckets) for the scale-out backend. Must never know
 //! about HTTP or plugins.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod embedded;
 
 use std::sync::Arc;

@@ -867,6 +867,13 @@ mod tests {
         EmbeddedStore::open(dir, true, QUOTA).unwrap()
     }
 
+    fn open_as_traits(dir: &Path) -> (Arc<dyn EventQueue>, Arc<dyn KvStore>) {
+        let store = Arc::new(store(dir));
+        (store.clone(), store)
+    }
+
+    crate::store::conformance::conformance_tests!(super::open_as_traits);
+
     fn webhook(campaigns: &[&str], dedup: Option<&str>) -> NewWebhook {
         NewWebhook {
             event: Event::new("src".into(), vec![], bytes::Bytes::from_static(b"{}"), None),

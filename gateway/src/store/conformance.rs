@@ -1,0 +1,258 @@
+//! What every queue backend must do, written once against the traits: due
+//! times, leases that expire and hand the item out again, the redelivery
+//! count, settling twice, dead letters and replay, the dedup window, turns
+//! between campaigns, atomic ack with effects, and what a reopen keeps.
+//! A backend runs them all with [`conformance_tests!`].
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    Attempt, DeadItem, DeadLetterFilter, Dedup, Enqueued, EventQueue, KvChange, KvStore,
+    NewDelivery, NewWebhook, Outcome, QueuedEvent,
+};
+use crate::event::{now_ms, Event};
+
+/// Opens (or reopens) a backend's queue and KV store in a directory.
+pub type Open = fn(&Path) -> (Arc<dyn EventQueue>, Arc<dyn KvStore>);
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn webhook(campaigns: &[&str], dedup: Option<(&str, Duration)>) -> NewWebhook {
+    NewWebhook {
+        event: Event::new("src".into(), vec![], Bytes::from_static(b"{}"), None),
+        campaigns: campaigns.iter().map(|c| c.to_string()).collect(),
+        dedup: dedup.map(|(key, window)| Dedup {
+            key: key.into(),
+            window,
+        }),
+    }
+}
+
+async fn stored(queue: &dyn EventQueue, campaigns: &[&str]) -> Vec<QueuedEvent> {
+    match queue.enqueue(webhook(campaigns, None)).await.unwrap() {
+        Enqueued::Stored(events) => events,
+        Enqueued::Duplicate { .. } => panic!("no dedup key, no duplicate"),
+    }
+}
+
+async fn pull(queue: &dyn EventQueue, campaigns: &[&str], n: usize) -> Vec<QueuedEvent> {
+    let campaigns = campaigns.iter().map(|&c| Arc::from(c)).collect();
+    queue.next_events(campaigns, n, LEASE).await.unwrap().items
+}
+
+fn seqs(events: &[QueuedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+fn failed() -> Attempt {
+    Attempt {
+        at_ms: now_ms(),
+        cause: "deadline".into(),
+        detail: "too slow".into(),
+    }
+}
+
+pub async fn a_retry_is_not_handed_out_before_it_is_due(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = open(dir.path());
+    let mut event = stored(&*queue, &["a"]).await.remove(0);
+    assert_eq!(seqs(&pull(&*queue, &["a"], 10).await), [event.seq]);
+    event.attempts.push(failed());
+    event.not_before_ms = now_ms() + 300;
+    queue.retry_event(&event).await.unwrap();
+    let early = queue
+        .next_events(vec!["a".into()], 10, LEASE)
+        .await
+        .unwrap();
+    assert!(early.items.is_empty(), "not due yet");
+    assert_eq!(early.next_due_ms, Some(event.not_before_ms));
+    tokio::time::sleep(Duration::from_millis(event.not_before_ms - now_ms() + 5)).await;
+    let due = pull(&*queue, &["a"], 10).await;
+    assert_eq!(seqs(&due), [event.seq]);
+    assert_eq!(due[0].attempts.len(), 1, "the redelivery count is kept");
+}
+
+pub async fn a_lease_that_runs_out_hands_the_item_out_again(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = open(dir.path());
+    let event = stored(&*queue, &["a"]).await.remove(0);
+    let short = Duration::from_millis(100);
+    let first = queue
+        .next_events(vec!["a".into()], 10, short)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&first.items), [event.seq]);
+    assert!(pull(&*queue, &["a"], 10).await.is_empty(), "leased");
+    tokio::time::sleep(short + Duration::from_millis(20)).await;
+    assert_eq!(seqs(&pull(&*queue, &["a"], 10).await), [event.seq]);
+    // A worker still on it keeps it.
+    queue.in_progress(event.seq, Duration::from_secs(60));
+    tokio::time::sleep(short + Duration::from_millis(20)).await;
+    assert!(pull(&*queue, &["a"], 10).await.is_empty(), "extended");
+}
+
+pub async fn settling_twice_is_harmless(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = open(dir.path());
+    let events = stored(&*queue, &["a", "a"]).await;
+    pull(&*queue, &["a"], 10).await;
+    let ack = || Outcome {
+        ack: Some(events[0].seq),
+        ..Outcome::default()
+    };
+    queue.commit(ack()).await.unwrap();
+    queue.commit(ack()).await.unwrap();
+    assert_eq!(queue.backlog("a"), 1, "the other event is still stored");
+}
+
+pub async fn buried_items_wait_as_dead_letters_until_replayed(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = open(dir.path());
+    let mut event = pull_one_stored(&*queue).await;
+    event.attempts.push(failed());
+    let dead = queue.bury(DeadItem::Event(event.clone())).await.unwrap();
+    assert_eq!(queue.backlog("a"), 0);
+    assert!(pull(&*queue, &["a"], 10).await.is_empty());
+    let listed = queue
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].attempts()[0].cause, "deadline");
+    let replayed = queue.replay(&[dead.seq]).await.unwrap();
+    assert_eq!(replayed.events.len(), 1);
+    let again = pull(&*queue, &["a"], 10).await;
+    assert_eq!(seqs(&again), seqs(&replayed.events));
+    assert!(again[0].attempts.is_empty(), "a fresh history");
+    assert_eq!(again[0].event.id, event.event.id);
+}
+
+async fn pull_one_stored(queue: &dyn EventQueue) -> QueuedEvent {
+    stored(queue, &["a"]).await;
+    pull(queue, &["a"], 1).await.remove(0)
+}
+
+pub async fn a_webhook_id_is_remembered_for_its_window(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = open(dir.path());
+    let once = || webhook(&["a"], Some(("src/1", Duration::from_millis(200))));
+    let Enqueued::Stored(first) = queue.enqueue(once()).await.unwrap() else {
+        panic!("the first copy is stored");
+    };
+    match queue.enqueue(once()).await.unwrap() {
+        Enqueued::Duplicate { event_id } => assert_eq!(event_id, first[0].event.id),
+        Enqueued::Stored(_) => panic!("a copy within the window was stored"),
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(matches!(
+        queue.enqueue(once()).await.unwrap(),
+        Enqueued::Stored(_)
+    ));
+}
+
+pub async fn campaigns_take_turns(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = open(dir.path());
+    for _ in 0..5 {
+        stored(&*queue, &["busy"]).await;
+    }
+    stored(&*queue, &["quiet"]).await;
+    let pulled = pull(&*queue, &["busy", "quiet"], 2).await;
+    let campaigns: Vec<&str> = pulled.iter().map(|e| e.campaign.as_str()).collect();
+    assert_eq!(campaigns, ["busy", "quiet"], "one each per turn");
+    assert_eq!(pull(&*queue, &["busy", "quiet"], 10).await.len(), 4);
+}
+
+pub async fn an_ack_commits_its_effects_with_it_or_nothing(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, kv) = open(dir.path());
+    let event = pull_one_stored(&*queue).await;
+    let outcome = |value: Bytes| Outcome {
+        ack: Some(event.seq),
+        kv_namespace: "a".into(),
+        kv: vec![KvChange::Set {
+            key: "k".into(),
+            value,
+            ttl: None,
+        }],
+        deliveries: vec![NewDelivery {
+            id: format!("msg_{}_0", event.event.id),
+            campaign: "a".into(),
+            event_id: event.event.id.clone(),
+            destination: "sink".into(),
+            headers: vec![],
+            body: Bytes::from_static(b"hi"),
+        }],
+        emitted: vec![webhook(&["b"], None)],
+    };
+    // A commit the store refuses (a value over its limit) keeps nothing.
+    let too_big = Bytes::from(vec![0; 2 << 20]);
+    assert!(queue.commit(outcome(too_big)).await.is_err());
+    assert_eq!(kv.get("a", "k").await.unwrap(), None);
+    assert_eq!(queue.backlog("a"), 1, "not acked");
+    assert_eq!(queue.backlog("b"), 0, "nothing emitted");
+    let none = queue.next_deliveries("sink", 10, LEASE).await.unwrap();
+    assert!(none.items.is_empty(), "nothing to deliver");
+
+    queue
+        .commit(outcome(Bytes::from_static(b"v")))
+        .await
+        .unwrap();
+    assert_eq!(kv.get("a", "k").await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!((queue.backlog("a"), queue.backlog("b")), (0, 1));
+    let delivery = queue.next_deliveries("sink", 10, LEASE).await.unwrap();
+    assert_eq!(delivery.items.len(), 1);
+    let emitted = pull(&*queue, &["b"], 10).await;
+    assert_eq!(emitted.len(), 1);
+}
+
+pub async fn a_reopened_queue_keeps_the_backlog_and_forgets_the_leases(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, kv) = open(dir.path());
+    let events = stored(&*queue, &["a", "a", "a"]).await;
+    assert_eq!(pull(&*queue, &["a"], 2).await.len(), 2);
+    queue
+        .commit(Outcome {
+            ack: Some(events[2].seq),
+            ..Outcome::default()
+        })
+        .await
+        .unwrap();
+    drop((queue, kv));
+    let (queue, _) = open(dir.path());
+    assert_eq!(queue.backlog("a"), 2);
+    let again = pull(&*queue, &["a"], 10).await;
+    assert_eq!(seqs(&again), [events[0].seq, events[1].seq]);
+}
+
+/// One `#[tokio::test]` per behaviour above, for the backend `open` opens.
+macro_rules! conformance_tests {
+    ($open:expr) => {
+        mod conformance {
+            use crate::store::conformance as suite;
+            $crate::store::conformance::conformance_tests!(@each $open;
+                a_retry_is_not_handed_out_before_it_is_due,
+                a_lease_that_runs_out_hands_the_item_out_again,
+                settling_twice_is_harmless,
+                buried_items_wait_as_dead_letters_until_replayed,
+                a_webhook_id_is_remembered_for_its_window,
+                campaigns_take_turns,
+                an_ack_commits_its_effects_with_it_or_nothing,
+                a_reopened_queue_keeps_the_backlog_and_forgets_the_leases,
+            );
+        }
+    };
+    (@each $open:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                suite::$name($open).await;
+            }
+        )+
+    };
+}
+pub(crate) use conformance_tests;
