@@ -142,7 +142,8 @@ async fn render_metrics(State(admin): State<Arc<Admin>>) -> Result<Response, Api
     };
     for lane in Lane::ALL {
         let depth = admin.gateway.lanes().depth(lane);
-        telemetry::lane_depth(lane, depth.queued, depth.running);
+        let backlog = admin.gateway.lane_backlog(lane);
+        telemetry::lane_depth(lane, depth.queued, depth.running, backlog);
     }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -388,10 +389,16 @@ async fn enable_destination(
 }
 
 async fn lanes(State(admin): State<Arc<Admin>>) -> Json<Value> {
-    let lanes = admin.gateway.lanes();
+    let gateway = &admin.gateway;
     let depths: serde_json::Map<String, Value> = Lane::ALL
         .into_iter()
-        .map(|lane| (lane.as_str().to_owned(), json!(lanes.depth(lane))))
+        .map(|lane| {
+            let depth = gateway.lanes().depth(lane);
+            let backlog = gateway.lane_backlog(lane);
+            let depth =
+                json!({ "queued": depth.queued, "running": depth.running, "backlog": backlog });
+            (lane.as_str().to_owned(), depth)
+        })
         .collect();
     Json(json!({ "lanes": depths }))
 }

@@ -165,6 +165,8 @@ pub struct Gateway {
     wakers: crate::dispatch::Wakers,
     /// Most emits between a webhook and an event it led to.
     max_emit_depth: usize,
+    /// `store.max_disk_mb` in bytes; 0: no limit.
+    max_disk_bytes: u64,
     kv: Arc<dyn KvStore>,
     queue: Arc<dyn EventQueue>,
     deliveries: Arc<Deliveries>,
@@ -247,6 +249,7 @@ impl Gateway {
             lane_configs: config.lanes.clone(),
             wakers: Default::default(),
             max_emit_depth: config.max_emit_depth,
+            max_disk_bytes: config.store.max_disk_mb << 20,
             kv,
             queue,
             deliveries: Arc::new(deliveries),
@@ -696,6 +699,12 @@ impl Gateway {
             c.plugin.sandbox().metrics.refused();
         }
         full.then_some(lane)
+    }
+
+    /// Whether the store's file is over `store.max_disk_mb`: async webhooks
+    /// are refused until it shrinks.
+    pub fn store_full(&self) -> bool {
+        self.max_disk_bytes > 0 && self.queue.disk_bytes() > self.max_disk_bytes
     }
 
     /// Stored events of `lane`'s campaigns not yet done.

@@ -133,6 +133,13 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
         {
             return Err(ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, lane));
         }
+        if gateway.store_full() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_full",
+                "the store is at its size limit (store.max_disk_mb); nothing was accepted",
+            ));
+        }
         let signed_id = verified.and_then(|v| v.delivery_id);
         let dedup = dedup_key(&event, signed_id, &route.dedup);
         match gateway

@@ -137,9 +137,10 @@ pub fn accept_error(listener: &'static str) {
 }
 
 /// A lane's depth, set when metrics are scraped.
-pub fn lane_depth(lane: Lane, queued: usize, running: usize) {
+pub fn lane_depth(lane: Lane, queued: usize, running: usize, backlog: u64) {
     gauge!("hooklane_lane_queued", "lane" => lane.as_str()).set(queued as f64);
     gauge!("hooklane_lane_running", "lane" => lane.as_str()).set(running as f64);
+    gauge!("hooklane_lane_backlog", "lane" => lane.as_str()).set(backlog as f64);
 }
 
 /// Wraps the log's [`MakeWriter`] so that each record stays one line: the

@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, Notify};
 
-use crate::harness::{care_forwarder_toml, within, Gateway, Recorder};
+use crate::harness::{care_forwarder_toml, plugin, within, Gateway, Recorder};
 
 /// A `relay` campaign on source `orders` forwarding to the `sink` recorder.
 fn relay_config(sink: &Recorder, destination_extra: &str, campaign_extra: &str) -> String {
@@ -275,4 +275,78 @@ async fn a_restart_loads_compiled_plugins_from_the_cache() {
     let gateway = Gateway::start_in(dir, &config, &[]).await;
     assert!(gateway.log().contains("cached=true"), "{}", gateway.log());
     crate::harness::assert_speed_lane_answers(&gateway, &mut sms, "a cached load").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_leased_at_a_kill_9_runs_again_after_the_restart() {
+    // `slow` runs wait on `upstream`, then deliver to `sink`; `relay`'s
+    // deliveries wait on `held`. At the kill, lanes and the delivery worker
+    // hold leases on all of them.
+    let mut upstream = Recorder::holding(json!({})).await;
+    let mut held = Recorder::holding(json!({})).await;
+    let mut sink = Recorder::start(json!({})).await;
+    let config = format!(
+        r#"
+[lanes.care]
+max_in_flight = 4
+[sources.slow]
+[campaigns.slow]
+source = "slow"
+lane = "care"
+plugin = "{abuse}"
+deadline_ms = 60_000
+fetch_timeout_ms = 60_000
+allowed_hosts = ["{upstream}"]
+destinations = ["sink"]
+[destinations.sink]
+url = "{sink}"
+[sources.orders]
+[campaigns.relay]
+source = "orders"
+lane = "segmentation"
+plugin = "{relay}"
+destinations = ["held"]
+settings = {{ destination = "held" }}
+[destinations.held]
+url = "{held}"
+"#,
+        abuse = plugin("abuse"),
+        relay = plugin("relay"),
+        upstream = upstream.addr,
+        sink = sink.url(),
+        held = held.url(),
+    );
+    let gateway = Gateway::start(&config).await;
+    let script = |n: u64| json!({ "n": n, "fetch": upstream.url(), "deliver_to": "sink" });
+    for n in 0..8 {
+        assert_eq!(gateway.post_json("slow", script(n)).await.status, 202);
+    }
+    for n in 0..3 {
+        assert_eq!(
+            gateway.post_json("orders", json!({ "m": n })).await.status,
+            202
+        );
+    }
+    // Four runs wait on the upstream (the other four are pulled ahead) and
+    // three deliveries wait on `held`.
+    for _ in 0..4 {
+        upstream.next().await;
+    }
+    for _ in 0..3 {
+        held.next().await;
+    }
+    let dir = gateway.kill().await;
+
+    let _gateway = Gateway::start_in(dir, &config, &[]).await;
+    upstream.release();
+    held.release();
+    let mut ran = BTreeSet::new();
+    while ran.len() < 8 {
+        ran.insert(sink.next().await.json()["n"].as_u64().expect("n"));
+    }
+    let mut delivered = BTreeSet::new();
+    while delivered.len() < 3 {
+        let request = held.next().await;
+        delivered.insert(request.json()["m"].as_u64().expect("m"));
+    }
 }

@@ -236,7 +236,7 @@ async fn an_emit_cycle_ends_in_dead_letters() {
     within("the care lane to settle", async {
         loop {
             let lanes = gateway.admin(Method::GET, "/v1/lanes").await;
-            if lanes["lanes"]["care"] == json!({ "queued": 0, "running": 0 }) {
+            if lanes["lanes"]["care"] == json!({ "queued": 0, "running": 0, "backlog": 0 }) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -493,4 +493,29 @@ async fn a_changed_or_missing_stored_component_stops_only_its_own_campaign() {
     assert_eq!(gateway.post("greet", "{}").await.status, 200);
     let ready = readyz(&gateway).await.1;
     assert!(ready.contains("\"unavailable_campaigns\":{}"), "{ready}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_over_its_size_limit_refuses_async_webhooks() {
+    let sink = Recorder::start(json!({})).await;
+    let config = format!(
+        "[store]\nmax_disk_mb = 1\n{}",
+        care_forwarder_toml("relay", &sink, "", "")
+    );
+    let gateway = Gateway::start(&config).await;
+    let padding = "x".repeat(64 << 10);
+    let refusal = within("a refusal", async {
+        for n in 0..200 {
+            let reply = gateway
+                .post_json("orders", json!({ "n": n, "pad": padding }))
+                .await;
+            if reply.status == 503 {
+                return reply.json();
+            }
+            assert_eq!(reply.status, 202);
+        }
+        panic!("a store over 1 MiB still accepted webhooks");
+    })
+    .await;
+    assert_eq!(refusal["error"], "store_full", "{refusal}");
 }

@@ -65,7 +65,10 @@ plugin = "{hang}"
     );
     // With two running and two waiting in memory, a sync caller finds no room.
     gateway
-        .metrics_eventually(&[r#"hooklane_lane_queued{lane="segmentation"} 2"#])
+        .metrics_eventually(&[
+            r#"hooklane_lane_queued{lane="segmentation"} 2"#,
+            r#"hooklane_lane_backlog{lane="segmentation"} 4"#,
+        ])
         .await;
     assert_overloaded(
         &gateway.post_json("slow-sync", json!({})).await,

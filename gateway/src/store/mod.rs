@@ -369,4 +369,6 @@ pub trait EventQueue: Send + Sync + 'static {
     async fn purge(&self, before_ms: u64) -> Result<usize, StoreError>;
     /// Whether writes go through now (readiness asks); the reason if not.
     fn writable(&self) -> Result<(), StoreError>;
+    /// Bytes the store takes on disk now.
+    fn disk_bytes(&self) -> u64;
 }

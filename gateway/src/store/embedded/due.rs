@@ -7,6 +7,7 @@
 //! forgets them, so everything not settled is due again: at-least-once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,36 +64,72 @@ pub(super) fn owners(
     }
 }
 
-/// Which records are handed out, and until when.
+/// Which records are handed out, and until when; and which were settled
+/// lately, so a pull reading a snapshot from before the settlement does not
+/// hand them out again.
 #[derive(Default)]
 pub(super) struct Leases {
-    until: Mutex<HashMap<u64, Instant>>,
+    state: Mutex<HashMap<u64, Lease>>,
+    /// Counts settlements: a pull notes it before it reads.
+    settled: AtomicU64,
 }
 
+enum Lease {
+    Until(Instant),
+    /// Settled as the `n`th settlement, at `at`.
+    Settled {
+        n: u64,
+        at: Instant,
+    },
+}
+
+/// How long a settlement is remembered: far longer than any read.
+const SETTLED_MEMORY: Duration = Duration::from_secs(10);
+
 impl Leases {
-    fn is_leased(&self, seq: u64, now: Instant) -> bool {
-        let until = self.until.lock().expect("lease lock");
-        until.get(&seq).is_some_and(|&until| until > now)
+    /// What a pull notes before it reads.
+    pub(super) fn settlements(&self) -> u64 {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Whether a pull that noted `settlements` before reading may hand
+    /// `seq` out now.
+    fn is_free(&self, seq: u64, now: Instant, settlements: u64) -> bool {
+        match self.state.lock().expect("lease lock").get(&seq) {
+            Some(Lease::Until(until)) => *until <= now,
+            // Its snapshot may predate the settlement.
+            Some(Lease::Settled { n, .. }) => *n <= settlements,
+            None => true,
+        }
     }
 
     fn lease(&self, seqs: &[u64], lease: Duration) {
-        let until = Instant::now() + lease;
-        let mut leases = self.until.lock().expect("lease lock");
-        leases.extend(seqs.iter().map(|&seq| (seq, until)));
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("lease lock");
+        state.retain(|_, lease| match lease {
+            Lease::Until(_) => true,
+            Lease::Settled { at, .. } => now.duration_since(*at) < SETTLED_MEMORY,
+        });
+        state.extend(seqs.iter().map(|&seq| (seq, Lease::Until(now + lease))));
     }
 
     /// Keep `seq` leased for `lease` from now (also: hand it out again
     /// only after `lease`).
     pub(super) fn extend(&self, seq: u64, lease: Duration) {
-        let mut leases = self.until.lock().expect("lease lock");
-        if let Some(until) = leases.get_mut(&seq) {
+        let mut state = self.state.lock().expect("lease lock");
+        if let Some(Lease::Until(until)) = state.get_mut(&seq) {
             *until = Instant::now() + lease;
         }
     }
 
-    /// The record was settled: its lease is over.
+    /// The record was settled (committed): its lease is over.
     pub(super) fn release(&self, seq: u64) {
-        self.until.lock().expect("lease lock").remove(&seq);
+        let n = self.settled.fetch_add(1, Ordering::AcqRel) + 1;
+        let settled = Lease::Settled {
+            n,
+            at: Instant::now(),
+        };
+        self.state.lock().expect("lease lock").insert(seq, settled);
     }
 }
 
@@ -105,6 +142,8 @@ pub(super) struct Found {
 
 /// Lease up to `n` entries of `owners` due by `now_ms` and not leased,
 /// the owners taking turns in the order given, one entry each per turn.
+/// `settlements` is what [`Leases::settlements`] said before the read
+/// transaction began.
 pub(super) fn pull(
     table: &impl ReadableTable<&'static [u8], ()>,
     owners: &[Arc<str>],
@@ -112,6 +151,7 @@ pub(super) fn pull(
     now_ms: u64,
     leases: &Leases,
     lease: Duration,
+    settlements: u64,
 ) -> Result<Found, StoreError> {
     let now = Instant::now();
     let mut next_due_ms: Option<u64> = None;
@@ -147,7 +187,7 @@ pub(super) fn pull(
                     exhausted.push(i);
                     break;
                 }
-                if !leases.is_leased(seq, now) {
+                if leases.is_free(seq, now, settlements) {
                     seqs.push(seq);
                     break;
                 }

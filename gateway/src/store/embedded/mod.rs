@@ -691,9 +691,10 @@ impl EventQueue for EmbeddedStore {
     ) -> Result<Pulled<QueuedEvent>, StoreError> {
         let leases = self.leases.clone();
         self.read(move |db| {
+            let settlements = leases.settlements();
             let tx = db.begin_read().map_err(backend)?;
             let index = tx.open_table(due::EVENT_DUE).map_err(backend)?;
-            let found = due::pull(&index, &campaigns, n, now_ms(), &leases, lease)?;
+            let found = due::pull(&index, &campaigns, n, now_ms(), &leases, lease, settlements)?;
             let records = tx.open_table(EVENTS).map_err(backend)?;
             pulled(&records, found)
         })
@@ -708,9 +709,18 @@ impl EventQueue for EmbeddedStore {
     ) -> Result<Pulled<QueuedDelivery>, StoreError> {
         let (leases, destination) = (self.leases.clone(), [Arc::from(destination)]);
         self.read(move |db| {
+            let settlements = leases.settlements();
             let tx = db.begin_read().map_err(backend)?;
             let index = tx.open_table(due::DELIVERY_DUE).map_err(backend)?;
-            let found = due::pull(&index, &destination, n, now_ms(), &leases, lease)?;
+            let found = due::pull(
+                &index,
+                &destination,
+                n,
+                now_ms(),
+                &leases,
+                lease,
+                settlements,
+            )?;
             let records = tx.open_table(DELIVERIES).map_err(backend)?;
             pulled(&records, found)
         })
@@ -808,6 +818,10 @@ impl EventQueue for EmbeddedStore {
 
     fn writable(&self) -> Result<(), StoreError> {
         self.shared.writable()
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.shared.file_bytes()
     }
 }
 

@@ -56,6 +56,11 @@ impl Shared {
             .ok_or_else(|| StoreError::Unavailable("the store is being reopened".into()))
     }
 
+    /// The size of the database file.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
     /// Whether writes go through now; the reason when they do not.
     pub fn writable(&self) -> Result<(), StoreError> {
         match &*self.broken.lock().expect("store state lock") {
