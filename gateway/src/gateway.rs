@@ -16,6 +16,7 @@ use crate::config::{CampaignConfig, CampaignLimits, Config, ConfigError, Lane, L
 use crate::delivery::{Deliveries, SecretError};
 use crate::event::{now_ms, Action, Event};
 use crate::lanes::{LaneFull, Lanes};
+use crate::retry::Backoff;
 use crate::router::{Router, VerifierError};
 use crate::runtime::{self, Compiled, HostServices, LoadError, Plugin, PluginFailure, Runtime};
 use crate::store::embedded::EmbeddedStore;
@@ -764,18 +765,15 @@ impl Gateway {
             return self.queue.in_progress(queued.seq, later);
         }
         log_failure(loaded, &queued.event, &error);
-        let policy = self.lane_configs.get(loaded.config.lane);
-        let tries = queued.attempts.len() as u32 + 1;
-        if !error.is_retryable() || tries >= policy.max_attempts {
+        let backoff = Backoff::lane(self.lane_configs.get(loaded.config.lane));
+        let tries = queued.attempts.len() + 1;
+        let delay = error.is_retryable().then(|| backoff.delay(tries, None));
+        let Some(delay) = delay.flatten() else {
             return self.bury_event(queued, &error).await;
-        }
+        };
         queued.attempts.push(attempt(&error));
         crate::telemetry::retry(&loaded.name, loaded.config.lane);
-        let ceiling = policy
-            .retry_base_ms
-            .saturating_mul(1 << (tries - 1).min(30))
-            .min(policy.retry_max_ms);
-        queued.not_before_ms = now_ms() + fastrand::u64(1..=ceiling.max(1));
+        queued.not_before_ms = now_ms() + delay.as_millis() as u64;
         match persist(|| self.queue.retry_event(&queued)).await {
             Ok(()) => self.wake(&queued.campaign),
             Err(store) => {
@@ -786,19 +784,8 @@ impl Gateway {
         }
     }
 
-    pub(crate) async fn bury_event(&self, mut queued: QueuedEvent, error: &RunError) {
-        queued.attempts.push(attempt(error));
-        let (campaign, event) = (queued.campaign.clone(), queued.event.id.clone());
-        let dead = DeadItem::Event(queued);
-        match persist(|| self.queue.bury(dead.clone())).await {
-            Ok(dead) => {
-                crate::telemetry::dead_letter(&campaign, "event");
-                tracing::warn!(%campaign, %event, dead_letter = dead.seq, cause = error.cause(), "Event dead-lettered")
-            }
-            Err(store) => {
-                tracing::error!(%campaign, %event, error = %store, "Could not dead-letter an event; it runs again after a restart")
-            }
-        }
+    pub(crate) async fn bury_event(&self, queued: QueuedEvent, error: &RunError) {
+        crate::retry::bury(&self.queue, DeadItem::Event(queued), attempt(error)).await;
     }
 
     fn submit(

@@ -22,6 +22,7 @@ pub mod loadgen;
 pub mod plugin_test;
 pub mod progress;
 mod redact;
+pub mod retry;
 pub mod router;
 pub mod runtime;
 pub mod server;

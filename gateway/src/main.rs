@@ -30,6 +30,7 @@ enum Suite {
     Lanes,
     Ingest,
     Deploy,
+    Backlog,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,8 +54,10 @@ enum Command {
         config: PathBuf,
     },
     /// Run a benchmark on loopback: `lanes` (lane isolation, about a
-    /// minute), `ingest` (durable ingest, fsync on vs off, about 15 s) or
-    /// `deploy` (1,000 campaign versions: memory, deploy and restart time).
+    /// minute), `ingest` (durable ingest, fsync on vs off, about 15 s),
+    /// `deploy` (1,000 campaign versions: memory, deploy and restart time)
+    /// or `backlog` (a million events queued on disk: memory, restart
+    /// time, drain rate; about two minutes).
     Bench {
         /// Which benchmark.
         #[arg(value_enum, default_value_t = Suite::Lanes)]
@@ -258,6 +261,7 @@ fn main() -> ExitCode {
                 Suite::Lanes => "lanes",
                 Suite::Ingest => "ingest",
                 Suite::Deploy => "deploy",
+                Suite::Backlog => "backlog",
             };
             let options = BenchOptions {
                 plugins,
@@ -453,6 +457,7 @@ async fn bench(suite: Suite, options: BenchOptions) -> anyhow::Result<()> {
         Suite::Lanes => hooklane::bench::run(&options).await?.render(),
         Suite::Ingest => hooklane::bench::ingest::run(&options).await?.render(),
         Suite::Deploy => hooklane::bench::deploy::run(&options).await?.render(),
+        Suite::Backlog => hooklane::bench::backlog::run(&options).await?.render(),
     };
     print!("{rendered}");
     println!("report: {}", options.out.display());

@@ -101,3 +101,26 @@ fn the_deploy_bench_runs_end_to_end() {
     );
     assert!(report["restart_s"].as_f64().unwrap() > 0.0, "{report}");
 }
+
+#[test]
+fn the_backlog_bench_runs_end_to_end() {
+    let (printed, report) = smoke_run("backlog");
+    assert!(printed.contains("restart (kill -9) to ready:"), "{printed}");
+    assert!(report["queued"].as_u64().unwrap() >= 2_000, "{report}");
+    assert!(
+        report["ingest"]["accepted"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        report["rss_full_backlog_mb"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["disk_bytes_per_event"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["restart_to_speed_answer_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}

@@ -15,6 +15,7 @@
 //! speed p99 in the mix ÷ speed p99 idle — as a table and as JSON. All traffic
 //! stays on loopback and every phase is bounded in time and count.
 
+pub mod backlog;
 pub mod deploy;
 pub mod floor;
 pub mod ingest;
@@ -43,6 +44,8 @@ pub struct BenchOptions {
     pub smoke: bool,
 }
 
+/// The admin token of the gateways a bench starts.
+const ADMIN_TOKEN: &str = "bench-admin-token";
 /// How long a bench server may take to start.
 const PATIENCE: Duration = Duration::from_secs(120);
 /// A request not answered within this counts as an error.

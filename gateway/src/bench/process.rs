@@ -66,6 +66,21 @@ impl Server {
         Ok(Server { child, addresses })
     }
 
+    /// The process's resident set, in MiB.
+    pub fn rss_mb(&self) -> std::io::Result<f64> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| std::io::Error::other("exited"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| std::io::Error::other("no VmRSS in /proc/<pid>/status"))?;
+        Ok(kb / 1024.0)
+    }
+
     /// The address `name` listens on.
     pub fn addr(&self, name: &str) -> SocketAddr {
         self.addresses[name]

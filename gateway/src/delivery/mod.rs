@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::DestinationConfig;
 use crate::event::now_ms;
+use crate::retry::Backoff;
 use crate::store::{persist, Attempt, DeadItem, EventQueue, KvStore, QueuedDelivery, StoreError};
 use crate::verify::sign_standard_webhooks;
 use breaker::{Breaker, Permit, Transition};
@@ -37,6 +38,8 @@ struct Destination {
     next_slot: Mutex<Instant>,
     /// Wakes its pull loop: deliveries were stored for it.
     wake: tokio::sync::Notify,
+    /// Its `retry_schedule_ms`.
+    backoff: Backoff,
 }
 
 /// Most deliveries per destination pulled and not yet settled.
@@ -273,12 +276,13 @@ impl Deliveries {
                     cause = %attempt.cause,
                     "Delivery attempt failed: {}", attempt.detail
                 );
-                delivery.attempts.push(attempt);
-                let Some(delay) = destination.retry_delay(delivery.attempts.len(), retry_after)
+                let Some(delay) = destination
+                    .backoff
+                    .delay(delivery.attempts.len() + 1, retry_after)
                 else {
-                    let last = delivery.attempts.pop().expect("just pushed");
-                    return self.bury(delivery, last).await;
+                    return self.bury(delivery, attempt).await;
                 };
+                delivery.attempts.push(attempt);
                 delivery.not_before_ms = now_ms() + delay.as_millis() as u64;
                 match persist(|| self.queue.retry_delivery(&delivery)).await {
                     Ok(()) => destination.wake.notify_one(),
@@ -392,26 +396,15 @@ impl Deliveries {
         tried
     }
 
-    async fn bury(&self, mut delivery: QueuedDelivery, last: Attempt) {
-        tracing::warn!(
-            campaign = %delivery.campaign,
-            delivery = %delivery.id,
-            destination = %delivery.destination,
-            cause = %last.cause,
-            attempts = delivery.attempts.len() + 1,
-            "Delivery given up: dead-lettered"
-        );
-        delivery.attempts.push(last);
-        crate::telemetry::dead_letter(&delivery.campaign, "delivery");
-        let dead = DeadItem::Delivery(delivery);
-        if let Err(error) = persist(|| self.queue.bury(dead.clone())).await {
-            tracing::error!(%error, "Could not dead-letter a delivery; it will be retried after a restart");
-        }
+    async fn bury(&self, delivery: QueuedDelivery, last: Attempt) {
+        crate::retry::bury(&self.queue, DeadItem::Delivery(delivery), last).await;
     }
 }
 
 impl Destination {
     fn new(name: &str, config: DestinationConfig, secret: Option<Vec<u8>>) -> Self {
+        let steps = config.retry_schedule_ms.iter();
+        let backoff = Backoff::Schedule(steps.map(|&ms| Duration::from_millis(ms)).collect());
         Destination {
             name: name.into(),
             breaker: Mutex::new(Breaker::new(
@@ -423,6 +416,7 @@ impl Destination {
             disabled: AtomicBool::new(false),
             next_slot: Mutex::new(Instant::now()),
             wake: tokio::sync::Notify::new(),
+            backoff,
         }
     }
 
@@ -471,14 +465,6 @@ impl Destination {
                 tracing::warn!(destination = %self.name, cooldown_ms = self.config.breaker_cooldown_ms, "Circuit breaker opened: deliveries wait for the cooldown")
             }
         }
-    }
-
-    /// The wait before try number `tries + 1`, or `None` when the schedule is
-    /// exhausted.
-    fn retry_delay(&self, tries: usize, retry_after: Option<Duration>) -> Option<Duration> {
-        let scheduled = *self.config.retry_schedule_ms.get(tries - 1)?;
-        let jittered = Duration::from_millis(fastrand::u64(1..=scheduled.max(1)));
-        Some(retry_after.map_or(jittered, |after| after.max(jittered)))
     }
 }
 
