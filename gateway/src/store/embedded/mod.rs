@@ -70,7 +70,7 @@ impl EmbeddedStore {
             StoreError::Backend(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join("hooklane.redb");
-        let db = Database::create(&path)
+        let db = writer::open_database(&path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(backend)?;
         count_kv_usage(&tx)?;

@@ -31,6 +31,16 @@ const READERS_GRACE: Duration = Duration::from_secs(5);
 /// Written by the probe commit that proves a reopened store writes.
 const PROBE: TableDefinition<&str, u64> = TableDefinition::new("write_probe");
 
+/// Memory redb may use to cache pages. Its default (a GiB) let resident
+/// memory grow with the backlog on disk; the queue reads in index order and
+/// writes at the end, so a small cache serves it.
+const CACHE_BYTES: usize = 8 << 20;
+
+/// Open (or create) the database file at `path`.
+pub fn open_database(path: &std::path::Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
 /// The database file and its open handle, shared by readers and the
 /// writer thread, which swaps in a fresh handle after an I/O error.
 pub struct Shared {
@@ -97,7 +107,7 @@ impl Shared {
                 }
             }
         }
-        let db = Database::create(&self.path)
+        let db = open_database(&self.path)
             .map_err(|e| format!("cannot reopen {}: {e}", self.path.display()))?;
         let probe = || -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
