@@ -29,6 +29,7 @@ enum Suite {
     Lanes,
     Ingest,
     Deploy,
+    Soak,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -52,8 +53,10 @@ enum Command {
         config: PathBuf,
     },
     /// Run a benchmark on loopback: `lanes` (lane isolation, about a
-    /// minute), `ingest` (durable ingest, fsync on vs off, about 15 s) or
-    /// `deploy` (1,000 campaign versions: memory, deploy and restart time).
+    /// minute), `ingest` (durable ingest, fsync on vs off, about 15 s),
+    /// `deploy` (1,000 campaign versions: memory, deploy and restart time)
+    /// or `soak` (mixed traffic while the destination flaps and the gateway
+    /// is killed every 2 minutes: nothing accepted may be lost).
     Bench {
         /// Which benchmark.
         #[arg(value_enum, default_value_t = Suite::Lanes)]
@@ -67,6 +70,9 @@ enum Command {
         /// A few seconds' run that only proves the bench works.
         #[arg(long)]
         smoke: bool,
+        /// How long the soak's traffic lasts (`soak` only).
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
     },
     /// The bench's floor: a bare hyper server answering a fixed body.
     #[command(hide = true)]
@@ -252,16 +258,19 @@ fn main() -> ExitCode {
             plugins,
             out,
             smoke,
+            minutes,
         } => {
             let name = match suite {
                 Suite::Lanes => "lanes",
                 Suite::Ingest => "ingest",
                 Suite::Deploy => "deploy",
+                Suite::Soak => "soak",
             };
             let options = BenchOptions {
                 plugins,
                 out: out.unwrap_or_else(|| PathBuf::from(format!("target/bench/{name}.json"))),
                 smoke,
+                minutes,
             };
             runtime(None).and_then(|rt| rt.block_on(bench(suite, options)))
         }
@@ -445,6 +454,7 @@ async fn bench(suite: Suite, options: BenchOptions) -> anyhow::Result<()> {
         Suite::Lanes => hooklane::bench::run(&options).await?.render(),
         Suite::Ingest => hooklane::bench::ingest::run(&options).await?.render(),
         Suite::Deploy => hooklane::bench::deploy::run(&options).await?.render(),
+        Suite::Soak => hooklane::bench::soak::run(&options).await?.render(),
     };
     print!("{rendered}");
     println!("report: {}", options.out.display());

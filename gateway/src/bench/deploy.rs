@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::process::Server;
-use super::{BenchError, BenchOptions, REQUEST_TIMEOUT};
+use super::{BenchError, BenchOptions, ADMIN_TOKEN, REQUEST_TIMEOUT};
 use crate::loadgen::{self, Plan, TrafficClass};
 
 /// Targets with 1,000 campaign versions on a 2-core machine.
@@ -27,8 +27,6 @@ const TARGET_RESTART_S: f64 = 5.0;
 const TARGET_P99_DEPLOYING_OVER_IDLE: f64 = 1.5;
 /// Open-loop rate of the speed campaign in the p99 rounds.
 const SPEED_RATE: f64 = 200.0;
-
-const ADMIN_TOKEN: &str = "bench-admin-token";
 
 #[derive(Debug, Serialize)]
 pub struct DeployReport {
@@ -260,8 +258,7 @@ impl Gateway {
                 super::toml_path(plugin)
             );
         }
-        let server =
-            super::serve_in(dir, &config, &[("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)]).await?;
+        let server = super::serve_with_admin(dir, &config).await?;
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -370,27 +367,12 @@ impl Gateway {
 
     /// The process's resident set, in MiB.
     fn rss_mb(&self) -> Result<f64, BenchError> {
-        let pid = self
-            .server
-            .child
-            .id()
-            .ok_or_else(|| std::io::Error::other("exited"))?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| std::io::Error::other("no VmRSS in /proc/<pid>/status"))?;
-        Ok(kb / 1024.0)
+        Ok(super::process::resident_mb(self.server.pid()?)?)
     }
 
     /// SIGTERM, and wait for a clean exit.
     async fn stop(mut self) -> Result<(), BenchError> {
-        let pid = self
-            .server
-            .child
-            .id()
-            .ok_or_else(|| std::io::Error::other("exited"))?;
+        let pid = self.server.pid()?;
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(pid as i32).expect("a child's pid is positive"),
             rustix::process::Signal::TERM,

@@ -19,6 +19,7 @@ pub mod deploy;
 pub mod floor;
 pub mod ingest;
 pub mod process;
+pub mod soak;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,8 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// A short run that only proves the bench works end to end.
     pub smoke: bool,
+    /// How long the soak's traffic lasts, unless `smoke`.
+    pub minutes: u64,
 }
 
 /// How long a bench server may take to start.
@@ -69,6 +72,15 @@ impl BenchOptions {
         );
         serve_in(&dir, config, &[]).await
     }
+}
+
+/// The admin API's bearer token in bench gateways started with
+/// [`serve_with_admin`].
+const ADMIN_TOKEN: &str = "bench-admin-token";
+
+/// [`serve_in`] with the admin API's `/v1` endpoints open to [`ADMIN_TOKEN`].
+async fn serve_with_admin(dir: &Path, config: &str) -> Result<Server, BenchError> {
+    serve_in(dir, config, &[("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)]).await
 }
 
 /// Write `config` to `dir/bench.toml` and run `hooklane serve` on it with
