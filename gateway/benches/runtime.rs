@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hooklane::config::Config;
+use hooklane::config::{Config, StoreConfig};
 use hooklane::event::Event;
 use hooklane::runtime::{HostServices, Plugin, Runtime};
 use hooklane::store::embedded::EmbeddedStore;
@@ -83,7 +83,12 @@ plugin = "{}"
     );
     let config =
         Config::parse(&toml, Path::new("bench.toml"), Path::new(".")).expect("bench config");
-    let store = EmbeddedStore::open(&data.join(allocator), true).expect("store");
+    let store = EmbeddedStore::open(
+        &data.join(allocator),
+        true,
+        StoreConfig::default().kv_quota(),
+    )
+    .expect("store");
     let services = HostServices::new(Arc::new(store)).expect("services");
     let runtime = Runtime::new(&config.runtime, 64, services, None).expect("runtime");
     let campaign = &config.campaigns["trivial"];

@@ -20,7 +20,7 @@ use crate::config::Lane;
 use crate::delivery::EnableError;
 use crate::error::ApiError;
 use crate::gateway::{DeployError, Gateway, ReloadError};
-use crate::store::{DeadItem, DeadLetter, DeadLetterFilter};
+use crate::store::{DeadItem, DeadLetter, DeadLetterFilter, StoreError};
 use crate::telemetry;
 use crate::versions::{Version, VersionError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -141,23 +141,38 @@ async fn openapi() -> Response {
 }
 
 /// Ready once this listener is up — it binds only after the config is
-/// loaded and every plugin compiled — and while the store answers.
+/// loaded and every plugin compiled — while the store answers reads and
+/// takes writes (a full disk makes it not ready until it recovers).
 async fn ready(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
-    admin
-        .gateway
+    let not_ready = |what: &str, e: StoreError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the store {what}: {e}"),
+        )
+    };
+    let gateway = &admin.gateway;
+    gateway
+        .queue()
+        .writable()
+        .map_err(|e| not_ready("cannot write", e))?;
+    gateway
         .kv()
         .get("hooklane", "readyz")
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                format!("the store does not answer: {e}"),
-            )
-        })?;
-    Ok(Json(
-        json!({ "status": "ready", "campaigns": admin.gateway.campaigns().len() }),
-    ))
+        .map_err(|e| not_ready("does not answer", e))?;
+    // One campaign that cannot run does not make the gateway unready: the
+    // others do run. It is named here and in /v1/campaigns.
+    let unavailable: serde_json::Map<String, Value> = gateway
+        .unavailable()
+        .into_iter()
+        .map(|(name, reason)| (name, reason.into()))
+        .collect();
+    Ok(Json(json!({
+        "status": "ready",
+        "campaigns": gateway.campaigns().len(),
+        "unavailable_campaigns": unavailable,
+    })))
 }
 
 async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
@@ -174,6 +189,7 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
                     crate::config::Mode::Sync => "sync",
                     crate::config::Mode::Async => "async",
                 },
+                "status": "running",
                 "version": c.version.version,
                 "digest": c.version.digest,
                 "limits": {
@@ -185,7 +201,11 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "campaigns": list }))
+    let unavailable =
+        admin.gateway.unavailable().into_iter().map(
+            |(name, reason)| json!({ "name": name, "status": "unavailable", "reason": reason }),
+        );
+    Json(json!({ "campaigns": list.into_iter().chain(unavailable).collect::<Vec<_>>() }))
 }
 
 fn deploy_error(error: DeployError) -> ApiError {
@@ -205,6 +225,9 @@ fn deploy_error(error: DeployError) -> ApiError {
         DeployError::Versions(VersionError::Io { .. }) => {
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
         }
+        DeployError::Versions(
+            VersionError::MissingBlob { .. } | VersionError::TamperedBlob { .. },
+        ) => (StatusCode::INTERNAL_SERVER_ERROR, "damaged_component"),
     };
     ApiError::new(status, reason, error.to_string())
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::store::KvQuota;
+
 /// A config file that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -49,6 +51,11 @@ pub struct Config {
     /// Largest webhook body accepted, in KiB. Default 1024.
     #[serde(default = "defaults::max_body_kb")]
     pub max_body_kb: usize,
+    /// Most emits between a webhook and an event it led to. Default 8: a
+    /// run whose emit would go deeper fails (`emit_depth`) and its event
+    /// becomes a dead letter, which ends emit cycles.
+    #[serde(default = "defaults::max_emit_depth")]
+    pub max_emit_depth: usize,
     /// A source must send its request head within this many ms, so a slow
     /// client cannot hold a connection. Default 10000.
     #[serde(default = "defaults::header_read_timeout_ms")]
@@ -175,6 +182,24 @@ pub struct StoreConfig {
     /// How long dead letters are kept, in hours. Default 168 (a week).
     #[serde(default = "defaults::retention_hours")]
     pub dead_letter_retention_hours: u64,
+    /// Most a KV namespace may hold: its keys' and values' bytes, in MiB.
+    /// Default 64. A run whose writes would go beyond is refused
+    /// (`kv_quota`) and keeps none of them.
+    #[serde(default = "defaults::kv_quota_mb")]
+    pub kv_quota_mb: u64,
+    /// Most keys a KV namespace may hold. Default 100000.
+    #[serde(default = "defaults::kv_quota_keys")]
+    pub kv_quota_keys: u64,
+}
+
+impl StoreConfig {
+    /// The quota every KV namespace is held to.
+    pub fn kv_quota(&self) -> KvQuota {
+        KvQuota {
+            bytes: self.kv_quota_mb << 20,
+            keys: self.kv_quota_keys,
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -182,6 +207,8 @@ impl Default for StoreConfig {
         Self {
             fsync: defaults::fsync(),
             dead_letter_retention_hours: defaults::retention_hours(),
+            kv_quota_mb: defaults::kv_quota_mb(),
+            kv_quota_keys: defaults::kv_quota_keys(),
         }
     }
 }
@@ -589,6 +616,9 @@ mod defaults {
     pub fn max_body_kb() -> usize {
         1024
     }
+    pub fn max_emit_depth() -> usize {
+        8
+    }
     pub fn header_read_timeout_ms() -> u64 {
         10_000
     }
@@ -641,12 +671,58 @@ mod defaults {
     pub fn fsync() -> bool {
         true
     }
+    pub fn kv_quota_mb() -> u64 {
+        64
+    }
+
+    pub fn kv_quota_keys() -> u64 {
+        100_000
+    }
+
     pub fn retention_hours() -> u64 {
         168
     }
 }
 
 impl Config {
+    /// Groups of campaigns whose `emits` lead back to themselves (each
+    /// sorted, a campaign that emits to itself alone): their events can
+    /// emit each other until `max_emit_depth` ends the chain.
+    pub fn emit_cycles(&self) -> Vec<Vec<&str>> {
+        // Two campaigns share a cycle when each reaches the other.
+        let reaches = |from: &str| {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut next = vec![from];
+            while let Some(name) = next.pop() {
+                let targets = self.campaigns.get(name).map(|c| c.emits.as_slice());
+                for target in targets.unwrap_or_default() {
+                    if seen.insert(target.as_str()) {
+                        next.push(target);
+                    }
+                }
+            }
+            seen
+        };
+        let reach: BTreeMap<&str, _> = self
+            .campaigns
+            .keys()
+            .map(|name| (name.as_str(), reaches(name)))
+            .collect();
+        let mut cycles: Vec<Vec<&str>> = Vec::new();
+        for (name, reached) in &reach {
+            if !reached.contains(name) || cycles.iter().any(|c| c.contains(name)) {
+                continue;
+            }
+            let cycle = reached
+                .iter()
+                .copied()
+                .filter(|other| reach.get(other).is_some_and(|r| r.contains(name)))
+                .collect();
+            cycles.push(cycle);
+        }
+        cycles
+    }
+
     /// Read, parse and validate `path`; relative paths inside are resolved
     /// against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -852,6 +928,28 @@ fn check_name(name: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn emit_cycles_are_found_with_every_campaign_in_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hooklane.toml");
+        let campaign = |name: &str, emits: &str| {
+            format!("[campaigns.{name}]\nsource = \"s\"\nlane = \"care\"\nplugin = \"p.wasm\"\nemits = [{emits}]\n")
+        };
+        let text = [
+            "[sources.s]\n".to_owned(),
+            campaign("a", "\"b\""),
+            campaign("b", "\"c\""),
+            campaign("c", "\"a\", \"d\""),
+            campaign("d", ""),
+            campaign("e", "\"e\""),
+            campaign("f", "\"a\""),
+        ]
+        .concat();
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.emit_cycles(), [vec!["a", "b", "c"], vec!["e"]]);
+    }
+
     use super::*;
 
     const BASE: &str = r#"

@@ -67,6 +67,12 @@ impl ApiError {
         .with("lane", lane.as_str())
     }
 
+    /// The store cannot take writes now (503, `Retry-After`): nothing of
+    /// the request was kept.
+    pub fn store_unavailable(detail: &str) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", detail)
+    }
+
     /// The gateway itself failed to handle the event.
     pub fn internal(campaign: &str, event_id: &str, error: &RunError) -> Self {
         ApiError::new(

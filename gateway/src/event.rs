@@ -37,6 +37,12 @@ impl Event {
             content_type,
         }
     }
+
+    /// How many emits led to this event: an emitted event's id is its
+    /// parent's with `.<n>` appended, one segment per hop.
+    pub fn emit_depth(&self) -> usize {
+        self.id.matches('.').count()
+    }
 }
 
 /// What a plugin asked for, carried out by [`crate::actions`].

@@ -19,8 +19,8 @@ use crate::router::{Router, VerifierError};
 use crate::runtime::{self, Compiled, HostServices, LoadError, Plugin, PluginFailure, Runtime};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{
-    Attempt, Committed, DeadItem, Dedup, Enqueued, EventQueue, KvChange, KvStore, NewDelivery,
-    NewWebhook, Outcome, QueuedEvent, StoreError,
+    persist, Attempt, Committed, DeadItem, Dedup, Enqueued, EventQueue, KvChange, KvStore,
+    NewDelivery, NewWebhook, Outcome, QueuedEvent, StoreError,
 };
 use crate::versions::{History, Origin, PluginVersions, Version, VersionError};
 
@@ -76,9 +76,12 @@ pub enum DeployError {
 pub enum RunError {
     #[error("campaign `{0}` is not loaded")]
     UnknownCampaign(String),
+    #[error("campaign `{campaign}` cannot run: {reason}")]
+    CampaignUnavailable { campaign: String, reason: String },
     #[error(transparent)]
     Plugin(#[from] PluginFailure),
-    #[error("storing the plugin's kv writes failed: {0}")]
+    /// Committing what the run asked for failed.
+    #[error("committing the run's effects failed: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
     LaneFull(#[from] LaneFull),
@@ -95,6 +98,7 @@ impl RunError {
             RunError::Plugin(failure) => failure.cause(),
             RunError::Store(_) => "store",
             RunError::UnknownCampaign(_) => "unknown_campaign",
+            RunError::CampaignUnavailable { .. } => "campaign_unavailable",
             RunError::LaneFull(_) | RunError::QueuedTooLong(_) => "overloaded",
             RunError::ShuttingDown => "shutting_down",
         }
@@ -107,6 +111,7 @@ impl RunError {
             RunError::Plugin(failure) => failure.is_retryable(),
             RunError::UnknownCampaign(_) => false,
             RunError::Store(_)
+            | RunError::CampaignUnavailable { .. }
             | RunError::LaneFull(_)
             | RunError::QueuedTooLong(_)
             | RunError::ShuttingDown => true,
@@ -141,11 +146,22 @@ pub struct LoadedCampaign {
     pub plugin: Plugin,
 }
 
+/// A configured campaign that cannot run: the stored component of its
+/// running version is missing or changed. Its sync callers get 503, its
+/// async events wait stored; a deploy or a rollback makes it run again.
+pub struct UnavailableCampaign {
+    pub config: CampaignConfig,
+    pub reason: String,
+}
+
 pub struct Gateway {
     campaigns: DashMap<String, Arc<LoadedCampaign>>,
+    unavailable: DashMap<String, Arc<UnavailableCampaign>>,
     router: ArcSwap<Router>,
     lanes: Lanes,
     lane_configs: LanesConfig,
+    /// Most emits between a webhook and an event it led to.
+    max_emit_depth: usize,
     kv: Arc<dyn KvStore>,
     queue: Arc<dyn EventQueue>,
     deliveries: Arc<Deliveries>,
@@ -161,7 +177,11 @@ impl Gateway {
     /// Open the store, start the lanes and compile every campaign's plugin.
     /// Call it on the ingress runtime: the speed lane runs on its threads.
     pub fn start(config: &Config) -> Result<Arc<Gateway>, StartError> {
-        let store = Arc::new(EmbeddedStore::open(&config.data_dir, config.store.fsync)?);
+        let store = Arc::new(EmbeddedStore::open(
+            &config.data_dir,
+            config.store.fsync,
+            config.store.kv_quota(),
+        )?);
         let kv: Arc<dyn KvStore> = store.clone();
         let queue: Arc<dyn EventQueue> = store;
         let services = HostServices::new(kv.clone())?;
@@ -184,10 +204,17 @@ impl Gateway {
         )?;
         let versions = PluginVersions::open(config.data_dir.join("plugins"))?;
         let router = Router::new(config)?;
-        let campaigns = DashMap::new();
+        let (campaigns, unavailable) = (DashMap::new(), DashMap::new());
         let prepared =
             prepare_campaigns(&runtime, &versions, config, |_| None).map_err(|(_, error)| error)?;
         for campaign in prepared {
+            let campaign = match campaign {
+                Preparation::Ready(campaign) => campaign,
+                Preparation::Unavailable(name, campaign) => {
+                    unavailable.insert(name, campaign);
+                    continue;
+                }
+            };
             let (loaded, from_config) = campaign.load(&runtime, &versions, &config.lanes)?;
             if from_config {
                 versions.activate(&loaded.name, loaded.version.version, true)?;
@@ -211,9 +238,11 @@ impl Gateway {
         )?;
         Ok(Arc::new(Gateway {
             campaigns,
+            unavailable,
             router: ArcSwap::from_pointee(router),
             lanes: Lanes::start(&config.lanes, tokio::runtime::Handle::current())?,
             lane_configs: config.lanes.clone(),
+            max_emit_depth: config.max_emit_depth,
             kv,
             queue,
             deliveries: Arc::new(deliveries),
@@ -298,14 +327,26 @@ impl Gateway {
             StartError::Versions(store) => ReloadError::Versions(store),
             other => invalid(format!("campaigns.{name}.plugin"), other.to_string()).into(),
         })?;
-        let loaded: Vec<(LoadedCampaign, bool)> = prepared
-            .into_iter()
-            .map(|campaign| campaign.load(&self.runtime, &self.versions, &new.lanes))
-            .collect::<Result<_, _>>()?;
+        let mut loaded: Vec<(LoadedCampaign, bool)> = Vec::new();
+        let mut unavailable = Vec::new();
+        for campaign in prepared {
+            match campaign {
+                Preparation::Ready(ready) => {
+                    loaded.push(ready.load(&self.runtime, &self.versions, &new.lanes)?);
+                }
+                Preparation::Unavailable(name, campaign) => unavailable.push((name, campaign)),
+            }
+        }
 
         let mut reloaded = Reloaded::default();
+        for (name, campaign) in unavailable {
+            self.campaigns.remove(&name);
+            self.unavailable.insert(name.clone(), campaign);
+            reloaded.changed.push(name);
+        }
         let mut from_config = Vec::new();
         for (loaded, named_by_config) in loaded {
+            self.unavailable.remove(&*loaded.name);
             if named_by_config {
                 from_config.push((loaded.name.clone(), loaded.version.version));
             }
@@ -327,6 +368,7 @@ impl Gateway {
                 // for a retry) are dead-lettered when their turn comes, for
                 // an operator to replay.
                 self.campaigns.remove(name);
+                self.unavailable.remove(name);
                 reloaded.removed.push(name.clone());
             }
         }
@@ -342,8 +384,7 @@ impl Gateway {
 
     /// The stored versions of a loaded campaign.
     pub fn versions(&self, campaign: &str) -> Result<History, DeployError> {
-        self.campaign(campaign)
-            .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
+        self.change_target(campaign)?;
         Ok(self.versions.history(campaign)?)
     }
 
@@ -430,11 +471,13 @@ impl Gateway {
             gateway
                 .campaigns
                 .insert(current.name.to_string(), Arc::new(loaded));
+            gateway.unavailable.remove(&*current.name);
+            let previous = current.running.as_ref().map(Version::label);
             tracing::info!(
                 campaign = %current.name,
                 lane = %current.config.lane,
                 version = %version.label(),
-                previous = %current.version.label(),
+                previous = previous.as_deref().unwrap_or("none (unavailable)"),
                 digest = %&version.digest[..12],
                 ms = started.elapsed().as_secs_f64() * 1e3,
                 "Switched plugin version"
@@ -444,19 +487,18 @@ impl Gateway {
         .await
     }
 
-    /// Run `work` on loaded `campaign` off the async threads (it compiles
+    /// Run `work` on `campaign` (loaded, or unavailable: a deploy or a
+    /// rollback is how it runs again) off the async threads (it compiles
     /// and writes files), one change at a time. The lock travels with the
     /// work: a caller that stops waiting cannot let another change start
     /// while this one is still going.
     async fn with_change_lock<T: Send + 'static>(
         self: &Arc<Self>,
         campaign: &str,
-        work: impl FnOnce(&Gateway, Arc<LoadedCampaign>) -> Result<T, DeployError> + Send + 'static,
+        work: impl FnOnce(&Gateway, ChangeTarget) -> Result<T, DeployError> + Send + 'static,
     ) -> Result<T, DeployError> {
         let one_at_a_time = self.running.clone().lock_owned().await;
-        let current = self
-            .campaign(campaign)
-            .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
+        let current = self.change_target(campaign)?;
         let gateway = self.clone();
         tokio::task::spawn_blocking(move || {
             let _one_at_a_time = one_at_a_time;
@@ -464,6 +506,28 @@ impl Gateway {
         })
         .await
         .expect("a plugin change does not panic")
+    }
+
+    fn change_target(&self, campaign: &str) -> Result<ChangeTarget, DeployError> {
+        if let Some(loaded) = self.campaign(campaign) {
+            return Ok(ChangeTarget {
+                name: loaded.name.clone(),
+                config: loaded.config.clone(),
+                limits: loaded.limits,
+                running: Some(loaded.version.clone()),
+            });
+        }
+        let unavailable = self
+            .unavailable
+            .get(campaign)
+            .map(|u| u.clone())
+            .ok_or_else(|| DeployError::UnknownCampaign(campaign.into()))?;
+        Ok(ChangeTarget {
+            name: campaign.into(),
+            limits: unavailable.config.limits(&self.lane_configs),
+            config: unavailable.config.clone(),
+            running: None,
+        })
     }
 
     fn compile(&self, campaign: &str, bytes: &[u8], digest: &str) -> Result<Compiled, DeployError> {
@@ -526,8 +590,27 @@ impl Gateway {
     }
 
     fn loaded(&self, campaign: &str) -> Result<Arc<LoadedCampaign>, RunError> {
-        self.campaign(campaign)
-            .ok_or_else(|| RunError::UnknownCampaign(campaign.into()))
+        if let Some(loaded) = self.campaign(campaign) {
+            return Ok(loaded);
+        }
+        Err(match self.unavailable.get(campaign) {
+            Some(unavailable) => RunError::CampaignUnavailable {
+                campaign: campaign.into(),
+                reason: unavailable.reason.clone(),
+            },
+            None => RunError::UnknownCampaign(campaign.into()),
+        })
+    }
+
+    /// Configured campaigns that cannot run, with the reason, by name.
+    pub fn unavailable(&self) -> Vec<(String, String)> {
+        let mut all: Vec<_> = self
+            .unavailable
+            .iter()
+            .map(|u| (u.key().clone(), u.reason.clone()))
+            .collect();
+        all.sort();
+        all
     }
 
     /// Run `campaign` on `event` in its lane and wait for its answer. The
@@ -580,7 +663,7 @@ impl Gateway {
         event: Event,
         campaigns: Vec<String>,
         dedup: Option<Dedup>,
-    ) -> Result<Accepted, RunError> {
+    ) -> Result<Accepted, StoreError> {
         let webhook = NewWebhook {
             event,
             campaigns,
@@ -628,13 +711,19 @@ impl Gateway {
     /// version deployed meanwhile.
     fn submit_stored(self: &Arc<Self>, queued: QueuedEvent) {
         let gateway = self.clone();
-        let Some(loaded) = self.campaign(&queued.campaign) else {
+        let loaded = match self.loaded(&queued.campaign) {
+            Ok(loaded) => loaded,
+            // Kept until a deploy or rollback makes it run again.
+            Err(RunError::CampaignUnavailable { .. }) => {
+                let mut queued = queued;
+                queued.not_before_ms = now_ms() + UNAVAILABLE_RECHECK_MS;
+                return self.schedule_event(queued);
+            }
             // The campaign left the config: keep the event for an operator.
-            tokio::spawn(async move {
-                let error = RunError::UnknownCampaign(queued.campaign.clone());
-                gateway.bury_event(queued, &error).await;
-            });
-            return;
+            Err(error) => {
+                tokio::spawn(async move { gateway.bury_event(queued, &error).await });
+                return;
+            }
         };
         let (lane, name, cap) = (
             loaded.config.lane,
@@ -658,6 +747,13 @@ impl Gateway {
         else {
             return;
         };
+        if let RunError::Store(StoreError::Unavailable(reason)) = &error {
+            // Not the event's fault and no try of it: run it again once the
+            // store writes (the writer logs the store's failure itself).
+            tracing::debug!(campaign = %loaded.name, event = %queued.event.id, %reason, "Run not committed: the store cannot write; running it again later");
+            queued.not_before_ms = now_ms() + fastrand::u64(500..=1500);
+            return self.schedule_event(queued);
+        }
         log_failure(loaded, &queued.event, &error);
         let policy = self.lane_configs.get(loaded.config.lane);
         let tries = queued.attempts.len() as u32 + 1;
@@ -671,7 +767,7 @@ impl Gateway {
             .saturating_mul(1 << (tries - 1).min(30))
             .min(policy.retry_max_ms);
         queued.not_before_ms = now_ms() + fastrand::u64(1..=ceiling.max(1));
-        if let Err(store) = self.queue.retry_event(&queued).await {
+        if let Err(store) = persist(|| self.queue.retry_event(&queued)).await {
             tracing::error!(campaign = %loaded.name, event = %queued.event.id, error = %store, "Could not store a retry; retrying from memory");
         }
         self.schedule_event(queued);
@@ -680,8 +776,10 @@ impl Gateway {
     async fn bury_event(&self, mut queued: QueuedEvent, error: &RunError) {
         queued.attempts.push(attempt(error));
         let (campaign, event) = (queued.campaign.clone(), queued.event.id.clone());
-        match self.queue.bury(DeadItem::Event(queued)).await {
+        let dead = DeadItem::Event(queued);
+        match persist(|| self.queue.bury(dead.clone())).await {
             Ok(dead) => {
+                crate::telemetry::dead_letter(&campaign, "event");
                 tracing::warn!(%campaign, %event, dead_letter = dead.seq, cause = error.cause(), "Event dead-lettered")
             }
             Err(store) => {
@@ -711,12 +809,16 @@ impl Gateway {
         deadline: Duration,
         ack: Option<u64>,
     ) -> Result<Option<Reply>, RunError> {
-        let actions = loaded.plugin.handle(event, deadline).await?;
+        let output = loaded.plugin.handle(event, deadline).await?;
+        let actions = output.actions;
         actions::check(&loaded.config, &loaded.name, &actions)?;
+        self.admit_emits(event, &actions)?;
         let mut reply = None;
         let mut outcome = Outcome {
             ack,
             kv_namespace: loaded.plugin.sandbox().kv_namespace.clone(),
+            // Writes made while it ran come first, its actions' after.
+            kv: output.kv_writes,
             ..Outcome::default()
         };
         for (index, action) in actions.into_iter().enumerate() {
@@ -770,9 +872,43 @@ impl Gateway {
                 )),
             }
         }
-        let committed = self.queue.commit(outcome).await?;
+        let committed = self
+            .queue
+            .commit(outcome)
+            .await
+            .map_err(|error| match error {
+                StoreError::QuotaExceeded(quota) => RunError::Plugin(PluginFailure::KvQuota(quota)),
+                other => RunError::Store(other),
+            })?;
         self.schedule(committed);
         Ok(reply)
+    }
+
+    /// Refuse a run's emits when they would go deeper than
+    /// `max_emit_depth` (a cycle, most likely: the run fails and its event
+    /// becomes a dead letter), or when a target's lane is full: emitted
+    /// events count against admission like webhooks, so the run is retried
+    /// later instead of growing a lane's backlog without bound.
+    fn admit_emits(&self, event: &Event, actions: &[Action]) -> Result<(), RunError> {
+        let targets = actions.iter().filter_map(|action| match action {
+            Action::Emit { campaign, .. } => Some(campaign),
+            _ => None,
+        });
+        for target in targets {
+            let depth = event.emit_depth() + 1;
+            if depth > self.max_emit_depth {
+                return Err(PluginFailure::EmitTooDeep(format!(
+                    "its emit to `{target}` would be {depth} emits away from the webhook that started the chain, beyond max_emit_depth ({}): an emit cycle?",
+                    self.max_emit_depth
+                ))
+                .into());
+            }
+            if let Some(lane) = self.full_lane(target) {
+                let queued = self.lanes.depth(lane).queued;
+                return Err(LaneFull { lane, queued }.into());
+            }
+        }
+        Ok(())
     }
 
     /// For shutdown: let the runs in progress finish. Queued events, events
@@ -781,6 +917,19 @@ impl Gateway {
     pub async fn stop(&self) {
         self.lanes.stop().await;
     }
+}
+
+/// How often a stored event of an unavailable campaign looks whether its
+/// campaign runs again.
+const UNAVAILABLE_RECHECK_MS: u64 = 1000;
+
+/// The campaign a deploy, rollback or delete works on.
+struct ChangeTarget {
+    name: Arc<str>,
+    config: CampaignConfig,
+    limits: CampaignLimits,
+    /// The version it runs; none while it is unavailable.
+    running: Option<Version>,
 }
 
 /// The event another campaign emitted. Its id derives from the parent's, so
@@ -868,6 +1017,7 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
         ("listen", old.listen != new.listen),
         ("data_dir", old.data_dir != new.data_dir),
         ("max_body_kb", old.max_body_kb != new.max_body_kb),
+        ("max_emit_depth", old.max_emit_depth != new.max_emit_depth),
         (
             "header_read_timeout_ms",
             old.header_read_timeout_ms != new.header_read_timeout_ms,
@@ -884,6 +1034,13 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
     ]
     .into_iter()
     .find_map(|(key, changed)| changed.then_some(key))
+}
+
+/// What loading a campaign found.
+enum Preparation {
+    Ready(Box<Prepared>),
+    /// Its running version's stored component is bad: only it cannot run.
+    Unavailable(String, Arc<UnavailableCampaign>),
 }
 
 /// A campaign compiled and checked, not yet recorded nor running.
@@ -951,14 +1108,14 @@ fn prepare_campaigns<'a>(
     versions: &PluginVersions,
     config: &'a Config,
     running: impl Fn(&str) -> Option<Arc<LoadedCampaign>> + Sync,
-) -> Result<Vec<Prepared>, (&'a str, StartError)> {
+) -> Result<Vec<Preparation>, (&'a str, StartError)> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let campaigns: Vec<(&String, &CampaignConfig)> = config.campaigns.iter().collect();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let progress = crate::progress::Progress::new("Loading campaigns", campaigns.len());
-    let prepared: Result<Vec<Vec<Prepared>>, _> = std::thread::scope(|scope| {
+    let prepared: Result<Vec<Vec<Preparation>>, _> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads.min(campaigns.len()).max(1))
             .map(|_| {
                 scope.spawn(|| {
@@ -997,7 +1154,7 @@ fn prepare(
     name: &str,
     campaign: &CampaignConfig,
     running: Option<&LoadedCampaign>,
-) -> Result<Prepared, StartError> {
+) -> Result<Preparation, StartError> {
     let configured = runtime::read_plugin_file(name, campaign)?;
     let digest = runtime::digest(&configured);
     let history = versions.history(name)?;
@@ -1014,8 +1171,25 @@ fn prepare(
             let source = campaign.plugin.display().to_string();
             compile_from(runtime, name, &configured, &digest, source)?
         }
+        // The config names these very bytes: no need for the stored copy.
+        (_, Some(version)) if version.digest == digest => {
+            let source = campaign.plugin.display().to_string();
+            compile_from(runtime, name, &configured, &digest, source)?
+        }
         (_, Some(version)) => {
-            let bytes = versions.read(&version.digest)?;
+            let bytes = match versions.read(&version.digest) {
+                Ok(bytes) => bytes,
+                Err(error) if error.is_bad_blob() => {
+                    let reason = format!("its running version {} cannot be loaded: {error}; deploy a version or roll back to another", version.label());
+                    tracing::error!(campaign = %name, lane = %campaign.lane, version = %version.label(), "Campaign unavailable: {reason}");
+                    let unavailable = UnavailableCampaign {
+                        config: campaign.clone(),
+                        reason,
+                    };
+                    return Ok(Preparation::Unavailable(name.into(), Arc::new(unavailable)));
+                }
+                Err(error) => return Err(error.into()),
+            };
             let source = format!("stored version {}", version.label());
             compile_from(runtime, name, &bytes, &version.digest, source)?
         }
@@ -1024,12 +1198,12 @@ fn prepare(
         Some(version) => PreparedVersion::Stored(version),
         None => PreparedVersion::FromConfig { bytes: configured },
     };
-    Ok(Prepared {
+    Ok(Preparation::Ready(Box::new(Prepared {
         name: name.into(),
         config: campaign.clone(),
         compiled,
         version,
-    })
+    })))
 }
 
 /// Compile `bytes` for campaign `name`; `source` names them in the error.

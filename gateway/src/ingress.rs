@@ -147,9 +147,7 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
             }
             Err(error) => {
                 tracing::error!(source = %event.source, event = %event.id, %error, "Could not store an event");
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
+                return Err(ApiError::store_unavailable(
                     "the event could not be stored; nothing was accepted",
                 ));
             }
@@ -192,6 +190,15 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
                 RunError::QueuedTooLong(lane) => {
                     ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, *lane)
                 }
+                RunError::CampaignUnavailable { .. } => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "campaign_unavailable",
+                    error.to_string(),
+                )
+                .with("campaign", campaign.as_str()),
+                RunError::Store(_) => ApiError::store_unavailable(
+                    "the plugin ran, but what it asked for could not be stored; nothing was kept",
+                ),
                 other => ApiError::internal(campaign, &event.id, other),
             })
         }

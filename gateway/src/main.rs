@@ -433,6 +433,14 @@ async fn check_config(path: PathBuf) -> anyhow::Result<()> {
     if let Some(warning) = config.admin.exposure_warning() {
         eprintln!("warning: {warning}");
     }
+    for cycle in config.emit_cycles() {
+        eprintln!(
+            "warning: {}: key `campaigns.*.emits`: campaigns {} emit to each other in a cycle; each chain of emits ends after max_emit_depth ({}) as a dead letter (cause `emit_depth`)",
+            path.display(),
+            cycle.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
+            config.max_emit_depth
+        );
+    }
     // Compile every plugin against a scratch store, so checking never
     // touches (or waits on the lock of) a running gateway's data.
     let scratch = tempfile::tempdir()?;

@@ -64,8 +64,8 @@ pub async fn run(
     let config = campaign_config(options)?;
     let campaign = &config.campaigns["plugin-under-test"];
     let limits = campaign.limits(&config.lanes);
-    let store =
-        EmbeddedStore::open(scratch.path(), false).map_err(|e| TestError::Setup(e.to_string()))?;
+    let store = EmbeddedStore::open(scratch.path(), false, config.store.kv_quota())
+        .map_err(|e| TestError::Setup(e.to_string()))?;
     let services =
         HostServices::new(Arc::new(store)).map_err(|e| TestError::Setup(e.to_string()))?;
     let runtime = Runtime::new(&config.runtime, limits.memory_mb, services, None)
@@ -98,8 +98,11 @@ pub async fn run(
             "ms": (run.elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         });
         match run.result {
-            Ok(actions) => {
-                line_report["actions"] = actions.iter().map(describe).collect();
+            Ok(output) => {
+                line_report["actions"] = output.actions.iter().map(describe).collect();
+                if !output.kv_writes.is_empty() {
+                    line_report["kv_writes"] = output.kv_writes.iter().map(|w| w.key()).collect();
+                }
             }
             Err(failure) => {
                 failed += 1;

@@ -105,6 +105,12 @@ pub fn delivery_attempt(destination: &str, outcome: &str) {
         .increment(1);
 }
 
+/// A destination's circuit breaker opened or closed (`state`).
+pub fn breaker_transition(destination: &str, state: &'static str) {
+    counter!("hooklane_breaker_transitions_total", "destination" => destination.to_owned(), "state" => state)
+        .increment(1);
+}
+
 /// An event was scheduled for another try.
 pub fn retry(campaign: &str, lane: Lane) {
     counter!("hooklane_event_retries_total", "campaign" => campaign.to_owned(), "lane" => lane.as_str())

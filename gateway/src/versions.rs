@@ -6,13 +6,15 @@
 //! On disk, under `data_dir/plugins/`: `blobs/<sha256>.wasm` holds each
 //! component once, and `<campaign>.json` a campaign's history. Both are
 //! written to a temporary name, synced and renamed, so a crash leaves the
-//! old or the new file, never half of one. Must never compile anything:
+//! old or the new file, never half of one. A blob is checked against its
+//! name whenever it is read. Must never compile anything:
 //! the runtime does that before a version is stored.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::event::now_ms;
 
@@ -100,6 +102,21 @@ pub enum VersionError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{path}: the stored component is missing")]
+    MissingBlob { path: PathBuf },
+    #[error("{path}: the stored component does not match its SHA-256 name (its content hashes to {found}): it was changed after it was stored")]
+    TamperedBlob { path: PathBuf, found: String },
+}
+
+impl VersionError {
+    /// Whether a stored component is missing or not what was stored: its
+    /// campaign cannot run it, the others are not concerned.
+    pub fn is_bad_blob(&self) -> bool {
+        matches!(
+            self,
+            VersionError::MissingBlob { .. } | VersionError::TamperedBlob { .. }
+        )
+    }
 }
 
 /// The stored versions of every campaign (`data_dir/plugins`).
@@ -126,9 +143,21 @@ impl PluginVersions {
     }
 
     /// The component stored under `digest`.
+    /// Checked against its name: a changed or missing blob is an error.
     pub fn read(&self, digest: &str) -> Result<Vec<u8>, VersionError> {
         let path = self.blob_path(digest);
-        std::fs::read(&path).map_err(io_error(&path))
+        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => VersionError::MissingBlob { path: path.clone() },
+            _ => VersionError::Io {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        let found = hex::encode(Sha256::digest(&bytes));
+        if found != digest {
+            return Err(VersionError::TamperedBlob { path, found });
+        }
+        Ok(bytes)
     }
 
     /// Store `bytes` (hex SHA-256 `digest`) as a version of `campaign` —
@@ -145,9 +174,9 @@ impl PluginVersions {
         if let Some(known) = history.by_digest(digest) {
             return Ok(known.clone());
         }
-        let blob = self.blob_path(digest);
-        if !blob.exists() {
-            write_atomically(&blob, bytes)?;
+        // Written again if it is missing or was changed.
+        if self.read(digest).is_err() {
+            write_atomically(&self.blob_path(digest), bytes)?;
         }
         let version = Version {
             version: history.next_number(),
@@ -286,6 +315,37 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), VersionError> {
 mod tests {
     use super::*;
 
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    #[test]
+    fn a_changed_or_missing_blob_is_refused_and_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let versions = PluginVersions::open(dir.path().join("plugins")).unwrap();
+        let digest = sha(b"one");
+        versions
+            .store("a", b"one", &digest, Origin::Config)
+            .unwrap();
+        let blob = versions.blob_path(&digest);
+        std::fs::write(&blob, b"evil").unwrap();
+        let changed = versions.read(&digest).unwrap_err();
+        assert!(
+            matches!(changed, VersionError::TamperedBlob { ref found, .. } if *found == sha(b"evil"))
+        );
+        assert!(changed.is_bad_blob());
+        std::fs::remove_file(&blob).unwrap();
+        assert!(matches!(
+            versions.read(&digest),
+            Err(VersionError::MissingBlob { .. })
+        ));
+        // Storing the same component again repairs it.
+        versions
+            .store("b", b"one", &digest, Origin::Deploy)
+            .unwrap();
+        assert_eq!(versions.read(&digest).unwrap(), b"one");
+    }
+
     #[test]
     fn versions_are_numbered_deduplicated_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -293,10 +353,10 @@ mod tests {
         assert_eq!(versions.history("welcome").unwrap().active, 0);
 
         let v1 = versions
-            .store("welcome", b"one", "d1", Origin::Config)
+            .store("welcome", b"one", &sha(b"one"), Origin::Config)
             .unwrap();
         let v2 = versions
-            .store("welcome", b"two", "d2", Origin::Deploy)
+            .store("welcome", b"two", &sha(b"two"), Origin::Deploy)
             .unwrap();
         assert_eq!((v1.version, v2.version), (1, 2));
         assert_eq!(
@@ -306,7 +366,7 @@ mod tests {
         );
         // The same bytes again are the same version, not a third.
         let again = versions
-            .store("welcome", b"one", "d1", Origin::Deploy)
+            .store("welcome", b"one", &sha(b"one"), Origin::Deploy)
             .unwrap();
         assert_eq!(again, v1);
         versions.activate("welcome", 1, true).unwrap();
@@ -316,8 +376,8 @@ mod tests {
         let history = reopened.history("welcome").unwrap();
         assert_eq!(history.active, 2);
         assert_eq!(history.versions.len(), 2);
-        assert_eq!(history.config_digest.as_deref(), Some("d1"));
-        assert_eq!(reopened.read("d1").unwrap(), b"one");
+        assert_eq!(history.config_digest.as_deref(), Some(sha(b"one").as_str()));
+        assert_eq!(reopened.read(&sha(b"one")).unwrap(), b"one");
 
         assert_eq!(reopened.activate("welcome", 1, false).unwrap(), v1);
         assert_eq!(reopened.history("welcome").unwrap().active, 1);
@@ -334,9 +394,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let versions = PluginVersions::open(dir.path().join("plugins")).unwrap();
         for (campaign, bytes, digest) in [
-            ("a", b"one", "d1"),
-            ("a", b"two", "d2"),
-            ("b", b"one", "d1"),
+            ("a", b"one", &sha(b"one")),
+            ("a", b"two", &sha(b"two")),
+            ("b", b"one", &sha(b"one")),
         ] {
             versions
                 .store(campaign, bytes, digest, Origin::Deploy)
@@ -349,20 +409,24 @@ mod tests {
         ));
         // `b` still has the same component: it stays.
         assert_eq!(versions.delete("a", 1).unwrap(), None);
-        assert_eq!(versions.read("d1").unwrap(), b"one");
+        assert_eq!(versions.read(&sha(b"one")).unwrap(), b"one");
         assert_eq!(versions.history("a").unwrap().versions.len(), 1);
         assert!(matches!(
             versions.delete("a", 1),
             Err(VersionError::Unknown { version: 1, .. })
         ));
         // The last version naming it takes the component with it.
-        assert_eq!(versions.delete("b", 1).unwrap(), Some("d1".into()));
-        assert!(versions.read("d1").is_err());
+        assert_eq!(versions.delete("b", 1).unwrap(), Some(sha(b"one")));
+        assert!(versions.read(&sha(b"one")).is_err());
         // A deleted number, even the highest, is never given again.
-        let three = versions.store("a", b"three", "d3", Origin::Deploy).unwrap();
+        let three = versions
+            .store("a", b"three", &sha(b"three"), Origin::Deploy)
+            .unwrap();
         assert_eq!(three.version, 3);
         versions.delete("a", 3).unwrap();
-        let four = versions.store("a", b"four", "d4", Origin::Deploy).unwrap();
+        let four = versions
+            .store("a", b"four", &sha(b"four"), Origin::Deploy)
+            .unwrap();
         assert_eq!(four.version, 4);
     }
 }

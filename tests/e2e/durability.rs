@@ -12,27 +12,11 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, Notify};
 
-use crate::harness::{plugin, within, Gateway, Recorder};
+use crate::harness::{care_forwarder_toml, within, Gateway, Recorder};
 
 /// A `relay` campaign on source `orders` forwarding to the `sink` recorder.
 fn relay_config(sink: &Recorder, destination_extra: &str, campaign_extra: &str) -> String {
-    format!(
-        r#"
-[sources.orders]
-[campaigns.relay]
-source = "orders"
-lane = "care"
-plugin = "{}"
-destinations = ["sink"]
-{campaign_extra}
-[destinations.sink]
-url = "{}"
-rate_per_s = 10000
-{destination_extra}
-"#,
-        plugin("relay"),
-        sink.url()
-    )
+    care_forwarder_toml("relay", sink, destination_extra, campaign_extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -462,6 +462,34 @@ url = "{}"
     )
 }
 
+/// A care campaign `relay` on source `orders` running plugin `plugin_name`
+/// (`relay` forwards every body to `sink`), with `campaign_extra` in its
+/// table and `destination_extra` in the `sink` destination's.
+pub fn care_forwarder_toml(
+    plugin_name: &str,
+    sink: &Recorder,
+    destination_extra: &str,
+    campaign_extra: &str,
+) -> String {
+    format!(
+        r#"
+[sources.orders]
+[campaigns.relay]
+source = "orders"
+lane = "care"
+plugin = "{}"
+destinations = ["sink"]
+{campaign_extra}
+[destinations.sink]
+url = "{}"
+rate_per_s = 10000
+{destination_extra}
+"#,
+        plugin(plugin_name),
+        sink.url()
+    )
+}
+
 /// A login is answered `sent` and its code delivered: the speed lane works.
 pub async fn assert_speed_lane_answers(gateway: &Gateway, sms: &mut Recorder, after: &str) {
     let login = gateway

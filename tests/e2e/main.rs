@@ -9,6 +9,7 @@ mod config_errors;
 mod deploy;
 mod docs;
 mod durability;
+mod faults;
 mod harness;
 mod hostile;
 mod lanes;

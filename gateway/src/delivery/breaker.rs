@@ -1,5 +1,11 @@
 //! A circuit breaker per destination: open after a failure ratio over the
 //! recent attempts, then one half-open probe after a cooldown.
+//!
+//! The protocol its caller must keep: [`Breaker::wait`] as often as it
+//! likes (it changes nothing), then [`Breaker::permit`] exactly once per
+//! attempt, right before sending, and [`Breaker::record`] the attempt's
+//! result. A permit taken in half-open is the probe: every other caller
+//! waits until its result is recorded.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -15,6 +21,24 @@ const MIN_FAILURES: usize = 5;
 pub enum Permit {
     Go,
     Wait(Duration),
+}
+
+/// A change of state worth telling operators about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Failures reached the ratio, or the half-open probe failed.
+    Opened,
+    /// The half-open probe succeeded.
+    Closed,
+}
+
+impl Transition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transition::Opened => "open",
+            Transition::Closed => "closed",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -54,6 +78,20 @@ impl Breaker {
         }
     }
 
+    /// How long a caller should wait before asking for a permit, without
+    /// taking one: for holding work back before it spends anything (a
+    /// rate-limit slot) on an attempt the breaker would refuse.
+    pub fn wait(&self) -> Option<Duration> {
+        match self.state {
+            State::Closed => None,
+            State::Open { until } => until.checked_duration_since(Instant::now()),
+            State::HalfOpen => Some(self.cooldown),
+        }
+    }
+
+    /// Take the right to send one attempt now. Ask once per attempt and
+    /// [`Breaker::record`] its result: in half-open, the first permit is
+    /// the probe and nobody else goes until it is recorded.
     pub fn permit(&mut self) -> Permit {
         match self.state {
             State::Closed => Permit::Go,
@@ -70,17 +108,19 @@ impl Breaker {
         }
     }
 
-    pub fn record(&mut self, success: bool) {
+    /// Record an attempt's result; says whether it opened or closed the
+    /// breaker.
+    pub fn record(&mut self, success: bool) -> Option<Transition> {
         if matches!(self.state, State::HalfOpen) {
-            self.state = if success {
+            if success {
                 self.recent.clear();
-                State::Closed
-            } else {
-                State::Open {
-                    until: Instant::now() + self.cooldown,
-                }
+                self.state = State::Closed;
+                return Some(Transition::Closed);
+            }
+            self.state = State::Open {
+                until: Instant::now() + self.cooldown,
             };
-            return;
+            return Some(Transition::Opened);
         }
         if self.recent.len() == WINDOW {
             self.recent.pop_front();
@@ -93,7 +133,9 @@ impl Breaker {
             self.state = State::Open {
                 until: Instant::now() + self.cooldown,
             };
+            return Some(Transition::Opened);
         }
+        None
     }
 }
 
@@ -114,12 +156,33 @@ mod tests {
         }
         breaker.record(false);
         // Open, with a zero cooldown: the next permit is the half-open probe.
+        assert_eq!(breaker.wait(), None, "the cooldown is over");
         assert_eq!(breaker.permit(), Permit::Go);
+        assert_eq!(breaker.state(), "half_open");
+        assert!(breaker.wait().is_some(), "others wait for the probe");
         assert!(
             matches!(breaker.permit(), Permit::Wait(_)),
             "one probe at a time"
         );
         breaker.record(true);
+        assert_eq!(breaker.state(), "closed");
+        assert_eq!(breaker.permit(), Permit::Go);
+    }
+
+    #[test]
+    fn waiting_takes_no_probe() {
+        let mut breaker = Breaker::new(0.5, Duration::from_millis(0));
+        for _ in 0..5 {
+            breaker.record(false);
+        }
+        for _ in 0..3 {
+            assert_eq!(breaker.wait(), None);
+        }
+        assert_eq!(
+            breaker.state(),
+            "open",
+            "asking how long to wait changes nothing"
+        );
         assert_eq!(breaker.permit(), Permit::Go);
     }
 

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::DestinationConfig;
 use crate::event::now_ms;
-use crate::store::{Attempt, DeadItem, EventQueue, KvStore, QueuedDelivery, StoreError};
+use crate::store::{persist, Attempt, DeadItem, EventQueue, KvStore, QueuedDelivery, StoreError};
 use crate::verify::sign_standard_webhooks;
-use breaker::{Breaker, Permit};
+use breaker::{Breaker, Permit, Transition};
 
 /// A destination and what the gateway knows of it.
 struct Destination {
@@ -179,20 +179,18 @@ impl Deliveries {
         };
         loop {
             sleep_until_ms(delivery.not_before_ms).await;
-            // Asked before taking a slot of the rate limit (no slot is spent
-            // on a delivery the breaker holds back) and again when the slot
-            // comes (the breaker may have opened meanwhile).
-            if held_back(&destination).await {
-                continue;
+            if destination.disabled.load(Ordering::Relaxed) {
+                let attempt = attempt(
+                    "destination_disabled",
+                    "the destination answered 410 Gone earlier and is disabled until an operator enables it",
+                );
+                return self.bury(delivery, attempt).await;
             }
-            tokio::time::sleep_until(destination.reserve_slot().into()).await;
-            if held_back(&destination).await {
-                continue;
-            }
+            destination.admit().await;
             let tried = self.attempt(&destination, &delivery).await;
             match tried {
                 Tried::Delivered => {
-                    if let Err(error) = self.queue.delivered(delivery.seq).await {
+                    if let Err(error) = persist(|| self.queue.delivered(delivery.seq)).await {
                         tracing::error!(delivery = %delivery.id, %error, "Could not record a delivery; it may be sent again");
                     }
                     tracing::debug!(delivery = %delivery.id, destination = %destination.name, "Delivered");
@@ -217,7 +215,7 @@ impl Deliveries {
                         return self.bury(delivery, last).await;
                     };
                     delivery.not_before_ms = now_ms() + delay.as_millis() as u64;
-                    if let Err(error) = self.queue.retry_delivery(&delivery).await {
+                    if let Err(error) = persist(|| self.queue.retry_delivery(&delivery)).await {
                         // Still retried from memory; a restart resumes from the last stored try.
                         tracing::error!(delivery = %delivery.id, %error, "Could not store a delivery retry");
                     }
@@ -226,13 +224,9 @@ impl Deliveries {
         }
     }
 
+    /// One try, recorded by the breaker whatever its outcome (the caller
+    /// holds the breaker's permit for it).
     async fn attempt(&self, destination: &Destination, delivery: &QueuedDelivery) -> Tried {
-        if destination.disabled.load(Ordering::Relaxed) {
-            return Tried::Gone(attempt(
-                "destination_disabled",
-                "the destination answered 410 Gone earlier and is disabled until an operator enables it",
-            ));
-        }
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -284,7 +278,11 @@ impl Deliveries {
             },
             Err(e) => Tried::Failed {
                 retry_after: None,
-                attempt: attempt("connection", &format!("cannot reach the destination: {e}")),
+                // Without the URL: its query may hold a credential.
+                attempt: attempt(
+                    "connection",
+                    &format!("cannot reach the destination: {}", e.without_url()),
+                ),
             },
         };
         destination.record(matches!(tried, Tried::Delivered));
@@ -307,7 +305,8 @@ impl Deliveries {
         );
         delivery.attempts.push(last);
         crate::telemetry::dead_letter(&delivery.campaign, "delivery");
-        if let Err(error) = self.queue.bury(DeadItem::Delivery(delivery)).await {
+        let dead = DeadItem::Delivery(delivery);
+        if let Err(error) = persist(|| self.queue.bury(dead.clone())).await {
             tracing::error!(%error, "Could not dead-letter a delivery; it will be retried after a restart");
         }
     }
@@ -338,13 +337,41 @@ impl Destination {
         slot
     }
 
-    /// Whether the circuit breaker lets an attempt go now.
-    fn breaker_permit(&self) -> Permit {
-        self.breaker.lock().expect("breaker lock").permit()
+    /// Wait until the breaker and the rate limit let one attempt go, and
+    /// take the breaker's permit for it: the caller must send it and
+    /// [`Destination::record`] the result (in half-open it is the probe
+    /// everyone else waits for). The breaker is asked how long to wait
+    /// before a rate-limit slot is taken, so no slot is spent on a delivery
+    /// it holds back, and gives its permit once, when the slot comes.
+    async fn admit(&self) {
+        loop {
+            let held_back = self.breaker.lock().expect("breaker lock").wait();
+            if let Some(wait) = held_back {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            tokio::time::sleep_until(self.reserve_slot().into()).await;
+            let permit = self.breaker.lock().expect("breaker lock").permit();
+            match permit {
+                Permit::Go => return,
+                // It opened, or another delivery took the probe, meanwhile.
+                Permit::Wait(wait) => tokio::time::sleep(wait).await,
+            }
+        }
     }
 
     fn record(&self, success: bool) {
-        self.breaker.lock().expect("breaker lock").record(success);
+        let changed = self.breaker.lock().expect("breaker lock").record(success);
+        let Some(transition) = changed else { return };
+        crate::telemetry::breaker_transition(&self.name, transition.as_str());
+        match transition {
+            Transition::Closed => {
+                tracing::info!(destination = %self.name, "Circuit breaker closed: the destination answers again")
+            }
+            Transition::Opened => {
+                tracing::warn!(destination = %self.name, cooldown_ms = self.config.breaker_cooldown_ms, "Circuit breaker opened: deliveries wait for the cooldown")
+            }
+        }
     }
 
     /// The wait before try number `tries + 1`, or `None` when the schedule is
@@ -354,16 +381,6 @@ impl Destination {
         let jittered = Duration::from_millis(fastrand::u64(1..=scheduled.max(1)));
         Some(retry_after.map_or(jittered, |after| after.max(jittered)))
     }
-}
-
-/// Whether the breaker holds deliveries to `destination` back; if so, wait
-/// until it may let one go.
-async fn held_back(destination: &Destination) -> bool {
-    let Permit::Wait(wait) = destination.breaker_permit() else {
-        return false;
-    };
-    tokio::time::sleep(wait).await;
-    true
 }
 
 fn attempt(cause: &str, detail: &str) -> Attempt {
@@ -388,7 +405,6 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(seconds.trim().parse().ok()?))
 }
 
-/// The decoded key of a `whsec_` secret read from the environment variable `env`.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,5 +426,31 @@ mod tests {
         for pair in slots.windows(2) {
             assert_eq!(pair[1] - pair[0], Duration::from_millis(100));
         }
+    }
+
+    /// The caller's side of the breaker: one probe after the cooldown, the
+    /// others held until its result, and a good probe closes it.
+    #[tokio::test]
+    async fn an_open_breaker_lets_one_probe_through_and_closes_on_its_success() {
+        let config: DestinationConfig = toml::from_str(
+            "url = \"http://127.0.0.1:9/\"\nrate_per_s = 1000.0\nbreaker_cooldown_ms = 20",
+        )
+        .unwrap();
+        let destination = Arc::new(Destination::new("sink", config, None));
+        for _ in 0..5 {
+            destination.record(false);
+        }
+        assert_eq!(destination.breaker.lock().unwrap().state(), "open");
+        destination.admit().await;
+        assert_eq!(destination.breaker.lock().unwrap().state(), "half_open");
+        let second = tokio::spawn({
+            let destination = destination.clone();
+            async move { destination.admit().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "nobody goes while the probe is out");
+        destination.record(true);
+        second.await.unwrap();
+        assert_eq!(destination.breaker.lock().unwrap().state(), "closed");
     }
 }

@@ -34,6 +34,10 @@ pub enum PluginFailure {
     Failed(String),
     #[error("returned an action it may not take: {0}")]
     BadOutput(String),
+    #[error("wrote more than its kv namespace's quota allows: {0}")]
+    KvQuota(String),
+    #[error("emitted too deep: {0}")]
+    EmitTooDeep(String),
     #[error("could not be instantiated: {0}")]
     Instantiate(String),
 }
@@ -64,6 +68,8 @@ impl PluginFailure {
             PluginFailure::Unavailable(_) => "unavailable",
             PluginFailure::Failed(_) => "plugin_error",
             PluginFailure::BadOutput(_) => "bad_output",
+            PluginFailure::KvQuota(_) => "kv_quota",
+            PluginFailure::EmitTooDeep(_) => "emit_depth",
             PluginFailure::Instantiate(_) => "instantiate",
         }
     }

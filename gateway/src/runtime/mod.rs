@@ -36,6 +36,7 @@ pub use host::HostServices;
 
 use crate::config::{Allocator, CampaignConfig, CampaignLimits, Lane, RuntimeConfig};
 use crate::event::{Action, Event};
+use crate::store::KvChange;
 use bindings::{Campaign, CampaignPre};
 use state::PluginState;
 
@@ -326,11 +327,7 @@ impl Plugin {
 
     /// Run the plugin on `event` in a fresh store under the campaign's
     /// limits, within `deadline` (the campaign's, or what is left of it).
-    pub async fn handle(
-        &self,
-        event: &Event,
-        deadline: Duration,
-    ) -> Result<Vec<Action>, PluginFailure> {
+    pub async fn handle(&self, event: &Event, deadline: Duration) -> Result<Output, PluginFailure> {
         self.run(event, deadline).await.result
     }
 
@@ -370,7 +367,11 @@ impl Plugin {
             Err(_elapsed) => Err(PluginFailure::Deadline(sandbox.deadline)),
             Ok(Err(trap)) => Err(failure::classify_trap(trap, state, sandbox)),
             Ok(Ok(Err(refusal))) => Err(failure::from_plugin_error(refusal, state)),
-            Ok(Ok(Ok(actions))) => bindings::from_wit_actions(actions, sandbox.max_output_bytes),
+            Ok(Ok(Ok(actions))) => bindings::from_wit_actions(actions, sandbox.max_output_bytes)
+                .map(|actions| Output {
+                    actions,
+                    kv_writes: std::mem::take(&mut state.kv_writes).into_changes(),
+                }),
         };
         let elapsed = started.elapsed();
         let outcome = result.as_ref().map_or_else(PluginFailure::cause, |_| "ok");
@@ -395,10 +396,20 @@ impl Plugin {
     }
 }
 
-/// One plugin run: its actions or failure, and what it cost.
+/// What a successful run asks for.
+#[derive(Debug)]
+pub struct Output {
+    /// The actions it returned.
+    pub actions: Vec<Action>,
+    /// What it wrote through the kv import while it ran; committed before
+    /// the KV changes of its actions.
+    pub kv_writes: Vec<KvChange>,
+}
+
+/// One plugin run: what it asks for or why it failed, and what it cost.
 #[derive(Debug)]
 pub struct PluginRun {
-    pub result: Result<Vec<Action>, PluginFailure>,
+    pub result: Result<Output, PluginFailure>,
     pub fuel_used: u64,
     pub elapsed: Duration,
 }

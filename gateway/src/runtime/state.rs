@@ -7,7 +7,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::host::HostServices;
+use super::host::{HostServices, KvWrites};
 use super::output::GuestOutput;
 use super::Sandbox;
 
@@ -20,6 +20,8 @@ pub struct PluginState {
     pub event_id: String,
     /// The URL of an http-fetch that hit its timeout during this run.
     pub timed_out_fetch: Option<String>,
+    /// Writes through the kv import, committed only if the run succeeds.
+    pub kv_writes: KvWrites,
     stdout: GuestOutput,
     stderr: GuestOutput,
     stderr_text: Vec<u8>,
@@ -45,6 +47,7 @@ impl PluginState {
             services,
             event_id: event_id.into(),
             timed_out_fetch: None,
+            kv_writes: KvWrites::default(),
             stdout,
             stderr,
             stderr_text: Vec::new(),

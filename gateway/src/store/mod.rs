@@ -23,8 +23,52 @@ pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub enum StoreError {
     #[error("{0}")]
     TooLarge(String),
+    /// A write would take a KV namespace over its quota; nothing of it was
+    /// stored.
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("storage failed: {0}")]
     Backend(String),
+    /// The store cannot write now (a full disk, an I/O error); it recovers
+    /// by itself when it can.
+    #[error("the store cannot write now: {0}")]
+    Unavailable(String),
+}
+
+/// The most a KV namespace may hold: the bytes of its keys and values, and
+/// its number of keys. Expired keys count until the retention sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvQuota {
+    pub bytes: u64,
+    pub keys: u64,
+}
+
+/// What a KV namespace holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    pub bytes: u64,
+    pub keys: u64,
+}
+
+impl KvQuota {
+    /// Refuse going from `before` to `after` when it grows beyond the quota
+    /// (shrinking is always allowed, even above a lowered quota).
+    pub fn check(
+        &self,
+        namespace: &str,
+        before: KvUsage,
+        after: KvUsage,
+    ) -> Result<(), StoreError> {
+        let over_bytes = after.bytes > self.bytes && after.bytes > before.bytes;
+        let over_keys = after.keys > self.keys && after.keys > before.keys;
+        if over_bytes || over_keys {
+            return Err(StoreError::QuotaExceeded(format!(
+                "kv namespace `{namespace}` would hold {} bytes in {} keys, over its quota of {} bytes and {} keys",
+                after.bytes, after.keys, self.bytes, self.keys
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Namespaced key-value storage for plugin state. A write is durable when it
@@ -43,6 +87,8 @@ pub trait KvStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Remove the key; absent keys are not an error.
     async fn delete(&self, namespace: &str, key: &str) -> Result<(), StoreError>;
+    /// What `namespace` holds now, and its quota.
+    async fn usage(&self, namespace: &str) -> Result<(KvUsage, KvQuota), StoreError>;
 }
 
 /// Refuse keys and values the store will not hold.
@@ -60,6 +106,26 @@ pub fn check_sizes(key: &str, value: &[u8]) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// How long a write refused by a broken store waits before it is tried
+/// again.
+const WAIT_FOR_STORE: Duration = Duration::from_secs(1);
+
+/// Run `write` until the store takes it. A write refused because the store
+/// cannot write now (a full disk) is tried again every second: dropping it
+/// would leave what it records — a retry, a dead letter — undone until a
+/// restart. Other errors are returned.
+pub async fn persist<T, F>(mut write: impl FnMut() -> F) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    loop {
+        match write().await {
+            Err(StoreError::Unavailable(_)) => tokio::time::sleep(WAIT_FOR_STORE).await,
+            done => return done,
+        }
+    }
 }
 
 /// One failed try of an event or a delivery.
@@ -150,6 +216,14 @@ pub enum KvChange {
     Delete {
         key: String,
     },
+}
+
+impl KvChange {
+    pub fn key(&self) -> &str {
+        match self {
+            KvChange::Set { key, .. } | KvChange::Delete { key } => key,
+        }
+    }
 }
 
 /// Everything a successful run changes, committed atomically together with
@@ -256,4 +330,6 @@ pub trait EventQueue: Send + Sync + 'static {
     async fn replay(&self, seqs: &[u64]) -> Result<Committed, StoreError>;
     /// Drop dead letters and dedup records older than `before_ms`.
     async fn purge(&self, before_ms: u64) -> Result<usize, StoreError>;
+    /// Whether writes go through now (readiness asks); the reason if not.
+    fn writable(&self) -> Result<(), StoreError>;
 }

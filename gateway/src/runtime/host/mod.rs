@@ -7,6 +7,8 @@ mod kv;
 mod logging;
 mod outbound_http;
 
+pub use kv::KvWrites;
+
 use std::sync::Arc;
 use std::time::Duration;
 

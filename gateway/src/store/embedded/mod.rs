@@ -8,6 +8,7 @@
 
 mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,39 +20,49 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::{
     check_sizes, Committed, DeadItem, DeadLetter, DeadLetterFilter, Enqueued, EventQueue, KvChange,
-    KvStore, NewDelivery, NewWebhook, Outcome, QueuedDelivery, QueuedEvent, StoreError,
+    KvQuota, KvStore, KvUsage, NewDelivery, NewWebhook, Outcome, QueuedDelivery, QueuedEvent,
+    StoreError,
 };
 use crate::event::now_ms;
-use writer::{Sync, Writer};
+use writer::{Shared, Sync, Writer};
 
 /// Key: `namespace \0 key`; value: 8-byte big-endian expiry in ms since the
 /// epoch (0 = never) followed by the value.
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+/// Namespace → what it holds: 8-byte big-endian bytes, then keys (the
+/// bytes of a key and its value count, not the expiry prefix).
+const KV_USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv_usage");
 /// Queued events by seq (postcard).
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Deliveries not yet done, by seq (postcard).
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 /// Dead letters by seq (postcard).
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
-/// Dedup key → 8-byte big-endian expiry, then the first event's id.
-const DEDUP: TableDefinition<&str, &[u8]> = TableDefinition::new("dedup");
+/// SHA-256 of the dedup key → 8-byte big-endian expiry, then the first
+/// event's id: a sender's id costs 32 bytes however long it is.
+const DEDUP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedup_digests");
+/// Before: the dedup key whole. Moved into [`DEDUP`] when the store opens.
+const DEDUP_WHOLE_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("dedup");
 
 /// The embedded store; cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     writer: Writer,
+    quota: KvQuota,
     /// Next sequence number for events, deliveries and dead letters.
     next_seq: Arc<AtomicU64>,
 }
 
 impl EmbeddedStore {
-    /// Open (or create) the store in `data_dir`. With `fsync` off, commits
-    /// are not synced to disk (for benchmarks only).
-    pub fn open(data_dir: &Path, fsync: bool) -> Result<Self, StoreError> {
+    /// Open (or create) the store in `data_dir`, holding every KV namespace
+    /// to `quota`. With `fsync` off, commits are not synced to disk (for
+    /// benchmarks only).
+    pub fn open(data_dir: &Path, fsync: bool, quota: KvQuota) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Backend(format!("cannot create {}: {e}", data_dir.display()))
         })?;
@@ -59,8 +70,8 @@ impl EmbeddedStore {
         let db = Database::create(&path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(backend)?;
-        tx.open_table(KV).map_err(backend)?;
-        tx.open_table(DEDUP).map_err(backend)?;
+        count_kv_usage(&tx)?;
+        migrate_dedup_keys(&tx)?;
         let mut last_seq = 0;
         for table in [EVENTS, DELIVERIES, DEAD] {
             let table = tx.open_table(table).map_err(backend)?;
@@ -68,11 +79,12 @@ impl EmbeddedStore {
             last_seq = last_seq.max(last.unwrap_or(0));
         }
         tx.commit().map_err(backend)?;
-        let db = Arc::new(db);
-        let writer = Writer::start(db.clone(), fsync).map_err(backend)?;
+        let shared = Arc::new(Shared::new(path, db));
+        let writer = Writer::start(shared.clone(), fsync).map_err(backend)?;
         Ok(Self {
-            db,
+            shared,
             writer,
+            quota,
             next_seq: Arc::new(AtomicU64::new(last_seq + 1)),
         })
     }
@@ -81,7 +93,7 @@ impl EmbeddedStore {
         &self,
         op: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
+        let db = self.shared.database()?;
         tokio::task::spawn_blocking(move || op(&db))
             .await
             .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
@@ -181,6 +193,26 @@ fn remove(
     Ok(removed.map(|v| v.value().to_vec()))
 }
 
+/// The fixed-size key a dedup record is stored under.
+fn dedup_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Store dedup records of older versions under their digest.
+fn migrate_dedup_keys(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut digests = txn.open_table(DEDUP).map_err(backend)?;
+    let whole = txn.open_table(DEDUP_WHOLE_KEYS).map_err(backend)?;
+    for entry in whole.iter().map_err(backend)? {
+        let (key, record) = entry.map_err(backend)?;
+        digests
+            .insert(dedup_digest(key.value()).as_slice(), record.value())
+            .map_err(backend)?;
+    }
+    drop(whole);
+    txn.delete_table(DEDUP_WHOLE_KEYS).map_err(backend)?;
+    Ok(())
+}
+
 /// Insert a webhook's events unless its dedup key is alive; decided inside
 /// the write so two concurrent copies cannot both pass.
 fn insert_webhook(
@@ -190,8 +222,9 @@ fn insert_webhook(
 ) -> Result<Enqueued, StoreError> {
     if let Some(dedup) = &webhook.dedup {
         let mut seen = txn.open_table(DEDUP).map_err(backend)?;
+        let digest = dedup_digest(&dedup.key);
         let first = seen
-            .get(dedup.key.as_str())
+            .get(digest.as_slice())
             .map_err(backend)?
             .and_then(|stored| unexpired(stored.value()).map(<[u8]>::to_vec));
         if let Some(first) = first {
@@ -201,7 +234,7 @@ fn insert_webhook(
         }
         let mut record = expiry(Some(dedup.window)).to_vec();
         record.extend_from_slice(webhook.event.id.as_bytes());
-        seen.insert(dedup.key.as_str(), record.as_slice())
+        seen.insert(digest.as_slice(), record.as_slice())
             .map_err(backend)?;
     }
     for event in &events {
@@ -236,31 +269,78 @@ impl KvStore for EmbeddedStore {
             value: bytes::Bytes::copy_from_slice(value),
             ttl,
         };
-        let namespace = namespace.to_owned();
-        self.writer
-            .write(Sync::Durable, move |txn| {
-                apply_kv(txn, &namespace, &[change])
-            })
-            .await
+        self.write_kv(namespace, change).await
     }
 
     async fn delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
-        let change = KvChange::Delete { key: key.into() };
+        self.write_kv(namespace, KvChange::Delete { key: key.into() })
+            .await
+    }
+
+    async fn usage(&self, namespace: &str) -> Result<(KvUsage, KvQuota), StoreError> {
         let namespace = namespace.to_owned();
+        let usage = self
+            .read(move |db| {
+                let tx = db.begin_read().map_err(backend)?;
+                let usages = tx.open_table(KV_USAGE).map_err(backend)?;
+                let raw = usages.get(namespace.as_str()).map_err(backend)?;
+                Ok(raw.map_or_else(KvUsage::default, |raw| decode_usage(raw.value())))
+            })
+            .await?;
+        Ok((usage, self.quota))
+    }
+}
+
+impl EmbeddedStore {
+    async fn write_kv(&self, namespace: &str, change: KvChange) -> Result<(), StoreError> {
+        let (namespace, quota) = (namespace.to_owned(), self.quota);
         self.writer
             .write(Sync::Durable, move |txn| {
-                apply_kv(txn, &namespace, &[change])
+                apply_kv(txn, &namespace, &[change], &quota)
             })
             .await
     }
 }
 
+/// Apply a run's KV changes to `namespace` and its usage, unless they take
+/// it over `quota`: that is refused before anything is written, so the rest
+/// of the group commit goes on.
 fn apply_kv(
     txn: &WriteTransaction,
     namespace: &str,
     changes: &[KvChange],
+    quota: &KvQuota,
 ) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
     let mut table = txn.open_table(KV).map_err(backend)?;
+    let mut usages = txn.open_table(KV_USAGE).map_err(backend)?;
+    let before = usages
+        .get(namespace)
+        .map_err(backend)?
+        .map_or_else(KvUsage::default, |raw| decode_usage(raw.value()));
+    // Each key's size as the changes go, starting from what is stored.
+    let mut sizes: HashMap<&str, Option<u64>> = HashMap::new();
+    let mut after = before;
+    for change in changes {
+        let key = change.key();
+        let old = match sizes.get(key) {
+            Some(size) => *size,
+            None => table
+                .get(full_key(namespace, key).as_slice())
+                .map_err(backend)?
+                .map(|stored| entry_size(key, stored.value())),
+        };
+        let new = match change {
+            KvChange::Set { key, value, .. } => Some((key.len() + value.len()) as u64),
+            KvChange::Delete { .. } => None,
+        };
+        after.bytes = after.bytes - old.unwrap_or(0) + new.unwrap_or(0);
+        after.keys = after.keys - u64::from(old.is_some()) + u64::from(new.is_some());
+        sizes.insert(key, new);
+    }
+    quota.check(namespace, before, after)?;
     for change in changes {
         match change {
             KvChange::Set { key, value, ttl } => {
@@ -277,7 +357,95 @@ fn apply_kv(
             }
         }
     }
+    usages
+        .insert(namespace, encode_usage(after).as_slice())
+        .map_err(backend)?;
     Ok(())
+}
+
+/// What a stored entry counts against its namespace's quota.
+fn entry_size(key: &str, stored: &[u8]) -> u64 {
+    (key.len() + stored.len() - 8) as u64
+}
+
+fn encode_usage(usage: KvUsage) -> [u8; 16] {
+    let mut raw = [0; 16];
+    raw[..8].copy_from_slice(&usage.bytes.to_be_bytes());
+    raw[8..].copy_from_slice(&usage.keys.to_be_bytes());
+    raw
+}
+
+fn decode_usage(raw: &[u8]) -> KvUsage {
+    let number = |bytes: &[u8]| u64::from_be_bytes(bytes.try_into().expect("8 bytes"));
+    KvUsage {
+        bytes: number(&raw[..8]),
+        keys: number(&raw[8..16]),
+    }
+}
+
+/// Count what every namespace holds, for a store written before usage was
+/// recorded (or never written at all).
+fn count_kv_usage(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let table = txn.open_table(KV).map_err(backend)?;
+    let mut usages = txn.open_table(KV_USAGE).map_err(backend)?;
+    if !usages.is_empty().map_err(backend)? || table.is_empty().map_err(backend)? {
+        return Ok(());
+    }
+    let mut counted: HashMap<String, KvUsage> = HashMap::new();
+    for entry in table.iter().map_err(backend)? {
+        let (full, stored) = entry.map_err(backend)?;
+        let (namespace, key) = split_full_key(full.value());
+        let usage = counted.entry(namespace.into()).or_default();
+        usage.bytes += entry_size(key, stored.value());
+        usage.keys += 1;
+    }
+    for (namespace, usage) in counted {
+        usages
+            .insert(namespace.as_str(), encode_usage(usage).as_slice())
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Namespace and key of a stored `namespace \0 key`.
+fn split_full_key(full: &[u8]) -> (&str, &str) {
+    let text = std::str::from_utf8(full).unwrap_or_default();
+    text.split_once('\0').unwrap_or((text, ""))
+}
+
+/// Remove expired KV values, and what they counted from their namespaces.
+fn purge_expired_kv(txn: &WriteTransaction) -> Result<usize, StoreError> {
+    let mut table = txn.open_table(KV).map_err(backend)?;
+    let mut expired: Vec<(Vec<u8>, u64)> = Vec::new();
+    for entry in table.iter().map_err(backend)? {
+        let (full, stored) = entry.map_err(backend)?;
+        if unexpired(stored.value()).is_none() {
+            let (_, key) = split_full_key(full.value());
+            expired.push((full.value().to_vec(), entry_size(key, stored.value())));
+        }
+    }
+    let mut usages = txn.open_table(KV_USAGE).map_err(backend)?;
+    let mut freed: HashMap<String, KvUsage> = HashMap::new();
+    for (full, size) in &expired {
+        table.remove(full.as_slice()).map_err(backend)?;
+        let freed = freed.entry(split_full_key(full).0.into()).or_default();
+        freed.bytes += size;
+        freed.keys += 1;
+    }
+    for (namespace, freed) in freed {
+        let held = usages
+            .get(namespace.as_str())
+            .map_err(backend)?
+            .map_or_else(KvUsage::default, |raw| decode_usage(raw.value()));
+        let left = KvUsage {
+            bytes: held.bytes.saturating_sub(freed.bytes),
+            keys: held.keys.saturating_sub(freed.keys),
+        };
+        usages
+            .insert(namespace.as_str(), encode_usage(left).as_slice())
+            .map_err(backend)?;
+    }
+    Ok(expired.len())
 }
 
 #[async_trait::async_trait]
@@ -307,6 +475,7 @@ impl EventQueue for EmbeddedStore {
             })
             .collect();
         let (ack, namespace, kv) = (outcome.ack, outcome.kv_namespace, outcome.kv);
+        let quota = self.quota;
         let nothing_but_the_ack = kv.is_empty() && deliveries.is_empty() && emitted.is_empty();
         if nothing_but_the_ack && ack.is_none() {
             return Ok(Committed::default());
@@ -318,7 +487,8 @@ impl EventQueue for EmbeddedStore {
         };
         self.writer
             .write(sync, move |txn| {
-                apply_kv(txn, &namespace, &kv)?;
+                // First: a quota refusal must come before any other change.
+                apply_kv(txn, &namespace, &kv, &quota)?;
                 for delivery in &deliveries {
                     put(txn, DELIVERIES, delivery.seq, delivery)?;
                 }
@@ -456,14 +626,14 @@ impl EventQueue for EmbeddedStore {
                 seen.retain(|_, stored| unexpired(stored).is_some())
                     .map_err(backend)?;
                 purged += before - seen.len().map_err(backend)?;
-                let mut kv = txn.open_table(KV).map_err(backend)?;
-                let before = kv.len().map_err(backend)?;
-                kv.retain(|_, stored| unexpired(stored).is_some())
-                    .map_err(backend)?;
-                purged += before - kv.len().map_err(backend)?;
-                Ok(purged as usize)
+                drop(seen);
+                Ok(purged as usize + purge_expired_kv(txn)?)
             })
             .await
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        self.shared.writable()
     }
 }
 
@@ -482,8 +652,13 @@ mod tests {
     use crate::event::Event;
     use crate::store::{Attempt, Dedup};
 
+    const QUOTA: KvQuota = KvQuota {
+        bytes: 1 << 20,
+        keys: 100,
+    };
+
     fn store(dir: &Path) -> EmbeddedStore {
-        EmbeddedStore::open(dir, true).unwrap()
+        EmbeddedStore::open(dir, true, QUOTA).unwrap()
     }
 
     fn webhook(campaigns: &[&str], dedup: Option<&str>) -> NewWebhook {
@@ -515,6 +690,69 @@ mod tests {
         let store = self::store(dir.path());
         assert_eq!(store.get("a", "k").await.unwrap(), Some(b"1".to_vec()));
         assert_eq!(store.get("b", "k").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_namespace_is_held_to_its_quota_and_freed_by_deletes_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let value = vec![0; 100 << 10];
+        for i in 0..10 {
+            store
+                .set("a", &format!("k{i}"), &value, None)
+                .await
+                .unwrap();
+        }
+        let refused = store.set("a", "k10", &value, None).await;
+        assert!(
+            matches!(refused, Err(StoreError::QuotaExceeded(ref m)) if m.contains("`a`")),
+            "{refused:?}"
+        );
+        assert_eq!(
+            store.get("a", "k10").await.unwrap(),
+            None,
+            "nothing of it kept"
+        );
+        store.set("b", "k", &value, None).await.unwrap();
+        // Replacing a value counts its new size only; deleting frees it.
+        store.set("a", "k0", b"small", None).await.unwrap();
+        store.delete("a", "k1").await.unwrap();
+        let (usage, _) = store.usage("a").await.unwrap();
+        assert_eq!(usage.keys, 9);
+        assert_eq!(usage.bytes, 8 * (2 + (100 << 10)) + 2 + 5);
+        // A commit over the quota is refused whole, ack included.
+        let Enqueued::Stored(events) = store.enqueue(webhook(&["a"], None)).await.unwrap() else {
+            panic!("stored");
+        };
+        let big = |key: &str| KvChange::Set {
+            key: key.into(),
+            value: bytes::Bytes::from(value.clone()),
+            ttl: None,
+        };
+        let over = store
+            .commit(Outcome {
+                ack: Some(events[0].seq),
+                kv_namespace: "a".into(),
+                kv: vec![big("x"), big("y"), big("z")],
+                ..Outcome::default()
+            })
+            .await;
+        assert!(matches!(over, Err(StoreError::QuotaExceeded(_))));
+        assert_eq!(store.pending().await.unwrap().0.len(), 1, "not acked");
+        // Expired keys count until the sweep, which frees them.
+        store
+            .set("a", "brief", b"x", Some(Duration::from_millis(0)))
+            .await
+            .unwrap();
+        store.purge(0).await.unwrap();
+        assert_eq!(store.usage("a").await.unwrap().0, usage);
+        drop(store);
+        let store = self::store(dir.path());
+        assert_eq!(
+            store.usage("a").await.unwrap().0,
+            usage,
+            "kept across a restart"
+        );
     }
 
     #[tokio::test]
@@ -568,6 +806,47 @@ mod tests {
             panic!("stored");
         };
         assert!(more[0].seq > events[1].seq);
+    }
+
+    #[tokio::test]
+    async fn a_dedup_key_costs_a_digest_however_long_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let long = format!("src/{}", "i".repeat(60 << 10));
+        store.enqueue(webhook(&["a"], Some(&long))).await.unwrap();
+        let again = store.enqueue(webhook(&["a"], Some(&long))).await.unwrap();
+        assert!(matches!(again, Enqueued::Duplicate { .. }));
+        let db = store.shared.database().unwrap();
+        let tx = db.begin_read().unwrap();
+        let seen = tx.open_table(DEDUP).unwrap();
+        let keys: Vec<usize> = seen
+            .iter()
+            .unwrap()
+            .map(|entry| entry.unwrap().0.value().len())
+            .collect();
+        assert_eq!(keys, [32]);
+    }
+
+    #[tokio::test]
+    async fn dedup_records_of_whole_keys_are_moved_under_their_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(store(dir.path()));
+        {
+            let db = Database::create(dir.path().join("hooklane.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            let mut record = expiry(Some(Duration::from_secs(60))).to_vec();
+            record.extend_from_slice(b"first-event");
+            tx.open_table(DEDUP_WHOLE_KEYS)
+                .unwrap()
+                .insert("src/1", record.as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = store(dir.path());
+        match store.enqueue(webhook(&["a"], Some("src/1"))).await.unwrap() {
+            Enqueued::Duplicate { event_id } => assert_eq!(event_id, "first-event"),
+            Enqueued::Stored(_) => panic!("the old record was not kept"),
+        }
     }
 
     #[tokio::test]
