@@ -258,7 +258,8 @@ impl Gateway {
                 super::toml_path(plugin)
             );
         }
-        let server = super::serve_with_admin(dir, &config).await?;
+        let server =
+            super::serve_in(dir, &config, &[("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)]).await?;
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()

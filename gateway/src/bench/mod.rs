@@ -74,14 +74,9 @@ impl BenchOptions {
     }
 }
 
-/// The admin API's bearer token in bench gateways started with
-/// [`serve_with_admin`].
+/// The admin API's bearer token, for bench gateways started with it in
+/// `HOOKLANE_ADMIN_TOKEN`.
 const ADMIN_TOKEN: &str = "bench-admin-token";
-
-/// [`serve_in`] with the admin API's `/v1` endpoints open to [`ADMIN_TOKEN`].
-async fn serve_with_admin(dir: &Path, config: &str) -> Result<Server, BenchError> {
-    serve_in(dir, config, &[("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)]).await
-}
 
 /// Write `config` to `dir/bench.toml` and run `hooklane serve` on it with
 /// `env`, its log appended to `dir/gateway.log`; whatever data `dir` holds

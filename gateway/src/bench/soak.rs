@@ -325,7 +325,13 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
         url: format!("http://{admin}"),
         http: loadgen::client()?,
     };
-    let mut gateway = super::serve_with_admin(&dir, &config).await?;
+    // At info, the log also says when the breaker closed and what each
+    // start resumed.
+    let env = [
+        ("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("HOOKLANE_LOG", "info"),
+    ];
+    let mut gateway = super::serve_in(&dir, &config, &env).await?;
     let memory = Arc::new(Mutex::new(Memory {
         pid: Some(gateway.pid()?),
         max_mb: 0.0,
@@ -334,7 +340,7 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
 
     let start = Instant::now();
     sink.flap_from(start);
-    let accepted_n = Arc::new(AtomicU64::new(0));
+    let next_n = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for ((name, _, accepted), rate) in LANES.into_iter().zip(load.rates) {
         let schedule = Schedule::new(start, rate, load.traffic, MAX_REQUESTS_PER_LANE)?;
@@ -344,7 +350,7 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
             accepted,
             schedule,
             url,
-            accepted_n.clone(),
+            next_n.clone(),
         )));
     }
 
@@ -360,8 +366,17 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
         gateway.child.kill().await?;
         let max_rss_mb = memory.lock().expect("memory lock").end_of_life();
         lifetimes.push(Lifetime::new(max_rss_mb, breaker));
-        eprintln!("bench: killed the gateway at {kill_at:?}; starting it again");
-        gateway = super::serve_with_admin(&dir, &config).await?;
+        let killed_line = format!(
+            "kill -9 number {} at {kill_at:?} of traffic",
+            restarts.len() + 1
+        );
+        eprintln!("bench: {killed_line}; starting the gateway again");
+        // Marks where one process's log ends and the next one's begins.
+        append_line(
+            &dir.join("gateway.log"),
+            &format!("--- bench soak: {killed_line} ---"),
+        )?;
+        gateway = super::serve_in(&dir, &config, &env).await?;
         memory.lock().expect("memory lock").pid = Some(gateway.pid()?);
         answered(&admin.http, ingress).await?;
         restarts.push(Restart {
@@ -372,44 +387,20 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
     }
 
     let mut lanes = Vec::new();
-    for (sender, rate) in senders.into_iter().zip(load.rates) {
-        let sent = sender.await.map_err(std::io::Error::other)?;
-        lanes.push((sent, rate));
+    for sender in senders {
+        lanes.push(sender.await.map_err(std::io::Error::other)?);
     }
     sink.stay_up();
-    let traffic_end = Instant::now();
-    let accepted: HashMap<u64, usize> = lanes
+    let accepted: HashSet<u64> = lanes
         .iter()
-        .enumerate()
-        .flat_map(|(lane, (sent, _))| sent.accepted.iter().map(move |&n| (n, lane)))
+        .flat_map(|lane| lane.accepted.iter().copied())
         .collect();
     eprintln!(
         "bench: traffic done ({} accepted); waiting up to {:?} for the deliveries",
         accepted.len(),
         load.drain
     );
-    let mut dead = DeadLetters::default();
-    let mut dead_read_at = traffic_end;
-    let drained = loop {
-        let missing = sink.missing(accepted.keys());
-        if missing.is_empty() {
-            break true;
-        }
-        // What the sink alone cannot settle may be dead letters.
-        if dead_read_at.elapsed() >= DEAD_LETTERS_EVERY {
-            dead.refresh(&admin).await;
-            dead_read_at = Instant::now();
-            if missing.iter().all(|n| dead.n.contains(n)) {
-                break true;
-            }
-        }
-        if traffic_end.elapsed() >= load.drain {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
-    let drain_s = traffic_end.elapsed().as_secs_f64();
-    dead.refresh(&admin).await;
+    let drain = drain(&sink, &accepted, &admin, load.drain).await;
     let breaker = admin.breaker_transitions().await;
     failed_scrapes += u64::from(breaker.is_none());
     let breaker_at_end = admin.breaker_state().await;
@@ -419,33 +410,36 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
     drop(gateway);
 
     let log = sink.log.lock().expect("sink lock");
-    let settled = |n: &u64| log.by_n.contains_key(n) || dead.n.contains(n);
-    let mut lost: Vec<u64> = accepted.keys().copied().filter(|n| !settled(n)).collect();
-    lost.sort_unstable();
+    let dead = &drain.dead;
+    let delivered = |n: &u64| log.by_n.contains_key(n);
+    let dead_lettered = |n: &u64| !delivered(n) && dead.n.contains(n);
+    let lost = |n: &u64| !delivered(n) && !dead.n.contains(n);
+    let count =
+        |set: &[u64], which: &dyn Fn(&u64) -> bool| set.iter().filter(|n| which(n)).count() as u64;
     let lane_reports = lanes
         .into_iter()
         .zip(LANES)
-        .map(|((sent, rate), (name, _, _))| {
+        .zip(load.rates)
+        .map(|((sent, (name, _, _)), rate)| {
             let refused = sent.count(|s| s == "429" || s == "503");
-            let delivered = sent.accepted.iter().filter(|n| log.by_n.contains_key(n));
-            let dead_lettered = sent
-                .accepted
-                .iter()
-                .filter(|n| !log.by_n.contains_key(n) && dead.n.contains(n));
+            let accepted = sent.accepted.len() as u64;
             LaneReport {
                 name: name.into(),
                 rate_per_s: rate,
                 sent: sent.sent,
-                accepted: sent.accepted.len() as u64,
+                accepted,
                 refused,
-                failed: sent.sent - sent.accepted.len() as u64 - refused,
-                delivered: delivered.count() as u64,
-                dead_lettered: dead_lettered.count() as u64,
-                lost: sent.accepted.iter().filter(|n| !settled(n)).count() as u64,
+                failed: sent.sent - accepted - refused,
+                delivered: count(&sent.accepted, &delivered),
+                dead_lettered: count(&sent.accepted, &dead_lettered),
+                lost: count(&sent.accepted, &lost),
                 statuses: sent.statuses,
             }
         })
         .collect();
+    let accepted: Vec<u64> = accepted.into_iter().collect();
+    let mut lost_n: Vec<u64> = accepted.iter().copied().filter(lost).collect();
+    lost_n.sort_unstable();
     let report = SoakReport {
         smoke: options.smoke,
         traffic_s: load.traffic.as_secs_f64(),
@@ -455,21 +449,14 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
         lanes: lane_reports,
         accepted: accepted.len() as u64,
         deliveries: log.deliveries,
-        delivered: accepted.keys().filter(|n| log.by_n.contains_key(n)).count() as u64,
+        delivered: count(&accepted, &delivered),
         duplicates: log.deliveries - log.by_n.len() as u64,
         webhook_ids: log.webhook_ids.len() as u64,
-        delivered_unacknowledged: log
-            .by_n
-            .keys()
-            .filter(|n| !accepted.contains_key(n))
-            .count() as u64,
+        delivered_unacknowledged: log.by_n.len() as u64 - count(&accepted, &delivered),
         dead_letters: dead.count,
-        dead_lettered: accepted
-            .keys()
-            .filter(|n| !log.by_n.contains_key(n) && dead.n.contains(n))
-            .count() as u64,
-        lost: lost.len() as u64,
-        lost_sample: lost.into_iter().take(20).collect(),
+        dead_lettered: count(&accepted, &dead_lettered),
+        lost: lost_n.len() as u64,
+        lost_sample: lost_n.into_iter().take(20).collect(),
         refused_by_sink: log.refused,
         outages: load.flap.outages(load.traffic),
         breaker_opened: lifetimes.iter().map(|l| l.breaker_opened).sum(),
@@ -479,12 +466,53 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
         max_rss_mb: lifetimes.iter().map(|l| l.max_rss_mb).fold(0.0, f64::max),
         restarts,
         lifetimes,
-        drain_s,
-        drained,
+        drain_s: drain.seconds,
+        drained: drain.done,
     };
     drop(log);
     super::write_report(&options.out, &report)?;
     Ok(report)
+}
+
+/// How the deliveries caught up after the traffic.
+struct Drain {
+    dead: DeadLetters,
+    /// Every accepted webhook was delivered or dead-lettered.
+    done: bool,
+    seconds: f64,
+}
+
+/// Wait, at most `limit`, until every `accepted` webhook has reached the
+/// sink or become a dead letter.
+async fn drain(sink: &Sink, accepted: &HashSet<u64>, admin: &Admin, limit: Duration) -> Drain {
+    let started = Instant::now();
+    let mut dead = DeadLetters::default();
+    let mut dead_read_at = started;
+    let done = loop {
+        let missing = sink.missing(accepted);
+        if missing.is_empty() {
+            break true;
+        }
+        // What the sink alone cannot settle may be dead letters.
+        if dead_read_at.elapsed() >= DEAD_LETTERS_EVERY {
+            dead.refresh(admin).await;
+            dead_read_at = Instant::now();
+            if missing.iter().all(|n| dead.n.contains(n)) {
+                break true;
+            }
+        }
+        if started.elapsed() >= limit {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    dead.refresh(admin).await;
+    Drain {
+        dead,
+        done,
+        seconds,
+    }
 }
 
 /// What one lane sent and how it was answered.
@@ -609,9 +637,10 @@ impl Sink {
     }
 
     /// Which of `accepted` have not arrived.
-    fn missing<'a>(&self, accepted: impl Iterator<Item = &'a u64>) -> Vec<u64> {
+    fn missing(&self, accepted: &HashSet<u64>) -> Vec<u64> {
         let log = self.log.lock().expect("sink lock");
         accepted
+            .iter()
             .filter(|n| !log.by_n.contains_key(n))
             .copied()
             .collect()
@@ -786,6 +815,12 @@ fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
             wanted.then_some(value as u64)
         })
         .sum()
+}
+
+fn append_line(file: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(file)?;
+    writeln!(file, "{line}")
 }
 
 /// Wait until the ingress at `addr` answers HTTP (any status).
