@@ -175,20 +175,18 @@ pub async fn run_open_loop(plan: &Plan) -> Result<Vec<ClassReport>, LoadError> {
     }
     let client = client()?;
     let start = Instant::now();
-    let end = start
-        .checked_add(plan.duration)
-        .ok_or(LoadError::DurationTooLong(plan.duration))?;
-
     let mut pacers = Vec::with_capacity(classes.len());
     for (class, url) in classes {
-        let planned = planned_sends(class.rate_per_s, plan.duration, plan.max_requests_per_class);
         let pacer = Pacer {
             client: client.clone(),
             url,
+            schedule: Schedule::new(
+                start,
+                class.rate_per_s,
+                plan.duration,
+                plan.max_requests_per_class,
+            )?,
             class,
-            planned,
-            start,
-            end,
             request_timeout: plan.request_timeout,
         };
         pacers.push((pacer.class.name.clone(), tokio::spawn(pacer.run())));
@@ -335,53 +333,104 @@ fn planned_sends(rate_per_s: f64, duration: Duration, cap: u64) -> u64 {
     planned
 }
 
+/// An open-loop schedule: request `i` is due `i / rate_per_s` seconds after
+/// `start`; sending stops after `planned` requests or at `end`, whichever
+/// comes first.
+pub(crate) struct Schedule {
+    pub rate_per_s: f64,
+    pub start: Instant,
+    /// The wall-clock end of sending.
+    pub end: Instant,
+    /// Requests the schedule calls for, from [`planned_sends`].
+    pub planned: u64,
+}
+
+impl Schedule {
+    /// `rate_per_s` from `start` for `duration`, at most `max_requests`.
+    pub fn new(
+        start: Instant,
+        rate_per_s: f64,
+        duration: Duration,
+        max_requests: u64,
+    ) -> Result<Schedule, LoadError> {
+        Ok(Schedule {
+            rate_per_s,
+            start,
+            end: start
+                .checked_add(duration)
+                .ok_or(LoadError::DurationTooLong(duration))?,
+            planned: planned_sends(rate_per_s, duration, max_requests),
+        })
+    }
+
+    /// Sends open loop: once each request is due, `send(due)` makes it and
+    /// it runs as a task of its own, so a slow answer never delays the next
+    /// send (a sender that has fallen behind sends at once). Each finished
+    /// request goes to `done` as it comes in, so a long run holds none until
+    /// the end. Returns how many were sent, once every one has finished.
+    pub async fn run<T, F>(
+        &self,
+        mut send: impl FnMut(Instant) -> F,
+        mut done: impl FnMut(Result<T, JoinError>),
+    ) -> u64
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut in_flight = JoinSet::new();
+        let mut sent = 0;
+        while sent < self.planned {
+            let due = self.start + due_offset(sent, self.rate_per_s);
+            sleep_until(due).await;
+            if Instant::now() >= self.end {
+                break;
+            }
+            in_flight.spawn(send(due));
+            sent += 1;
+            while let Some(finished) = in_flight.try_join_next() {
+                done(finished);
+            }
+        }
+        while let Some(finished) = in_flight.join_next().await {
+            done(finished);
+        }
+        sent
+    }
+}
+
 /// One class's open-loop sender.
 struct Pacer {
     client: Client,
     url: Url,
     class: TrafficClass,
-    /// Requests the schedule calls for, from [`planned_sends`].
-    planned: u64,
-    start: Instant,
-    /// The wall-clock end of sending.
-    end: Instant,
+    schedule: Schedule,
     request_timeout: Duration,
 }
 
 impl Pacer {
     async fn run(self) -> ClassReport {
-        let mut in_flight = JoinSet::new();
         let mut tally = Tally::new();
-        let mut sent = 0;
-        while sent < self.planned {
-            let due = self.start + due_offset(sent, self.class.rate_per_s);
-            sleep_until(due).await;
-            if Instant::now() >= self.end {
-                break;
-            }
-            in_flight.spawn(exchange(
-                self.client.clone(),
-                self.url.clone(),
-                self.class.body.clone(),
-                self.request_timeout,
-                due,
-            ));
-            sent += 1;
-            // Record what has already answered, so a long run does not hold
-            // every finished request until the end.
-            while let Some(done) = in_flight.try_join_next() {
-                tally.record(done, &self.class.ok_statuses);
-            }
-        }
-        while let Some(done) = in_flight.join_next().await {
-            tally.record(done, &self.class.ok_statuses);
-        }
-        let elapsed_s = self.start.elapsed().as_secs_f64();
+        let sent = self
+            .schedule
+            .run(
+                |due| {
+                    exchange(
+                        self.client.clone(),
+                        self.url.clone(),
+                        self.class.body.clone(),
+                        self.request_timeout,
+                        due,
+                    )
+                },
+                |finished| tally.record(finished, &self.class.ok_statuses),
+            )
+            .await;
+        let elapsed_s = self.schedule.start.elapsed().as_secs_f64();
         let histogram = &tally.ok_latency_us;
         ClassReport {
             name: self.class.name,
             sent,
-            unsent: self.planned - sent,
+            unsent: self.schedule.planned - sent,
             ok: tally.ok,
             refused: tally.refused,
             errors: tally.errors,
@@ -395,10 +444,10 @@ impl Pacer {
 }
 
 /// One request's fate.
-struct Exchange {
+pub(crate) struct Exchange {
     /// `None` when there was no complete answer: connect error, broken
     /// answer or timeout.
-    status: Option<u16>,
+    pub status: Option<u16>,
     /// From `measured_from` until the whole answer was read (or the request
     /// gave up).
     latency: Duration,
@@ -406,7 +455,7 @@ struct Exchange {
 
 /// POSTs `body` to `url` and reads the whole answer, so the connection goes
 /// back to the pool for reuse.
-async fn exchange(
+pub(crate) async fn exchange(
     client: Client,
     url: Url,
     body: Bytes,
@@ -512,7 +561,7 @@ fn millis(micros: Option<u64>) -> String {
 
 /// Parses `raw` and refuses anything but http(s) on a loopback address: a
 /// load generator pointed at someone else's server is an attack.
-fn loopback_url(raw: &str) -> Result<Url, LoadError> {
+pub(crate) fn loopback_url(raw: &str) -> Result<Url, LoadError> {
     let url = Url::parse(raw).map_err(|source| LoadError::BadUrl {
         url: raw.to_string(),
         source,
@@ -535,7 +584,7 @@ fn loopback_url(raw: &str) -> Result<Url, LoadError> {
 /// One client for the whole run, so connections are pooled across requests
 /// and classes. No proxy: an environment's proxy settings must not reroute
 /// loopback traffic.
-fn client() -> Result<Client, LoadError> {
+pub(crate) fn client() -> Result<Client, LoadError> {
     Ok(Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(POOL_IDLE_PER_HOST)

@@ -31,6 +31,7 @@ enum Suite {
     Ingest,
     Deploy,
     Backlog,
+    Soak,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -55,9 +56,11 @@ enum Command {
     },
     /// Run a benchmark on loopback: `lanes` (lane isolation, about a
     /// minute), `ingest` (durable ingest, fsync on vs off, about 15 s),
-    /// `deploy` (1,000 campaign versions: memory, deploy and restart time)
-    /// or `backlog` (a million events queued on disk: memory, restart
-    /// time, drain rate; about two minutes).
+    /// `deploy` (1,000 campaign versions: memory, deploy and restart time),
+    /// `backlog` (a million events queued on disk: memory, restart
+    /// time, drain rate; about two minutes) or `soak` (mixed traffic while
+    /// the destination flaps and the gateway is killed every 2 minutes:
+    /// nothing accepted may be lost).
     Bench {
         /// Which benchmark.
         #[arg(value_enum, default_value_t = Suite::Lanes)]
@@ -71,6 +74,9 @@ enum Command {
         /// A few seconds' run that only proves the bench works.
         #[arg(long)]
         smoke: bool,
+        /// How long the soak's traffic lasts (`soak` only).
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
     },
     /// The bench's floor: a bare hyper server answering a fixed body.
     #[command(hide = true)]
@@ -256,17 +262,20 @@ fn main() -> ExitCode {
             plugins,
             out,
             smoke,
+            minutes,
         } => {
             let name = match suite {
                 Suite::Lanes => "lanes",
                 Suite::Ingest => "ingest",
                 Suite::Deploy => "deploy",
                 Suite::Backlog => "backlog",
+                Suite::Soak => "soak",
             };
             let options = BenchOptions {
                 plugins,
                 out: out.unwrap_or_else(|| PathBuf::from(format!("target/bench/{name}.json"))),
                 smoke,
+                minutes,
             };
             runtime(None).and_then(|rt| rt.block_on(bench(suite, options)))
         }
@@ -458,6 +467,7 @@ async fn bench(suite: Suite, options: BenchOptions) -> anyhow::Result<()> {
         Suite::Ingest => hooklane::bench::ingest::run(&options).await?.render(),
         Suite::Deploy => hooklane::bench::deploy::run(&options).await?.render(),
         Suite::Backlog => hooklane::bench::backlog::run(&options).await?.render(),
+        Suite::Soak => hooklane::bench::soak::run(&options).await?.render(),
     };
     print!("{rendered}");
     println!("report: {}", options.out.display());

@@ -124,3 +124,30 @@ fn the_backlog_bench_runs_end_to_end() {
         "{report}"
     );
 }
+
+#[test]
+fn the_soak_bench_loses_nothing_across_kills_and_outages() {
+    let (printed, report) = smoke_run("soak");
+    assert!(printed.contains("lost:"), "{printed}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert!(report["drained"].as_bool().unwrap(), "{report}");
+    let restarts = report["restarts"].as_array().unwrap();
+    assert!(restarts.len() >= 2, "{report}");
+    assert!(
+        restarts
+            .iter()
+            .all(|r| r["ready_s"].as_f64().unwrap() > 0.0),
+        "{report}"
+    );
+    assert_eq!(
+        report["lifetimes"].as_array().unwrap().len(),
+        restarts.len() + 1,
+        "{report}"
+    );
+    for lane in report["lanes"].as_array().unwrap() {
+        assert!(lane["accepted"].as_u64().unwrap() > 0, "{report}");
+    }
+    assert!(report["outages"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["refused_by_sink"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["max_rss_mb"].as_f64().unwrap() > 0.0, "{report}");
+}

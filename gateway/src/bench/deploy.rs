@@ -372,11 +372,7 @@ impl Gateway {
 
     /// SIGTERM, and wait for a clean exit.
     async fn stop(mut self) -> Result<(), BenchError> {
-        let pid = self
-            .server
-            .child
-            .id()
-            .ok_or_else(|| std::io::Error::other("exited"))?;
+        let pid = self.server.pid()?;
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(pid as i32).expect("a child's pid is positive"),
             rustix::process::Signal::TERM,

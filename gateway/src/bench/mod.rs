@@ -20,6 +20,7 @@ pub mod deploy;
 pub mod floor;
 pub mod ingest;
 pub mod process;
+pub mod soak;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// A short run that only proves the bench works end to end.
     pub smoke: bool,
+    /// How long the soak's traffic lasts, unless `smoke`.
+    pub minutes: u64,
 }
 
 /// The admin token of the gateways a bench starts.

@@ -68,21 +68,29 @@ impl Server {
 
     /// The process's resident set, in MiB.
     pub fn rss_mb(&self) -> std::io::Result<f64> {
-        let pid = self
-            .child
-            .id()
-            .ok_or_else(|| std::io::Error::other("exited"))?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| std::io::Error::other("no VmRSS in /proc/<pid>/status"))?;
-        Ok(kb / 1024.0)
+        resident_mb(self.pid()?)
     }
 
     /// The address `name` listens on.
     pub fn addr(&self, name: &str) -> SocketAddr {
         self.addresses[name]
     }
+
+    /// The process id, unless the process has been waited for.
+    pub fn pid(&self) -> std::io::Result<u32> {
+        self.child
+            .id()
+            .ok_or_else(|| std::io::Error::other("the process has exited"))
+    }
+}
+
+/// The resident set of process `pid` (`VmRSS` in `/proc/<pid>/status`), in MiB.
+pub fn resident_mb(pid: u32) -> std::io::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no VmRSS in /proc/<pid>/status"))?;
+    Ok(kb / 1024.0)
 }

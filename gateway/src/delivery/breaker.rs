@@ -122,6 +122,11 @@ impl Breaker {
             };
             return Some(Transition::Opened);
         }
+        if matches!(self.state, State::Open { .. }) {
+            // An attempt that was in flight when it opened: the opening
+            // stands, its cooldown is not pushed back.
+            return None;
+        }
         if self.recent.len() == WINDOW {
             self.recent.pop_front();
         }
@@ -167,6 +172,13 @@ mod tests {
         breaker.record(true);
         assert_eq!(breaker.state(), "closed");
         assert_eq!(breaker.permit(), Permit::Go);
+    }
+
+    #[test]
+    fn attempts_that_end_while_it_is_open_do_not_open_it_again() {
+        let mut breaker = Breaker::new(0.5, Duration::from_secs(60));
+        let opened: Vec<_> = (0..8).filter_map(|_| breaker.record(false)).collect();
+        assert_eq!(opened, [Transition::Opened], "one opening, not four");
     }
 
     #[test]
