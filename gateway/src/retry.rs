@@ -60,27 +60,17 @@ impl Backoff {
 /// attempt (waiting for a broken store to write again), then log and count
 /// it.
 pub async fn bury(queue: &Arc<dyn EventQueue>, mut item: DeadItem, last: Attempt) {
-    let (kind, campaign, id, cause) = match &mut item {
+    let cause = last.cause.clone();
+    let (kind, campaign, id) = match &mut item {
         DeadItem::Event(event) => {
             event.attempts.push(last);
-            (
-                "event",
-                event.campaign.clone(),
-                event.event.id.clone(),
-                event.attempts.last(),
-            )
+            ("event", event.campaign.clone(), event.event.id.clone())
         }
         DeadItem::Delivery(delivery) => {
             delivery.attempts.push(last);
-            (
-                "delivery",
-                delivery.campaign.clone(),
-                delivery.id.clone(),
-                delivery.attempts.last(),
-            )
+            ("delivery", delivery.campaign.clone(), delivery.id.clone())
         }
     };
-    let cause = cause.map(|a| a.cause.clone()).unwrap_or_default();
     match persist(|| queue.bury(item.clone())).await {
         Ok(dead) => {
             crate::telemetry::dead_letter(&campaign, kind);

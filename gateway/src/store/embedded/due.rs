@@ -69,11 +69,19 @@ pub(super) fn owners(
 /// hand them out again.
 #[derive(Default)]
 pub(super) struct Leases {
-    state: Mutex<HashMap<u64, Lease>>,
+    state: Mutex<LeaseState>,
     /// Counts settlements: a pull notes it before it reads.
     settled: AtomicU64,
 }
 
+#[derive(Default)]
+struct LeaseState {
+    by_seq: HashMap<u64, Lease>,
+    /// When settlements older than [`SETTLED_MEMORY`] were last dropped.
+    pruned: Option<Instant>,
+}
+
+#[derive(Clone, Copy)]
 enum Lease {
     Until(Instant),
     /// Settled as the `n`th settlement, at `at`.
@@ -95,7 +103,7 @@ impl Leases {
     /// Whether a pull that noted `settlements` before reading may hand
     /// `seq` out now.
     fn is_free(&self, seq: u64, now: Instant, settlements: u64) -> bool {
-        match self.state.lock().expect("lease lock").get(&seq) {
+        match self.state.lock().expect("lease lock").by_seq.get(&seq) {
             Some(Lease::Until(until)) => *until <= now,
             // Its snapshot may predate the settlement.
             Some(Lease::Settled { n, .. }) => *n <= settlements,
@@ -106,18 +114,26 @@ impl Leases {
     fn lease(&self, seqs: &[u64], lease: Duration) {
         let now = Instant::now();
         let mut state = self.state.lock().expect("lease lock");
-        state.retain(|_, lease| match lease {
-            Lease::Until(_) => true,
-            Lease::Settled { at, .. } => now.duration_since(*at) < SETTLED_MEMORY,
-        });
-        state.extend(seqs.iter().map(|&seq| (seq, Lease::Until(now + lease))));
+        // A sweep of the whole map, so not on every pull.
+        if state
+            .pruned
+            .is_none_or(|at| now.duration_since(at) >= SETTLED_MEMORY)
+        {
+            state.by_seq.retain(|_, lease| match lease {
+                Lease::Until(_) => true,
+                Lease::Settled { at, .. } => now.duration_since(*at) < SETTLED_MEMORY,
+            });
+            state.pruned = Some(now);
+        }
+        let until = Lease::Until(now + lease);
+        state.by_seq.extend(seqs.iter().map(|&seq| (seq, until)));
     }
 
     /// Keep `seq` leased for `lease` from now (also: hand it out again
     /// only after `lease`).
     pub(super) fn extend(&self, seq: u64, lease: Duration) {
         let mut state = self.state.lock().expect("lease lock");
-        if let Some(Lease::Until(until)) = state.get_mut(&seq) {
+        if let Some(Lease::Until(until)) = state.by_seq.get_mut(&seq) {
             *until = Instant::now() + lease;
         }
     }
@@ -129,7 +145,11 @@ impl Leases {
             n,
             at: Instant::now(),
         };
-        self.state.lock().expect("lease lock").insert(seq, settled);
+        self.state
+            .lock()
+            .expect("lease lock")
+            .by_seq
+            .insert(seq, settled);
     }
 }
 

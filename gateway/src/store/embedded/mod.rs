@@ -126,6 +126,40 @@ impl EmbeddedStore {
         Ok(value)
     }
 
+    /// Lease up to `n` due entries of `owners` from `index` and read their
+    /// records. The settlements are noted before the read begins, so
+    /// nothing settled after its snapshot was taken is handed out again.
+    async fn pull_due<T: DeserializeOwned + Send + 'static>(
+        &self,
+        index: TableDefinition<'static, &'static [u8], ()>,
+        records: TableDefinition<'static, u64, &'static [u8]>,
+        owners: Vec<Arc<str>>,
+        n: usize,
+        lease: Duration,
+    ) -> Result<Pulled<T>, StoreError> {
+        let leases = self.leases.clone();
+        self.read(move |db| {
+            let settlements = leases.settlements();
+            let tx = db.begin_read().map_err(backend)?;
+            let index = tx.open_table(index).map_err(backend)?;
+            let found = due::pull(&index, &owners, n, now_ms(), &leases, lease, settlements)?;
+            let records = tx.open_table(records).map_err(backend)?;
+            let mut items = Vec::with_capacity(found.seqs.len());
+            for seq in found.seqs {
+                // The index and the records change in one transaction: a
+                // seq always has its record.
+                if let Some(raw) = records.get(seq).map_err(backend)? {
+                    items.push(decode(raw.value())?);
+                }
+            }
+            Ok(Pulled {
+                items,
+                next_due_ms: found.next_due_ms,
+            })
+        })
+        .await
+    }
+
     fn seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
     }
@@ -689,16 +723,8 @@ impl EventQueue for EmbeddedStore {
         n: usize,
         lease: Duration,
     ) -> Result<Pulled<QueuedEvent>, StoreError> {
-        let leases = self.leases.clone();
-        self.read(move |db| {
-            let settlements = leases.settlements();
-            let tx = db.begin_read().map_err(backend)?;
-            let index = tx.open_table(due::EVENT_DUE).map_err(backend)?;
-            let found = due::pull(&index, &campaigns, n, now_ms(), &leases, lease, settlements)?;
-            let records = tx.open_table(EVENTS).map_err(backend)?;
-            pulled(&records, found)
-        })
-        .await
+        self.pull_due(due::EVENT_DUE, EVENTS, campaigns, n, lease)
+            .await
     }
 
     async fn next_deliveries(
@@ -707,24 +733,9 @@ impl EventQueue for EmbeddedStore {
         n: usize,
         lease: Duration,
     ) -> Result<Pulled<QueuedDelivery>, StoreError> {
-        let (leases, destination) = (self.leases.clone(), [Arc::from(destination)]);
-        self.read(move |db| {
-            let settlements = leases.settlements();
-            let tx = db.begin_read().map_err(backend)?;
-            let index = tx.open_table(due::DELIVERY_DUE).map_err(backend)?;
-            let found = due::pull(
-                &index,
-                &destination,
-                n,
-                now_ms(),
-                &leases,
-                lease,
-                settlements,
-            )?;
-            let records = tx.open_table(DELIVERIES).map_err(backend)?;
-            pulled(&records, found)
-        })
-        .await
+        let owners = vec![Arc::from(destination)];
+        self.pull_due(due::DELIVERY_DUE, DELIVERIES, owners, n, lease)
+            .await
     }
 
     fn in_progress(&self, seq: u64, lease: Duration) {
@@ -823,25 +834,6 @@ impl EventQueue for EmbeddedStore {
     fn disk_bytes(&self) -> u64 {
         self.shared.file_bytes()
     }
-}
-
-/// The records a pull found, in the order it found them.
-fn pulled<T: DeserializeOwned>(
-    records: &redb::ReadOnlyTable<u64, &[u8]>,
-    found: due::Found,
-) -> Result<Pulled<T>, StoreError> {
-    let mut items = Vec::with_capacity(found.seqs.len());
-    for seq in found.seqs {
-        // The index and the records change in one transaction: a seq
-        // always has its record.
-        if let Some(raw) = records.get(seq).map_err(backend)? {
-            items.push(decode(raw.value())?);
-        }
-    }
-    Ok(Pulled {
-        items,
-        next_due_ms: found.next_due_ms,
-    })
 }
 
 fn all<T: DeserializeOwned>(table: &redb::ReadOnlyTable<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
