@@ -1,14 +1,18 @@
-//! Checking what a plugin asked for against what its campaign's config
-//! allows, before any of it is carried out (by the gateway's commit and by
-//! [`crate::delivery`]), and turning a checked answer into HTTP. Must never
-//! run plugins.
+//! What a plugin's actions come to: checked against what its campaign's
+//! config allows, then planned — the answer to a synchronous caller, and
+//! the KV changes, deliveries and emitted events to commit with the
+//! event's acknowledgement (carried out by the dispatcher's commit and by
+//! [`crate::delivery`]). Pure: must never run plugins nor touch the store.
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::config::CampaignConfig;
-use crate::event::{Action, Headers, EVENT_ID_HEADER};
+use crate::event::{now_ms, Action, Event, Headers, EVENT_ID_HEADER};
 use crate::runtime::PluginFailure;
-use crate::store::MAX_KEY_BYTES;
+use crate::store::{KvChange, NewDelivery, NewWebhook, Outcome, MAX_KEY_BYTES};
 
 /// Response headers only the gateway may set: those about the caller's
 /// connection and the message's framing (hyper owns both, and a plugin's
@@ -25,6 +29,109 @@ const GATEWAY_HEADERS: [&str; 9] = [
     "content-length",
     EVENT_ID_HEADER,
 ];
+
+/// A plugin's answer to a synchronous caller, checked to be sendable as it
+/// is ([`response_head`]).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Check campaign `name`'s `actions` for `event`, then add what they ask
+/// for to `outcome` — which holds the acknowledgement and the KV writes
+/// made while the plugin ran, kept before its actions' — and return the
+/// answer for a synchronous caller, if it gave one. Ids derive from the
+/// event and the action's index, so a re-run of the event plans the very
+/// same deliveries and emits: a destination deduplicates by `webhook-id`,
+/// the queue by event id.
+pub fn plan(
+    name: &str,
+    config: &CampaignConfig,
+    event: &Event,
+    actions: Vec<Action>,
+    outcome: &mut Outcome,
+) -> Result<Option<Reply>, PluginFailure> {
+    check(config, name, &actions)?;
+    let mut reply = None;
+    for (index, action) in actions.into_iter().enumerate() {
+        match action {
+            Action::Respond {
+                status,
+                headers,
+                body,
+            } => {
+                let (status, headers) = response_head(status, &headers)?;
+                reply = Some(Reply {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            Action::KvSet {
+                key,
+                value,
+                ttl_seconds,
+            } => outcome.kv.push(KvChange::Set {
+                key,
+                value,
+                ttl: ttl_seconds.map(|s| Duration::from_secs(s.into())),
+            }),
+            Action::KvDelete { key } => outcome.kv.push(KvChange::Delete { key }),
+            Action::Deliver {
+                destination,
+                headers,
+                body,
+            } => outcome.deliveries.push(NewDelivery {
+                id: format!("msg_{}_{index}", event.id),
+                campaign: name.into(),
+                event_id: event.id.clone(),
+                destination,
+                headers,
+                body,
+            }),
+            Action::Emit {
+                campaign,
+                body,
+                content_type,
+            } => outcome
+                .emitted
+                .push(emitted(name, event, index, campaign, body, content_type)),
+        }
+    }
+    Ok(reply)
+}
+
+/// The event campaign `by` emitted to `campaign` as its action `index`.
+/// Its id derives from the parent's, so a re-run of the parent emits the
+/// same event again, recognisably.
+fn emitted(
+    by: &str,
+    parent: &Event,
+    index: usize,
+    campaign: String,
+    body: Bytes,
+    content_type: Option<String>,
+) -> NewWebhook {
+    let headers = vec![
+        ("hooklane-emitted-by".to_owned(), by.to_owned()),
+        ("hooklane-parent-event".to_owned(), parent.id.clone()),
+    ];
+    let event = Event {
+        id: format!("{}.{index}", parent.id),
+        source: format!("campaign:{by}"),
+        received_at_ms: now_ms(),
+        headers,
+        body,
+        content_type,
+    };
+    NewWebhook {
+        event,
+        campaigns: vec![campaign],
+        dedup: None,
+    }
+}
 
 /// Refuse actions the campaign's config does not allow, before any of them
 /// is carried out.
@@ -231,6 +338,88 @@ mod tests {
             refusal(Action::KvDelete { key: String::new() }),
             format!("kv key of 0 bytes (1-{MAX_KEY_BYTES} allowed)")
         );
+    }
+
+    #[test]
+    fn a_plan_answers_and_commits_what_the_actions_ask_for_with_ids_from_the_event() {
+        let mut config = campaign();
+        config.emits = vec!["care".into()];
+        let event = Event::new("shop".into(), vec![], "{}".into(), None);
+        let actions = vec![
+            Action::KvSet {
+                key: "seen".into(),
+                value: "1".into(),
+                ttl_seconds: Some(60),
+            },
+            respond(202, &[("content-type", "application/json")]),
+            Action::Deliver {
+                destination: "sms".into(),
+                headers: vec![],
+                body: "hi".into(),
+            },
+            Action::Emit {
+                campaign: "care".into(),
+                body: "later".into(),
+                content_type: None,
+            },
+            Action::KvDelete { key: "old".into() },
+        ];
+        let ran_with = KvChange::Delete {
+            key: "during".into(),
+        };
+        let mut outcome = Outcome {
+            ack: Some(7),
+            kv: vec![ran_with],
+            ..Outcome::default()
+        };
+        let reply = plan("offer", &config, &event, actions, &mut outcome).unwrap();
+        let reply = reply.expect("the respond action answers");
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        assert_eq!(reply.headers["content-type"], "application/json");
+        assert_eq!(outcome.ack, Some(7));
+        let keys: Vec<&str> = outcome.kv.iter().map(KvChange::key).collect();
+        assert_eq!(keys, ["during", "seen", "old"]);
+        assert!(
+            matches!(&outcome.kv[1], KvChange::Set { ttl: Some(ttl), .. } if ttl.as_secs() == 60)
+        );
+        let [delivery] = &outcome.deliveries[..] else {
+            panic!("one delivery: {:?}", outcome.deliveries)
+        };
+        assert_eq!(delivery.id, format!("msg_{}_2", event.id));
+        assert_eq!(
+            (delivery.campaign.as_str(), delivery.destination.as_str()),
+            ("offer", "sms")
+        );
+        let [emit] = &outcome.emitted[..] else {
+            panic!("one emit: {:?}", outcome.emitted)
+        };
+        assert_eq!(emit.event.id, format!("{}.3", event.id));
+        assert_eq!(emit.event.source, "campaign:offer");
+        assert_eq!(emit.campaigns, ["care"]);
+        assert!(emit
+            .event
+            .headers
+            .contains(&("hooklane-parent-event".into(), event.id.clone())));
+    }
+
+    #[test]
+    fn a_plan_with_a_refused_action_plans_nothing() {
+        let event = Event::new("shop".into(), vec![], "{}".into(), None);
+        let actions = vec![
+            Action::KvDelete { key: "a".into() },
+            Action::Deliver {
+                destination: "crm".into(),
+                headers: vec![],
+                body: "{}".into(),
+            },
+        ];
+        let mut outcome = Outcome::default();
+        let refused = plan("offer", &campaign(), &event, actions, &mut outcome);
+        assert!(
+            matches!(refused, Err(PluginFailure::BadOutput(_))),
+            "{refused:?}"
+        );
+        assert!(outcome.kv.is_empty() && outcome.deliveries.is_empty());
     }
 
     #[test]

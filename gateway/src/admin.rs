@@ -17,12 +17,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{AdminConfig, Lane};
-use crate::delivery::EnableError;
 use crate::error::ApiError;
-use crate::gateway::{DeployError, Gateway, ReloadError};
+use crate::gateway::Gateway;
+use crate::lanes::LaneDepth;
 use crate::store::{DeadItem, DeadLetter, DeadLetterFilter, StoreError};
 use crate::telemetry;
-use crate::versions::{Version, VersionError};
+use crate::versions::Version;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Largest plugin component a deploy accepts.
@@ -140,9 +140,7 @@ async fn render_metrics(State(admin): State<Arc<Admin>>) -> Result<Response, Api
             "this process has no metrics recorder",
         ));
     };
-    for lane in Lane::ALL {
-        let depth = admin.gateway.lanes().depth(lane);
-        let backlog = admin.gateway.lane_backlog(lane);
+    for (lane, depth, backlog) in lane_loads(&admin.gateway) {
         telemetry::lane_depth(lane, depth.queued, depth.running, backlog);
     }
     Ok((
@@ -185,13 +183,14 @@ async fn ready(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError>
     // One campaign that cannot run does not make the gateway unready: the
     // others do run. It is named here and in /v1/campaigns.
     let unavailable: serde_json::Map<String, Value> = gateway
+        .campaigns()
         .unavailable()
         .into_iter()
         .map(|(name, reason)| (name, reason.into()))
         .collect();
     Ok(Json(json!({
         "status": "ready",
-        "campaigns": gateway.campaigns().len(),
+        "campaigns": gateway.campaigns().all().len(),
         "unavailable_campaigns": unavailable,
     })))
 }
@@ -200,6 +199,7 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
     let list: Vec<Value> = admin
         .gateway
         .campaigns()
+        .all()
         .iter()
         .map(|c| {
             json!({
@@ -223,34 +223,10 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
         })
         .collect();
     let unavailable =
-        admin.gateway.unavailable().into_iter().map(
+        admin.gateway.campaigns().unavailable().into_iter().map(
             |(name, reason)| json!({ "name": name, "status": "unavailable", "reason": reason }),
         );
     Json(json!({ "campaigns": list.into_iter().chain(unavailable).collect::<Vec<_>>() }))
-}
-
-fn deploy_error(error: DeployError) -> ApiError {
-    let (status, reason) = match &error {
-        DeployError::UnknownCampaign(_) => (StatusCode::NOT_FOUND, "unknown_campaign"),
-        DeployError::Versions(VersionError::Unknown { .. }) => {
-            (StatusCode::NOT_FOUND, "unknown_version")
-        }
-        DeployError::Versions(VersionError::Active { .. }) => {
-            (StatusCode::CONFLICT, "version_active")
-        }
-        DeployError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin"),
-        // Retrying will not help: an operator must look at the file.
-        DeployError::Versions(VersionError::Corrupt { .. }) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_history")
-        }
-        DeployError::Versions(VersionError::Io { .. }) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
-        }
-        DeployError::Versions(
-            VersionError::MissingBlob { .. } | VersionError::TamperedBlob { .. },
-        ) => (StatusCode::INTERNAL_SERVER_ERROR, "damaged_component"),
-    };
-    ApiError::new(status, reason, error.to_string())
 }
 
 fn describe_version(campaign: &str, version: &Version, active: bool) -> Value {
@@ -269,7 +245,7 @@ async fn versions(
     State(admin): State<Arc<Admin>>,
     Path(campaign): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let history = admin.gateway.versions(&campaign).map_err(deploy_error)?;
+    let history = admin.gateway.campaigns().versions(&campaign)?;
     let listed: Vec<Value> = history
         .versions
         .iter()
@@ -293,9 +269,9 @@ async fn delete_version(
     })?;
     admin
         .gateway
+        .campaigns()
         .delete_version(&campaign, version)
-        .await
-        .map_err(deploy_error)?;
+        .await?;
     Ok(Json(json!({ "campaign": campaign, "deleted": version })))
 }
 
@@ -311,11 +287,7 @@ async fn deploy(
             &format!("the component (at most {} MiB)", MAX_PLUGIN_BYTES >> 20),
         )
     })?;
-    let version = admin
-        .gateway
-        .deploy(&campaign, body)
-        .await
-        .map_err(deploy_error)?;
+    let version = admin.gateway.campaigns().deploy(&campaign, body).await?;
     let answer = describe_version(&campaign, &version, true);
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
@@ -350,23 +322,15 @@ async fn rollback(
     })?;
     let version = admin
         .gateway
+        .campaigns()
         .rollback(&campaign, request.version)
-        .await
-        .map_err(deploy_error)?;
+        .await?;
     Ok(Json(describe_version(&campaign, &version, true)))
 }
 
 async fn reload(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
-    match admin.gateway.reload().await {
-        Ok(reloaded) => Ok(Json(json!({ "reloaded": reloaded }))),
-        Err(error) => {
-            let (status, reason) = match &error {
-                ReloadError::Config(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config"),
-                ReloadError::Versions(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            };
-            Err(ApiError::new(status, reason, error.to_string()))
-        }
-    }
+    let reloaded = admin.gateway.campaigns().reload().await?;
+    Ok(Json(json!({ "reloaded": reloaded })))
 }
 
 async fn destinations(State(admin): State<Arc<Admin>>) -> Json<Value> {
@@ -377,24 +341,13 @@ async fn enable_destination(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match admin.gateway.deliveries().enable(&name).await {
-        Ok(()) => Ok(Json(json!({ "destination": name, "disabled": false }))),
-        Err(EnableError::Unknown(_)) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_destination",
-            format!("no destination named `{name}` is configured"),
-        )),
-        Err(EnableError::Store(e)) => Err(store_error(e)),
-    }
+    admin.gateway.deliveries().enable(&name).await?;
+    Ok(Json(json!({ "destination": name, "disabled": false })))
 }
 
 async fn lanes(State(admin): State<Arc<Admin>>) -> Json<Value> {
-    let gateway = &admin.gateway;
-    let depths: serde_json::Map<String, Value> = Lane::ALL
-        .into_iter()
-        .map(|lane| {
-            let depth = gateway.lanes().depth(lane);
-            let backlog = gateway.lane_backlog(lane);
+    let depths: serde_json::Map<String, Value> = lane_loads(&admin.gateway)
+        .map(|(lane, depth, backlog)| {
             let depth =
                 json!({ "queued": depth.queued, "running": depth.running, "backlog": backlog });
             (lane.as_str().to_owned(), depth)
@@ -403,23 +356,29 @@ async fn lanes(State(admin): State<Arc<Admin>>) -> Json<Value> {
     Json(json!({ "lanes": depths }))
 }
 
+/// Each lane's depth in memory and its backlog on disk, sampled now.
+fn lane_loads(gateway: &Gateway) -> impl Iterator<Item = (Lane, LaneDepth, u64)> + '_ {
+    Lane::ALL.into_iter().map(|lane| {
+        (
+            lane,
+            gateway.lanes().depth(lane),
+            gateway.lane_backlog(lane),
+        )
+    })
+}
+
 async fn kv_get(
     State(admin): State<Arc<Admin>>,
     Path((namespace, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    match admin.gateway.kv().get(&namespace, &key).await {
-        Ok(Some(value)) => {
+    match admin.gateway.kv().get(&namespace, &key).await? {
+        Some(value) => {
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
         }
-        Ok(None) => Err(ApiError::new(
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no key `{key}` in namespace `{namespace}`"),
-        )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            e.to_string(),
         )),
     }
 }
@@ -441,14 +400,6 @@ impl From<DeadLetterQuery> for DeadLetterFilter {
             until_ms: q.until_ms,
         }
     }
-}
-
-fn store_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        e.to_string(),
-    )
 }
 
 /// A dead letter as operators see it; `with_body` adds the payload.
@@ -481,12 +432,7 @@ async fn dead_letters(
     State(admin): State<Arc<Admin>>,
     Query(query): Query<DeadLetterQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let dead = admin
-        .gateway
-        .queue()
-        .dead_letters(&query.into())
-        .await
-        .map_err(store_error)?;
+    let dead = admin.gateway.queue().dead_letters(&query.into()).await?;
     let listed: Vec<Value> = dead.iter().map(|d| describe(d, false)).collect();
     Ok(Json(json!({ "dead_letters": listed })))
 }
@@ -499,8 +445,7 @@ async fn dead_letter(
         .gateway
         .queue()
         .dead_letter(seq)
-        .await
-        .map_err(store_error)?
+        .await?
         .map(|d| Json(describe(&d, true)))
         .ok_or_else(|| {
             ApiError::new(
@@ -512,12 +457,7 @@ async fn dead_letter(
 }
 
 async fn replay(admin: &Admin, seqs: Vec<u64>) -> Result<Json<Value>, ApiError> {
-    let committed = admin
-        .gateway
-        .queue()
-        .replay(&seqs)
-        .await
-        .map_err(store_error)?;
+    let committed = admin.gateway.queue().replay(&seqs).await?;
     let replayed = committed.events.len() + committed.deliveries.len();
     admin.gateway.pull_soon(&committed);
     Ok(Json(json!({ "replayed": replayed })))
@@ -542,12 +482,7 @@ async fn replay_matching(
     State(admin): State<Arc<Admin>>,
     Query(query): Query<DeadLetterQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let matching = admin
-        .gateway
-        .queue()
-        .dead_letters(&query.into())
-        .await
-        .map_err(store_error)?;
+    let matching = admin.gateway.queue().dead_letters(&query.into()).await?;
     replay(&admin, matching.iter().map(|d| d.seq).collect()).await
 }
 

@@ -1,18 +1,98 @@
-//! Dispatch: stored events reach their lanes by being pulled. Each lane has
-//! one pull loop that asks the queue for due events when the lane has room
-//! — at most `max_in_flight` running and as many waiting in memory, however
-//! large the backlog on disk — taking the lane's campaigns in turns and
-//! skipping those at their concurrency cap, so one campaign's backlog never
-//! fills the window. A restart is just starting the loops. Must never run
-//! plugins itself: it hands events to [`Gateway::submit_stored`].
+//! Dispatch: the path of an event through the lanes. A synchronous
+//! campaign's event runs at once on its lane and answers its caller
+//! ([`Gateway::run_sync`]); an async one is stored ([`Gateway::accept`]) and
+//! reaches its lane by being pulled. Each lane has one pull loop that asks
+//! the queue for due events when the lane has room — at most
+//! `max_in_flight` running and as many waiting in memory, however large the
+//! backlog on disk — taking the lane's campaigns in turns and skipping
+//! those at their concurrency cap, so one campaign's backlog never fills
+//! the window. A restart is just starting the loops. A run's actions become
+//! one commit ([`actions::plan`]) that settles its lease; a failed run is
+//! retried with the lane's backoff or buried.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
+
+use crate::actions::{self, Reply};
+use crate::campaigns::LoadedCampaign;
 use crate::config::Lane;
-use crate::event::now_ms;
-use crate::gateway::{Gateway, RunError, LEASE_MARGIN};
-use crate::store::StoreError;
+use crate::event::{now_ms, Event};
+use crate::gateway::Gateway;
+use crate::lanes::LaneFull;
+use crate::retry::Backoff;
+use crate::runtime::PluginFailure;
+use crate::store::{
+    persist, Attempt, Committed, DeadItem, Dedup, Enqueued, NewWebhook, Outcome, QueuedEvent,
+    StoreError,
+};
+
+/// Why handling an event failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("campaign `{0}` is not loaded")]
+    UnknownCampaign(String),
+    #[error("campaign `{campaign}` cannot run: {reason}")]
+    CampaignUnavailable { campaign: String, reason: String },
+    #[error(transparent)]
+    Plugin(#[from] PluginFailure),
+    /// Committing what the run asked for failed.
+    #[error("committing the run's effects failed: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    LaneFull(#[from] LaneFull),
+    #[error("the {0} lane could not start the event within its deadline")]
+    QueuedTooLong(Lane),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl RunError {
+    /// Stable, low-cardinality name of the cause, for logs and bodies.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            RunError::Plugin(failure) => failure.cause(),
+            RunError::Store(_) => "store",
+            RunError::UnknownCampaign(_) => "unknown_campaign",
+            RunError::CampaignUnavailable { .. } => "campaign_unavailable",
+            RunError::LaneFull(_) | RunError::QueuedTooLong(_) => "overloaded",
+            RunError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Whether trying again may succeed: deterministic failures (fuel,
+    /// memory, traps, panics, bad output, refused input) would only repeat.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RunError::Plugin(failure) => failure.is_retryable(),
+            RunError::UnknownCampaign(_) => false,
+            RunError::Store(_)
+            | RunError::CampaignUnavailable { .. }
+            | RunError::LaneFull(_)
+            | RunError::QueuedTooLong(_)
+            | RunError::ShuttingDown => true,
+        }
+    }
+
+    /// This failure as one failed try, for the item's history.
+    fn attempt(&self) -> Attempt {
+        Attempt {
+            at_ms: now_ms(),
+            cause: self.cause().into(),
+            detail: self.to_string(),
+        }
+    }
+}
+
+/// What became of an accepted webhook.
+#[derive(Debug, Clone)]
+pub enum Accepted {
+    /// Stored durably; its events will run.
+    Stored,
+    /// A copy seen within the dedup window; this is the first copy's id.
+    Duplicate { event_id: String },
+}
 
 /// The longest a pull loop sleeps: leases that ran out are noticed within it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -31,6 +111,13 @@ impl Wakers {
     }
 }
 
+/// How long a stored event of an unavailable campaign that was pulled waits
+/// before it is pulled again (unavailable campaigns are not pulled).
+const UNAVAILABLE_RECHECK: Duration = Duration::from_secs(1);
+/// How long a running event stays leased beyond its deadline: a lease
+/// that runs out means its worker died or hung, and the event runs again.
+const LEASE_MARGIN: Duration = Duration::from_secs(60);
+
 impl Gateway {
     /// Start pulling: a loop per lane, and the delivery workers once the
     /// destinations disabled before a restart are disabled again.
@@ -45,8 +132,8 @@ impl Gateway {
 
     /// Tell `campaign`'s lane that it has events to pull.
     pub fn wake(&self, campaign: &str) {
-        if let Some(loaded) = self.campaign(campaign) {
-            self.wakers().get(loaded.config.lane).notify_one();
+        if let Some(loaded) = self.campaigns().get(campaign) {
+            self.wakers.get(loaded.config.lane).notify_one();
         }
     }
 
@@ -84,7 +171,7 @@ impl Gateway {
                 }
             }
             tokio::select! {
-                () = self.wakers().get(lane).notified() => {}
+                () = self.wakers.get(lane).notified() => {}
                 changed = room_changed.changed(), if held_back => {
                     if changed.is_err() {
                         return;
@@ -101,6 +188,7 @@ impl Gateway {
         let mut capped = false;
         let mut campaigns: Vec<Arc<str>> = self
             .campaigns()
+            .all()
             .into_iter()
             .filter(|c| c.config.lane == lane && self.queue().backlog(&c.name) > 0)
             .filter(|c| {
@@ -128,7 +216,7 @@ impl Gateway {
             Err(error) => return tracing::warn!(%error, "Could not look for orphaned events"),
         };
         for campaign in campaigns {
-            if self.is_configured(&campaign) {
+            if self.campaigns().is_configured(&campaign) {
                 continue;
             }
             let lease = Duration::from_secs(60);
@@ -145,10 +233,259 @@ impl Gateway {
                 };
                 for event in events {
                     let error = RunError::UnknownCampaign(campaign.clone());
-                    self.bury_event(event, &error).await;
+                    self.bury(event, &error).await;
                 }
             }
         }
         self.deliveries().bury_orphans(destinations).await;
     }
+}
+
+impl Gateway {
+    /// Run `campaign` on `event` in its lane and wait for its answer. The
+    /// campaign's deadline covers the wait in the lane's queue too: an event
+    /// that cannot start in time is refused rather than run late.
+    pub async fn run_sync(
+        self: &Arc<Self>,
+        campaign: &str,
+        event: &Event,
+    ) -> Result<Option<Reply>, RunError> {
+        let loaded = self.campaigns().runnable(campaign)?;
+        let metrics = &loaded.plugin.sandbox().metrics;
+        let deadline = Duration::from_millis(loaded.limits.deadline_ms);
+        let lane = loaded.config.lane;
+        let cap = loaded.limits.max_concurrency;
+        if let Some(_slot) = self.lanes().try_run_here(lane, &loaded.name, cap) {
+            metrics.waited(0.0);
+            return self.run(&loaded, event, deadline, None).await;
+        }
+        let (answer, answered) = oneshot::channel();
+        let queued_at = Instant::now();
+        let (gateway, running, event) = (self.clone(), loaded.clone(), event.clone());
+        let submitted = self.lanes().submit(lane, &loaded.name, cap, async move {
+            if answer.is_closed() {
+                return; // The caller went away while the event was queued.
+            }
+            let metrics = &running.plugin.sandbox().metrics;
+            let waited = queued_at.elapsed();
+            metrics.waited(waited.as_secs_f64());
+            let result = match deadline.checked_sub(waited) {
+                Some(left) => gateway.run(&running, &event, left, None).await,
+                None => {
+                    metrics.refused();
+                    Err(RunError::QueuedTooLong(running.config.lane))
+                }
+            };
+            let _ = answer.send(result);
+        });
+        submitted.inspect_err(|_| metrics.refused())?;
+        answered.await.map_err(|_| RunError::ShuttingDown)?
+    }
+
+    /// Store `event` durably for the async `campaigns`; their lanes pull it
+    /// from there. The caller checked the lanes' backlog first.
+    pub async fn accept(
+        self: &Arc<Self>,
+        event: Event,
+        campaigns: Vec<String>,
+        dedup: Option<Dedup>,
+    ) -> Result<Accepted, StoreError> {
+        let webhook = NewWebhook {
+            event,
+            campaigns,
+            dedup,
+        };
+        match self.queue().enqueue(webhook).await? {
+            Enqueued::Stored(events) => {
+                for event in &events {
+                    self.wake(&event.campaign);
+                }
+                Ok(Accepted::Stored)
+            }
+            Enqueued::Duplicate { event_id } => Ok(Accepted::Duplicate { event_id }),
+        }
+    }
+
+    /// `campaign`'s lane, if its backlog on disk is at the lane's `queue`
+    /// bound; the event is then counted as refused.
+    pub fn full_lane(&self, campaign: &str) -> Option<Lane> {
+        let c = self.campaigns().get(campaign)?;
+        let lane = c.config.lane;
+        let full = self.lane_backlog(lane) >= self.lane_config(lane).queue as u64;
+        if full {
+            c.plugin.sandbox().metrics.refused();
+        }
+        full.then_some(lane)
+    }
+
+    /// Whether the store's file is over `store.max_disk_mb`: async webhooks
+    /// are refused until it shrinks.
+    pub fn store_full(&self) -> bool {
+        self.max_disk_bytes > 0 && self.queue().disk_bytes() > self.max_disk_bytes
+    }
+
+    /// Stored events of `lane`'s campaigns not yet done.
+    pub fn lane_backlog(&self, lane: Lane) -> u64 {
+        self.campaigns()
+            .all()
+            .iter()
+            .filter(|c| c.config.lane == lane)
+            .map(|c| self.queue().backlog(&c.name))
+            .sum()
+    }
+
+    /// Have what a commit or a replay stored pulled soon.
+    pub fn pull_soon(&self, committed: &Committed) {
+        for delivery in &committed.deliveries {
+            self.deliveries().wake(&delivery.destination);
+        }
+        for event in &committed.events {
+            self.wake(&event.campaign);
+        }
+    }
+
+    /// Hand a stored event its lane pulled to the lane. The campaign is
+    /// looked up now, not when the event was stored, so a retry runs the
+    /// version deployed meanwhile.
+    fn submit_stored(self: &Arc<Self>, queued: QueuedEvent) {
+        let gateway = self.clone();
+        let loaded = match self.campaigns().runnable(&queued.campaign) {
+            Ok(loaded) => loaded,
+            // Kept until a deploy or rollback makes it run again.
+            Err(RunError::CampaignUnavailable { .. }) => {
+                return self.queue().in_progress(queued.seq, UNAVAILABLE_RECHECK);
+            }
+            // The campaign left the config: keep the event for an operator.
+            Err(error) => {
+                tokio::spawn(async move { gateway.bury(queued, &error).await });
+                return;
+            }
+        };
+        let (lane, name, cap) = (
+            loaded.config.lane,
+            loaded.name.clone(),
+            loaded.limits.max_concurrency,
+        );
+        let queued_at = Instant::now();
+        self.lanes().submit_admitted(lane, &name, cap, async move {
+            let waited = queued_at.elapsed().as_secs_f64();
+            loaded.plugin.sandbox().metrics.waited(waited);
+            gateway.process(&loaded, queued).await
+        });
+    }
+
+    /// Run a stored event; on failure retry it with backoff or bury it.
+    async fn process(self: &Arc<Self>, loaded: &Arc<LoadedCampaign>, mut queued: QueuedEvent) {
+        let deadline = Duration::from_millis(loaded.limits.deadline_ms);
+        self.queue()
+            .in_progress(queued.seq, deadline + LEASE_MARGIN);
+        let Err(error) = self
+            .run(loaded, &queued.event, deadline, Some(queued.seq))
+            .await
+        else {
+            return;
+        };
+        if let RunError::Store(StoreError::Unavailable(reason)) = &error {
+            // Not the event's fault and no try of it: run it again once the
+            // store writes (the writer logs the store's failure itself).
+            tracing::debug!(campaign = %loaded.name, event = %queued.event.id, %reason, "Run not committed: the store cannot write; running it again later");
+            let later = Duration::from_millis(fastrand::u64(500..=1500));
+            return self.queue().in_progress(queued.seq, later);
+        }
+        log_failure(loaded, &queued.event, &error);
+        let backoff = Backoff::lane(self.lane_config(loaded.config.lane));
+        let tries = queued.attempts.len() + 1;
+        let delay = error.is_retryable().then(|| backoff.delay(tries, None));
+        let Some(delay) = delay.flatten() else {
+            return self.bury(queued, &error).await;
+        };
+        queued.attempts.push(error.attempt());
+        crate::telemetry::retry(&loaded.name, loaded.config.lane);
+        queued.not_before_ms = now_ms() + delay.as_millis() as u64;
+        match persist(|| self.queue().retry_event(&queued)).await {
+            Ok(()) => self.wake(&queued.campaign),
+            Err(store) => {
+                // Its lease runs out and it is pulled again, with the tries
+                // stored before.
+                tracing::error!(campaign = %loaded.name, event = %queued.event.id, error = %store, "Could not store a retry");
+            }
+        }
+    }
+
+    /// Give up on a stored event: a dead letter, logged and counted.
+    async fn bury(&self, queued: QueuedEvent, error: &RunError) {
+        crate::retry::bury(self.queue(), DeadItem::Event(queued), error.attempt()).await;
+    }
+
+    /// Run the plugin and commit what it asked for — KV changes,
+    /// deliveries, emitted events and the acknowledgement of `ack` — in one
+    /// durable commit, then schedule the deliveries and events.
+    async fn run(
+        self: &Arc<Self>,
+        loaded: &Arc<LoadedCampaign>,
+        event: &Event,
+        deadline: Duration,
+        ack: Option<u64>,
+    ) -> Result<Option<Reply>, RunError> {
+        let output = loaded.plugin.handle(event, deadline).await?;
+        let mut outcome = Outcome {
+            ack,
+            kv_namespace: loaded.plugin.sandbox().kv_namespace.clone(),
+            kv: output.kv_writes,
+            ..Outcome::default()
+        };
+        let reply = actions::plan(
+            &loaded.name,
+            &loaded.config,
+            event,
+            output.actions,
+            &mut outcome,
+        )?;
+        self.admit_emits(&outcome.emitted)?;
+        let committed = self
+            .queue()
+            .commit(outcome)
+            .await
+            .map_err(|error| match error {
+                StoreError::QuotaExceeded(quota) => RunError::Plugin(PluginFailure::KvQuota(quota)),
+                other => RunError::Store(other),
+            })?;
+        self.pull_soon(&committed);
+        Ok(reply)
+    }
+
+    /// Refuse a run's emits when they would go deeper than
+    /// `max_emit_depth` (a cycle, most likely: the run fails and its event
+    /// becomes a dead letter), or when a target's lane is full: emitted
+    /// events count against admission like webhooks, so the run is retried
+    /// later instead of growing a lane's backlog without bound.
+    fn admit_emits(&self, emitted: &[NewWebhook]) -> Result<(), RunError> {
+        for webhook in emitted {
+            let depth = webhook.event.emit_depth();
+            let target = webhook.campaigns.join(", ");
+            if depth > self.max_emit_depth {
+                return Err(PluginFailure::EmitTooDeep(format!(
+                    "its emit to `{target}` would be {depth} emits away from the webhook that started the chain, beyond max_emit_depth ({}): an emit cycle?",
+                    self.max_emit_depth
+                ))
+                .into());
+            }
+            if let Some(lane) = webhook.campaigns.iter().find_map(|c| self.full_lane(c)) {
+                let queued = self.lane_backlog(lane) as usize;
+                return Err(LaneFull { lane, queued }.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn log_failure(loaded: &LoadedCampaign, event: &Event, error: &RunError) {
+    tracing::warn!(
+        campaign = %loaded.name,
+        lane = %loaded.config.lane,
+        version = %loaded.plugin.sandbox().version,
+        event = %event.id,
+        cause = error.cause(),
+        "Campaign failed: {error}"
+    );
 }

@@ -17,9 +17,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::config::{Config, DedupConfig};
+use crate::dispatch::{log_failure, Accepted};
 use crate::error::ApiError;
 use crate::event::{Event, Headers, EVENT_ID_HEADER};
-use crate::gateway::{log_failure, Accepted, Gateway, RunError};
+use crate::gateway::Gateway;
 use crate::store::Dedup;
 use crate::telemetry;
 
@@ -66,7 +67,12 @@ async fn receive(
     let result = handle(&ingress, source.clone(), request).await;
     if let Err(refusal) = &result {
         // Only configured names become label values.
-        let known = ingress.gateway.router().route(&source).is_some();
+        let known = ingress
+            .gateway
+            .campaigns()
+            .router()
+            .route(&source)
+            .is_some();
         let label = if known { source.as_str() } else { "unknown" };
         telemetry::refusal(label, refusal.error);
         tracing::info!(
@@ -83,7 +89,7 @@ async fn receive(
 async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<Response, ApiError> {
     let gateway = &ingress.gateway;
     // This request keeps the routes it started with, whatever a reload does.
-    let router = gateway.router();
+    let router = gateway.campaigns().router();
     let Some(route) = router.route(&source) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -178,28 +184,10 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
             Ok((StatusCode::OK, axum::Json(json!({ "event_id": event.id }))).into_response())
         }
         Err(error) => {
-            if let Some(loaded) = gateway.campaign(campaign) {
+            if let Some(loaded) = gateway.campaigns().get(campaign) {
                 log_failure(&loaded, &event, &error);
             }
-            Err(match &error {
-                RunError::Plugin(failure) => ApiError::plugin_failed(campaign, &event.id, failure),
-                RunError::LaneFull(full) => {
-                    ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, full.lane)
-                }
-                RunError::QueuedTooLong(lane) => {
-                    ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, *lane)
-                }
-                RunError::CampaignUnavailable { .. } => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "campaign_unavailable",
-                    error.to_string(),
-                )
-                .with("campaign", campaign.as_str()),
-                RunError::Store(_) => ApiError::store_unavailable(
-                    "the plugin ran, but what it asked for could not be stored; nothing was kept",
-                ),
-                other => ApiError::internal(campaign, &event.id, other),
-            })
+            Err(ApiError::run_failed(campaign, &event.id, &error))
         }
     }
 }

@@ -3,13 +3,15 @@
 //! from fast ones.
 //!
 //! Modules follow the path of an event: [`ingress`] → [`router`] →
-//! [`lanes`] → [`runtime`] → [`actions`], with [`store`] underneath,
-//! [`gateway`] tying them together (and swapping in deploys and reloads, with
-//! [`versions`] keeping every plugin version) and [`admin`] for operators.
+//! [`dispatch`] (through the [`lanes`]) → [`runtime`] → [`actions`] →
+//! [`delivery`], with [`store`] underneath, [`campaigns`] swapping in
+//! deploys and reloads (with [`versions`] keeping every plugin version),
+//! [`gateway`] tying them together and [`admin`] for operators.
 
 pub mod actions;
 pub mod admin;
 pub mod bench;
+pub mod campaigns;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;

@@ -16,6 +16,7 @@
 
 mod bindings;
 mod cache;
+mod compiler;
 mod failure;
 mod host;
 mod output;
@@ -31,6 +32,7 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
 };
 
+pub use compiler::Compiler;
 pub use failure::PluginFailure;
 pub use host::HostServices;
 
