@@ -326,12 +326,13 @@ impl Gateway {
 
     /// Stored events of `lane`'s campaigns not yet done.
     pub fn lane_backlog(&self, lane: Lane) -> u64 {
-        self.campaigns()
-            .all()
-            .iter()
-            .filter(|c| c.config.lane == lane)
-            .map(|c| self.queue().backlog(&c.name))
-            .sum()
+        let mut backlog = 0;
+        self.campaigns().for_each(|c| {
+            if c.config.lane == lane {
+                backlog += self.queue().backlog(&c.name);
+            }
+        });
+        backlog
     }
 
     /// Have what a commit or a replay stored pulled soon.

@@ -147,16 +147,27 @@ enum Command {
 enum PluginAction {
     /// Run a plugin against recorded events (one JSON object per line:
     /// `{"body": ..., "headers": {...}, "source": "..."}`) and print, per
-    /// event, the actions, the fuel used and the time.
+    /// event, the actions, what the gateway would make of them (answer,
+    /// KV changes, deliveries, emits), the fuel used and the time. KV
+    /// changes are kept for the events after it.
     Test {
-        /// The plugin component (`.wasm`).
-        plugin: PathBuf,
+        /// The plugin component (`.wasm`); by default the one the config
+        /// names for the campaign.
+        plugin: Option<PathBuf>,
         /// The recorded events (JSON lines).
         #[arg(long)]
         events: PathBuf,
-        /// The lane whose default limits apply.
-        #[arg(long, value_enum, default_value_t = LaneArg::Speed)]
-        lane: LaneArg,
+        /// A gateway config: the campaign's lane, limits, settings, hosts,
+        /// destinations and emits come from it, and the plugin's actions
+        /// are checked against them as the gateway checks them.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The campaign of `--config` to play (not needed if it has one).
+        #[arg(long, requires = "config")]
+        campaign: Option<String>,
+        /// The lane whose default limits apply [default: the campaign's, or speed].
+        #[arg(long, value_enum)]
+        lane: Option<LaneArg>,
         /// A campaign setting, `KEY=VALUE`; repeat for more.
         #[arg(long = "setting", value_parser = parse_setting)]
         settings: Vec<(String, String)>,
@@ -341,6 +352,8 @@ fn main() -> ExitCode {
                 PluginAction::Test {
                     plugin,
                     events,
+                    config,
+                    campaign,
                     lane,
                     settings,
                     allowed_hosts,
@@ -349,11 +362,13 @@ fn main() -> ExitCode {
             let options = hooklane::plugin_test::TestOptions {
                 plugin,
                 events,
-                lane: match lane {
+                config,
+                campaign,
+                lane: lane.map(|lane| match lane {
                     LaneArg::Speed => hooklane::config::Lane::Speed,
                     LaneArg::Segmentation => hooklane::config::Lane::Segmentation,
                     LaneArg::Care => hooklane::config::Lane::Care,
-                },
+                }),
                 settings,
                 allowed_hosts,
             };

@@ -1,8 +1,13 @@
 //! `hooklane plugin test`: the campaign author's inner loop. Runs a plugin
 //! against recorded events, with no gateway running, under the same runtime
-//! and limits, and prints per event the actions, the fuel used and the time.
-//! KV is a scratch store that lives for the run, so events see each other's
-//! writes; outbound HTTP goes to `allowed_hosts` for real.
+//! and limits, and carries out its actions as the gateway would: checked
+//! and planned by [`actions::plan`] (an answer that cannot be sent, or a
+//! destination or emit the campaign's config does not list, fails the
+//! event as `bad_output`), KV changes committed to a scratch store with the
+//! gateway's commit rules and quotas, so later events see them. Deliveries
+//! and emits are shown, not made. Prints per event the actions, what they
+//! came to, the fuel used and the time. Outbound HTTP goes to
+//! `allowed_hosts` for real.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,19 +16,31 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::{Config, Lane};
+use crate::actions;
+use crate::config::{CampaignConfig, Config, Lane};
 use crate::event::{Action, Event};
 use crate::progress::Progress;
-use crate::runtime::{HostServices, Runtime};
+use crate::runtime::{HostServices, Output, PluginFailure, Runtime};
 use crate::store::embedded::EmbeddedStore;
+use crate::store::{EventQueue, Outcome, StoreError};
 
-/// How to run the plugin: the campaign settings a config would give it.
+/// Which campaign to play and how.
 #[derive(Debug, Clone)]
 pub struct TestOptions {
-    pub plugin: PathBuf,
+    /// The component; by default the one the config names for the campaign.
+    pub plugin: Option<PathBuf>,
     pub events: PathBuf,
-    pub lane: Lane,
+    /// A gateway config: the campaign's lane, limits, settings, hosts,
+    /// destinations and emits come from it, and actions are checked against
+    /// them. Without one, any destination and emit is allowed.
+    pub config: Option<PathBuf>,
+    /// The campaign of `config` to play; may be left out when it has one.
+    pub campaign: Option<String>,
+    /// The lane whose default limits apply (default: the campaign's, or speed).
+    pub lane: Option<Lane>,
+    /// Settings added to (or replacing) the campaign's.
     pub settings: Vec<(String, String)>,
+    /// Hosts added to the campaign's `allowed_hosts`.
     pub allowed_hosts: Vec<String>,
 }
 
@@ -53,6 +70,24 @@ pub enum TestError {
     Setup(String),
 }
 
+fn setup(error: impl std::fmt::Display) -> TestError {
+    TestError::Setup(error.to_string())
+}
+
+/// The campaign under test: its name, its config, and whether its
+/// destinations and emits are the config's (to be checked) or unknown.
+struct UnderTest {
+    name: String,
+    config: Config,
+    checked: bool,
+}
+
+impl UnderTest {
+    fn campaign(&self) -> &CampaignConfig {
+        &self.config.campaigns[&self.name]
+    }
+}
+
 /// Run every event of the file through the plugin; each event's report is
 /// handed to `report` as soon as it is done, with a progress bar on a
 /// terminal for long files. Returns how many events failed.
@@ -60,19 +95,17 @@ pub async fn run(
     options: &TestOptions,
     mut report: impl FnMut(&Value),
 ) -> Result<usize, TestError> {
-    let scratch = tempfile::tempdir().map_err(|e| TestError::Setup(e.to_string()))?;
-    let config = campaign_config(options)?;
-    let campaign = &config.campaigns["plugin-under-test"];
-    let limits = campaign.limits(&config.lanes);
-    let store = EmbeddedStore::open(scratch.path(), false, config.store.kv_quota())
-        .map_err(|e| TestError::Setup(e.to_string()))?;
-    let services =
-        HostServices::new(Arc::new(store)).map_err(|e| TestError::Setup(e.to_string()))?;
-    let runtime = Runtime::new(&config.runtime, limits.memory_mb, services, None)
-        .map_err(|e| TestError::Setup(e.to_string()))?;
-    let plugin = runtime
-        .load("plugin-under-test", campaign, &limits)
-        .map_err(|e| TestError::Setup(e.to_string()))?;
+    let scratch = tempfile::tempdir().map_err(setup)?;
+    let under_test = under_test(options)?;
+    let (name, campaign) = (under_test.name.as_str(), under_test.campaign());
+    let limits = campaign.limits(&under_test.config.lanes);
+    let quota = under_test.config.store.kv_quota();
+    let store = Arc::new(EmbeddedStore::open(scratch.path(), false, quota).map_err(setup)?);
+    let services = HostServices::new(store.clone()).map_err(setup)?;
+    let runtime = Runtime::new(&under_test.config.runtime, limits.memory_mb, services, None)
+        .map_err(setup)?;
+    let plugin = runtime.load(name, campaign, &limits).map_err(setup)?;
+    let kv_namespace = plugin.sandbox().kv_namespace.clone();
     let recorded = std::fs::read_to_string(&options.events)
         .map_err(|e| TestError::Read(options.events.clone(), e))?;
     let events = recorded.lines().filter(|l| !l.trim().is_empty()).count();
@@ -97,13 +130,19 @@ pub async fn run(
             "fuel": run.fuel_used,
             "ms": (run.elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         });
-        match run.result {
+        let carried_out = match run.result {
             Ok(output) => {
                 line_report["actions"] = output.actions.iter().map(describe).collect();
-                if !output.kv_writes.is_empty() {
-                    line_report["kv_writes"] = output.kv_writes.iter().map(|w| w.key()).collect();
-                }
+                let outcome = Outcome {
+                    kv_namespace: kv_namespace.clone(),
+                    ..Outcome::default()
+                };
+                carry_out(&store, &under_test, &event, output, outcome).await?
             }
+            Err(failure) => Err(failure),
+        };
+        match carried_out {
+            Ok(planned) => line_report["planned"] = planned,
             Err(failure) => {
                 failed += 1;
                 line_report["failed"] =
@@ -117,7 +156,122 @@ pub async fn run(
     Ok(failed)
 }
 
-fn campaign_config(options: &TestOptions) -> Result<Config, TestError> {
+/// What the gateway would make of a successful run: the plan of its
+/// actions, with the KV changes committed to the scratch store (the run's
+/// own writes first); deliveries and emits described, not made.
+async fn carry_out(
+    store: &EmbeddedStore,
+    under_test: &UnderTest,
+    event: &Event,
+    output: Output,
+    mut outcome: Outcome,
+) -> Result<Result<Value, PluginFailure>, TestError> {
+    let mut allowed = under_test.campaign().clone();
+    if !under_test.checked {
+        // No config to check them against: whatever it names is allowed.
+        for action in &output.actions {
+            match action {
+                Action::Deliver { destination, .. } => {
+                    allowed.destinations.push(destination.clone())
+                }
+                Action::Emit { campaign, .. } => allowed.emits.push(campaign.clone()),
+                _ => {}
+            }
+        }
+    }
+    outcome.kv = output.kv_writes;
+    let reply = match actions::plan(
+        &under_test.name,
+        &allowed,
+        event,
+        output.actions,
+        &mut outcome,
+    ) {
+        Ok(reply) => reply,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let planned = json!({
+        "reply": reply.map(|r| r.status.as_u16()),
+        "kv": outcome.kv.iter().map(|change| change.key()).collect::<Vec<_>>(),
+        "deliveries": outcome.deliveries.iter().map(|d| json!({ "id": d.id, "destination": d.destination })).collect::<Vec<_>>(),
+        "emits": outcome.emitted.iter().map(|e| json!({ "event_id": e.event.id, "campaigns": e.campaigns })).collect::<Vec<_>>(),
+    });
+    let kv_only = Outcome {
+        kv_namespace: outcome.kv_namespace,
+        kv: outcome.kv,
+        ..Outcome::default()
+    };
+    match store.commit(kv_only).await {
+        Ok(_) => Ok(Ok(planned)),
+        Err(StoreError::QuotaExceeded(quota)) => Ok(Err(PluginFailure::KvQuota(quota))),
+        Err(other) => Err(setup(format!("the scratch KV store failed: {other}"))),
+    }
+}
+
+/// The campaign the options name: from the config file, or made up from
+/// the plugin file and the flags.
+fn under_test(options: &TestOptions) -> Result<UnderTest, TestError> {
+    let Some(file) = &options.config else {
+        let plugin = options.plugin.as_ref().ok_or_else(|| {
+            setup("name the plugin file, or a config and its campaign (--config FILE --campaign NAME)")
+        })?;
+        let config = made_up_config(plugin, options)?;
+        return Ok(UnderTest {
+            name: MADE_UP_CAMPAIGN.into(),
+            config,
+            checked: false,
+        });
+    };
+    let mut config = Config::load(file).map_err(setup)?;
+    let names = || {
+        config
+            .campaigns
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let name = match &options.campaign {
+        Some(name) if config.campaigns.contains_key(name) => name.clone(),
+        Some(name) => {
+            return Err(setup(format!(
+                "--campaign {name}: {} has no campaign `{name}` (it has: {})",
+                file.display(),
+                names()
+            )))
+        }
+        None if config.campaigns.len() == 1 => names(),
+        None => {
+            return Err(setup(format!(
+                "{} has {} campaigns: name one with --campaign (one of: {})",
+                file.display(),
+                config.campaigns.len(),
+                names()
+            )))
+        }
+    };
+    let campaign = config.campaigns.get_mut(&name).expect("chosen above");
+    if let Some(plugin) = &options.plugin {
+        campaign.plugin = plugin.clone();
+    }
+    if let Some(lane) = options.lane {
+        campaign.lane = lane;
+    }
+    campaign.settings.extend(options.settings.iter().cloned());
+    campaign
+        .allowed_hosts
+        .extend(options.allowed_hosts.iter().cloned());
+    Ok(UnderTest {
+        name,
+        config,
+        checked: true,
+    })
+}
+
+/// The name of the campaign made up when there is no config.
+const MADE_UP_CAMPAIGN: &str = "plugin-under-test";
+
+fn made_up_config(plugin: &Path, options: &TestOptions) -> Result<Config, TestError> {
     let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
     let settings: Vec<String> = options
         .settings
@@ -126,14 +280,13 @@ fn campaign_config(options: &TestOptions) -> Result<Config, TestError> {
         .collect();
     let hosts: Vec<String> = options.allowed_hosts.iter().map(|h| quote(h)).collect();
     let text = format!(
-        "[sources.test]\n[campaigns.plugin-under-test]\nsource = \"test\"\nlane = \"{}\"\nmode = \"async\"\nplugin = {}\nallowed_hosts = [{}]\nsettings = {{ {} }}\n",
-        options.lane,
-        quote(&options.plugin.display().to_string()),
+        "[sources.test]\n[campaigns.{MADE_UP_CAMPAIGN}]\nsource = \"test\"\nlane = \"{}\"\nmode = \"async\"\nplugin = {}\nallowed_hosts = [{}]\nsettings = {{ {} }}\n",
+        options.lane.unwrap_or(Lane::Speed),
+        quote(&plugin.display().to_string()),
         hosts.join(", "),
         settings.join(", ")
     );
-    Config::parse(&text, Path::new("(plugin test)"), Path::new("."))
-        .map_err(|e| TestError::Setup(e.to_string()))
+    Config::parse(&text, Path::new("(plugin test)"), Path::new(".")).map_err(setup)
 }
 
 fn to_event(recorded: RecordedEvent) -> Result<Event, String> {

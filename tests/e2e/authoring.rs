@@ -1,7 +1,11 @@
 //! `hooklane plugin test`: an author runs a plugin against recorded events
-//! without a gateway and sees, per event, the actions, fuel and time.
+//! without a gateway and sees, per event, the actions, what the gateway
+//! would make of them, fuel and time.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
 
 use crate::harness::plugin;
 
@@ -47,4 +51,137 @@ fn plugin_test_prints_actions_fuel_and_failures_per_event() {
     // A failed event makes the command fail, for scripts and CI.
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("1 event(s) failed"));
+}
+
+/// Run `hooklane plugin test` with `args` on `events` (JSON lines); its
+/// reports, one per event, and how it ended.
+fn plugin_test(dir: &Path, args: &[&str], events: &[Value]) -> (Vec<Value>, Output) {
+    let file = dir.join("events.jsonl");
+    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+    std::fs::write(&file, lines.join("\n")).expect("write events");
+    let output = Command::new(env!("CARGO_BIN_EXE_hooklane"))
+        .args(["plugin", "test"])
+        .args(args)
+        .arg("--events")
+        .arg(&file)
+        .output()
+        .expect("run hooklane plugin test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let reports = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON report per line"))
+        .collect();
+    (reports, output)
+}
+
+#[test]
+fn plugin_test_with_a_config_checks_actions_and_keeps_kv_like_the_gateway() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("hooklane.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sources.shop]
+[campaigns.scripted]
+source = "shop"
+lane = "care"
+plugin = "{}"
+destinations = ["sms"]
+[destinations.sms]
+url = "http://127.0.0.1:9/"
+[store]
+kv_quota_keys = 1
+"#,
+            plugin("abuse")
+        ),
+    )
+    .expect("write config");
+    let config = config.to_str().unwrap();
+    let events = [
+        serde_json::json!({ "body": { "kv_writes": { "prefix": "k", "count": 1, "bytes": 5 } } }),
+        serde_json::json!({ "body": { "kv_read": "k0", "respond": { "status": 201 } } }),
+        serde_json::json!({ "body": { "deliver_to": "crm" } }),
+        serde_json::json!({ "body": { "deliver_to": "sms" } }),
+        serde_json::json!({ "body": { "kv_writes": { "prefix": "q" }, "respond": { "status": 200 } } }),
+    ];
+    let (reports, output) = plugin_test(
+        dir.path(),
+        &["--config", config, "--campaign", "scripted"],
+        &events,
+    );
+    assert_eq!(reports.len(), 5, "{output:?}");
+
+    // A write through the kv import is committed, and the next event reads it.
+    assert_eq!(reports[0]["planned"]["kv"], serde_json::json!(["k0"]));
+    let answer = &reports[1]["actions"][0]["respond"];
+    assert_eq!(answer["status"], 201);
+    let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["kv_read_bytes"], 5, "{body}");
+    assert_eq!(reports[1]["planned"]["reply"], 201);
+
+    // A destination the campaign does not list fails the event, as live.
+    assert_eq!(reports[2]["failed"]["cause"], "bad_output");
+    let detail = reports[2]["failed"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("deliver to `crm`, which is not in campaigns.scripted.destinations"),
+        "{detail}"
+    );
+
+    let [delivery] = reports[3]["planned"]["deliveries"]
+        .as_array()
+        .unwrap()
+        .as_slice()
+    else {
+        panic!("one delivery: {}", reports[3]);
+    };
+    assert_eq!(delivery["destination"], "sms");
+    assert!(delivery["id"].as_str().unwrap().starts_with("msg_"));
+
+    // The key kept from the first event fills the namespace's quota.
+    let answer = reports[4]["actions"][0]["respond"]["body"]
+        .as_str()
+        .unwrap();
+    let body: Value = serde_json::from_str(answer).unwrap();
+    assert_eq!(body["kv_written"], 0, "{body}");
+    assert!(
+        body["kv_error"].as_str().unwrap().contains("quota"),
+        "{body}"
+    );
+    assert!(!output.status.success(), "one event failed");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1 event(s) failed"));
+}
+
+#[test]
+fn plugin_test_names_the_campaigns_of_a_config_when_it_cannot_tell_which() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("hooklane.toml");
+    let campaign = |name: &str| {
+        format!(
+            "[campaigns.{name}]\nsource = \"shop\"\nlane = \"care\"\nplugin = \"{}\"\n",
+            plugin("relay")
+        )
+    };
+    let text = format!("[sources.shop]\n{}{}", campaign("one"), campaign("two"));
+    std::fs::write(&config, text).expect("write config");
+    let config = config.to_str().unwrap();
+    let event = [serde_json::json!({ "body": {} })];
+    for (args, expected) in [
+        (
+            vec!["--config", config],
+            "has 2 campaigns: name one with --campaign (one of: one, two)",
+        ),
+        (
+            vec!["--config", config, "--campaign", "three"],
+            "has no campaign `three` (it has: one, two)",
+        ),
+    ] {
+        let (reports, output) = plugin_test(dir.path(), &args, &event);
+        assert!(reports.is_empty());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
 }
