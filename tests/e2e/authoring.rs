@@ -12,30 +12,11 @@ use crate::harness::plugin;
 #[test]
 fn plugin_test_prints_actions_fuel_and_failures_per_event() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let events = dir.path().join("events.jsonl");
-    std::fs::write(
-        &events,
-        "{\"body\": {\"phone\": \"+4915112345678\"}}\n\n{\"body\": {\"phone\": \"12\"}}\n",
-    )
-    .expect("write events");
-    let output = Command::new(env!("CARGO_BIN_EXE_hooklane"))
-        .args([
-            "plugin",
-            "test",
-            &plugin("login-code"),
-            "--setting",
-            "code_ttl_seconds=60",
-            "--events",
-        ])
-        .arg(&events)
-        .output()
-        .expect("run hooklane plugin test");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let reports: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON report per line"))
-        .collect();
-    assert_eq!(reports.len(), 2, "{stdout}");
+    let events = "{\"body\": {\"phone\": \"+4915112345678\"}}\n\n{\"body\": {\"phone\": \"12\"}}\n";
+    let login_code = plugin("login-code");
+    let args = [login_code.as_str(), "--setting", "code_ttl_seconds=60"];
+    let (reports, output) = plugin_test(dir.path(), &args, events);
+    assert_eq!(reports.len(), 2, "{output:?}");
 
     let sent = &reports[0];
     assert_eq!(sent["event"], 1);
@@ -55,10 +36,9 @@ fn plugin_test_prints_actions_fuel_and_failures_per_event() {
 
 /// Run `hooklane plugin test` with `args` on `events` (JSON lines); its
 /// reports, one per event, and how it ended.
-fn plugin_test(dir: &Path, args: &[&str], events: &[Value]) -> (Vec<Value>, Output) {
+fn plugin_test(dir: &Path, args: &[&str], events: &str) -> (Vec<Value>, Output) {
     let file = dir.join("events.jsonl");
-    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
-    std::fs::write(&file, lines.join("\n")).expect("write events");
+    std::fs::write(&file, events).expect("write events");
     let output = Command::new(env!("CARGO_BIN_EXE_hooklane"))
         .args(["plugin", "test"])
         .args(args)
@@ -105,11 +85,9 @@ kv_quota_keys = 1
         serde_json::json!({ "body": { "deliver_to": "sms" } }),
         serde_json::json!({ "body": { "kv_writes": { "prefix": "q" }, "respond": { "status": 200 } } }),
     ];
-    let (reports, output) = plugin_test(
-        dir.path(),
-        &["--config", config, "--campaign", "scripted"],
-        &events,
-    );
+    let events: Vec<String> = events.iter().map(Value::to_string).collect();
+    let args = ["--config", config, "--campaign", "scripted"];
+    let (reports, output) = plugin_test(dir.path(), &args, &events.join("\n"));
     assert_eq!(reports.len(), 5, "{output:?}");
 
     // A write through the kv import is committed, and the next event reads it.
@@ -165,7 +143,7 @@ fn plugin_test_names_the_campaigns_of_a_config_when_it_cannot_tell_which() {
     let text = format!("[sources.shop]\n{}{}", campaign("one"), campaign("two"));
     std::fs::write(&config, text).expect("write config");
     let config = config.to_str().unwrap();
-    let event = [serde_json::json!({ "body": {} })];
+    let event = r#"{"body": {}}"#;
     for (args, expected) in [
         (
             vec!["--config", config],
@@ -176,7 +154,7 @@ fn plugin_test_names_the_campaigns_of_a_config_when_it_cannot_tell_which() {
             "has no campaign `three` (it has: one, two)",
         ),
     ] {
-        let (reports, output) = plugin_test(dir.path(), &args, &event);
+        let (reports, output) = plugin_test(dir.path(), &args, event);
         assert!(reports.is_empty());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
