@@ -384,6 +384,11 @@ pub struct CampaignConfig {
     /// parse is refused with 400 at ingress. Default false.
     #[serde(default)]
     pub json_input: bool,
+    /// Fire an event into this (async) campaign at every slot of a cron
+    /// pattern: `"0 3 * * *"`, or `{ cron = "0 3 * * *", time_zone =
+    /// "Europe/Berlin", catch_up = "last" }` (see [`crate::schedule`]).
+    #[serde(default)]
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 /// A campaign's effective limits: its own settings, else its lane's.
@@ -850,6 +855,12 @@ impl Config {
                         "expected the name of a source in [sources], found `{}`",
                         campaign.source
                     ),
+                ));
+            }
+            if campaign.mode() == Mode::Sync && campaign.schedule.is_some() {
+                return Err(invalid(
+                    key("schedule"),
+                    "a schedule only on an async campaign: a scheduled event has no caller to answer".into(),
                 ));
             }
             if campaign.mode() == Mode::Sync {

@@ -27,6 +27,7 @@ mod redact;
 pub mod retry;
 pub mod router;
 pub mod runtime;
+pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod telemetry;

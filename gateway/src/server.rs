@@ -89,6 +89,7 @@ pub async fn serve(
     // Whatever the backlog, resuming is pulling: nothing is read ahead.
     gateway.start_pulling().await.map_err(StartError::Store)?;
     spawn_retention(&gateway, config.store.dead_letter_retention_hours);
+    tokio::spawn(crate::schedule::run(gateway.clone()));
     spawn_reload_on_hangup(&gateway)?;
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)

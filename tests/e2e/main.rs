@@ -19,4 +19,5 @@ mod metrics;
 mod openapi;
 mod plugin_faults;
 mod reload;
+mod schedule;
 mod signatures;
