@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::config::CampaignConfig;
 use crate::event::{now_ms, Action, Event, Headers, EVENT_ID_HEADER};
-use crate::runtime::PluginFailure;
+use crate::runtime::{Output, PluginFailure};
 use crate::store::{KvChange, NewDelivery, NewWebhook, Outcome, MAX_KEY_BYTES};
 
 /// Response headers only the gateway may set: those about the caller's
@@ -39,23 +39,38 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// Check campaign `name`'s `actions` for `event`, then add what they ask
-/// for to `outcome` — which holds the acknowledgement and the KV writes
-/// made while the plugin ran, kept before its actions' — and return the
-/// answer for a synchronous caller, if it gave one. Ids derive from the
-/// event and the action's index, so a re-run of the event plans the very
-/// same deliveries and emits: a destination deduplicates by `webhook-id`,
-/// the queue by event id.
+/// Check what campaign `name`'s run on `event` asked for — its returned
+/// actions and the deliveries and emits it asked for later (after a
+/// delay) — then add it to `outcome`, the KV writes made while it ran
+/// before its actions', and return the answer for a synchronous caller, if
+/// it gave one. Ids derive from the event and the
+/// action's index (the later ones numbered after the returned ones), so a
+/// re-run of the event plans the very same deliveries and emits: a
+/// destination deduplicates by `webhook-id`, the queue by event id.
 pub fn plan(
     name: &str,
     config: &CampaignConfig,
     event: &Event,
-    actions: Vec<Action>,
+    output: Output,
     outcome: &mut Outcome,
 ) -> Result<Option<Reply>, PluginFailure> {
-    check(config, name, &actions)?;
+    let Output {
+        actions,
+        later,
+        kv_writes,
+    } = output;
+    check(
+        config,
+        name,
+        actions.iter().chain(later.iter().map(|(a, _)| a)),
+    )?;
+    outcome.kv.extend(kv_writes);
+    let now = now_ms();
+    let at_once = actions.into_iter().map(|action| (action, 0));
+    let delayed =
+        (later.into_iter()).map(|(action, delay)| (action, now + delay.as_millis() as u64));
     let mut reply = None;
-    for (index, action) in actions.into_iter().enumerate() {
+    for (index, (action, not_before_ms)) in at_once.chain(delayed).enumerate() {
         match action {
             Action::Respond {
                 status,
@@ -90,14 +105,17 @@ pub fn plan(
                 destination,
                 headers,
                 body,
+                not_before_ms,
             }),
             Action::Emit {
                 campaign,
                 body,
                 content_type,
-            } => outcome
-                .emitted
-                .push(emitted(name, event, index, campaign, body, content_type)),
+            } => {
+                let mut webhook = emitted(name, event, index, campaign, body, content_type);
+                webhook.not_before_ms = not_before_ms;
+                outcome.emitted.push(webhook)
+            }
         }
     }
     Ok(reply)
@@ -130,15 +148,16 @@ fn emitted(
         event,
         campaigns: vec![campaign],
         dedup: None,
+        not_before_ms: 0,
     }
 }
 
 /// Refuse actions the campaign's config does not allow, before any of them
 /// is carried out.
-pub fn check(
+pub fn check<'a>(
     campaign: &CampaignConfig,
     name: &str,
-    actions: &[Action],
+    actions: impl IntoIterator<Item = &'a Action>,
 ) -> Result<(), PluginFailure> {
     let bad = |what: String| Err(PluginFailure::BadOutput(what));
     let mut responses = 0;
@@ -364,15 +383,24 @@ mod tests {
             },
             Action::KvDelete { key: "old".into() },
         ];
-        let ran_with = KvChange::Delete {
-            key: "during".into(),
+        let reminder = Action::Emit {
+            campaign: "care".into(),
+            body: "tomorrow".into(),
+            content_type: None,
+        };
+        let output = Output {
+            actions,
+            later: vec![(reminder, Duration::from_secs(3600))],
+            kv_writes: vec![KvChange::Delete {
+                key: "during".into(),
+            }],
         };
         let mut outcome = Outcome {
             ack: Some(7),
-            kv: vec![ran_with],
             ..Outcome::default()
         };
-        let reply = plan("offer", &config, &event, actions, &mut outcome).unwrap();
+        let planned_at = now_ms();
+        let reply = plan("offer", &config, &event, output, &mut outcome).unwrap();
         let reply = reply.expect("the respond action answers");
         assert_eq!(reply.status, StatusCode::ACCEPTED);
         assert_eq!(reply.headers["content-type"], "application/json");
@@ -390,10 +418,18 @@ mod tests {
             (delivery.campaign.as_str(), delivery.destination.as_str()),
             ("offer", "sms")
         );
-        let [emit] = &outcome.emitted[..] else {
-            panic!("one emit: {:?}", outcome.emitted)
+        assert_eq!(delivery.not_before_ms, 0, "at once");
+        let [emit, later] = &outcome.emitted[..] else {
+            panic!("two emits: {:?}", outcome.emitted)
         };
         assert_eq!(emit.event.id, format!("{}.3", event.id));
+        assert_eq!(emit.not_before_ms, 0, "at once");
+        assert_eq!(
+            later.event.id,
+            format!("{}.5", event.id),
+            "numbered after the actions"
+        );
+        assert!(later.not_before_ms >= planned_at + 3_600_000);
         assert_eq!(emit.event.source, "campaign:offer");
         assert_eq!(emit.campaigns, ["care"]);
         assert!(emit
@@ -414,12 +450,36 @@ mod tests {
             },
         ];
         let mut outcome = Outcome::default();
-        let refused = plan("offer", &campaign(), &event, actions, &mut outcome);
+        let output = Output {
+            actions,
+            later: vec![],
+            kv_writes: vec![],
+        };
+        let refused = plan("offer", &campaign(), &event, output, &mut outcome);
         assert!(
             matches!(refused, Err(PluginFailure::BadOutput(_))),
             "{refused:?}"
         );
         assert!(outcome.kv.is_empty() && outcome.deliveries.is_empty());
+        // What it asks for later is checked like what it returns.
+        let emit_later = Action::Emit {
+            campaign: "other".into(),
+            body: "{}".into(),
+            content_type: None,
+        };
+        let output = Output {
+            actions: vec![],
+            later: vec![(emit_later, Duration::from_secs(60))],
+            kv_writes: vec![],
+        };
+        let refused = plan("offer", &campaign(), &event, output, &mut outcome);
+        assert_eq!(
+            refused.unwrap_err(),
+            PluginFailure::BadOutput(
+                "emit to `other`, which is not in campaigns.offer.emits".into()
+            )
+        );
+        assert!(outcome.emitted.is_empty());
     }
 
     #[test]

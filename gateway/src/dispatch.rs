@@ -294,6 +294,7 @@ impl Gateway {
             event,
             campaigns,
             dedup,
+            not_before_ms: 0,
         };
         match self.queue().enqueue(webhook).await? {
             Enqueued::Stored(events) => {
@@ -432,16 +433,9 @@ impl Gateway {
         let mut outcome = Outcome {
             ack,
             kv_namespace: loaded.plugin.sandbox().kv_namespace.clone(),
-            kv: output.kv_writes,
             ..Outcome::default()
         };
-        let reply = actions::plan(
-            &loaded.name,
-            &loaded.config,
-            event,
-            output.actions,
-            &mut outcome,
-        )?;
+        let reply = actions::plan(&loaded.name, &loaded.config, event, output, &mut outcome)?;
         self.admit_emits(&outcome.emitted)?;
         let committed = self
             .queue()

@@ -169,7 +169,8 @@ async fn carry_out(
     let mut allowed = under_test.campaign().clone();
     if !under_test.checked {
         // No config to check them against: whatever it names is allowed.
-        for action in &output.actions {
+        let later = output.later.iter().map(|(action, _)| action);
+        for action in output.actions.iter().chain(later) {
             match action {
                 Action::Deliver { destination, .. } => {
                     allowed.destinations.push(destination.clone())
@@ -179,14 +180,7 @@ async fn carry_out(
             }
         }
     }
-    outcome.kv = output.kv_writes;
-    let reply = match actions::plan(
-        &under_test.name,
-        &allowed,
-        event,
-        output.actions,
-        &mut outcome,
-    ) {
+    let reply = match actions::plan(&under_test.name, &allowed, event, output, &mut outcome) {
         Ok(reply) => reply,
         Err(failure) => return Ok(Err(failure)),
     };

@@ -41,6 +41,7 @@ mod actions;
 mod event;
 pub mod http;
 pub mod kv;
+pub mod later;
 mod log;
 
 pub use bindings::hooklane::plugin::types::{

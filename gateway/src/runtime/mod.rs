@@ -369,11 +369,25 @@ impl Plugin {
             Err(_elapsed) => Err(PluginFailure::Deadline(sandbox.deadline)),
             Ok(Err(trap)) => Err(failure::classify_trap(trap, state, sandbox)),
             Ok(Ok(Err(refusal))) => Err(failure::from_plugin_error(refusal, state)),
-            Ok(Ok(Ok(actions))) => bindings::from_wit_actions(actions, sandbox.max_output_bytes)
-                .map(|actions| Output {
-                    actions,
-                    kv_writes: std::mem::take(&mut state.kv_writes).into_changes(),
-                }),
+            Ok(Ok(Ok(mut actions))) => {
+                // What it asked for later counts against its output limit too.
+                let returned = actions.len();
+                let (later, delays): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut state.later).into_iter().unzip();
+                actions.extend(later);
+                bindings::from_wit_actions(actions, sandbox.max_output_bytes).map(|mut actions| {
+                    let later = actions
+                        .split_off(returned)
+                        .into_iter()
+                        .zip(delays)
+                        .collect();
+                    Output {
+                        actions,
+                        later,
+                        kv_writes: std::mem::take(&mut state.kv_writes).into_changes(),
+                    }
+                })
+            }
         };
         let elapsed = started.elapsed();
         let outcome = result.as_ref().map_or_else(PluginFailure::cause, |_| "ok");
@@ -403,6 +417,8 @@ impl Plugin {
 pub struct Output {
     /// The actions it returned.
     pub actions: Vec<Action>,
+    /// The deliveries and emits it asked for after a delay, in order.
+    pub later: Vec<(Action, Duration)>,
     /// What it wrote through the kv import while it ran; committed before
     /// the KV changes of its actions.
     pub kv_writes: Vec<KvChange>,

@@ -7,6 +7,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::bindings::hooklane::plugin::types;
 use super::host::{HostServices, KvWrites};
 use super::output::{Dropped, GuestOutput, LogBudget, CAPTURE_LIMIT, LOG_BUDGET};
 use super::Sandbox;
@@ -23,6 +24,8 @@ pub struct PluginState {
     pub timed_out_fetch: Option<String>,
     /// Writes through the kv import, committed only if the run succeeds.
     pub kv_writes: KvWrites,
+    /// Deliveries and emits after a delay, kept only if the run succeeds.
+    pub later: Vec<(types::Action, std::time::Duration)>,
     /// What the logging import may still write during this run.
     pub log_budget: LogBudget,
     stdout: GuestOutput,
@@ -51,6 +54,7 @@ impl PluginState {
             event_id: event_id.into(),
             timed_out_fetch: None,
             kv_writes: KvWrites::default(),
+            later: Vec::new(),
             log_budget: LogBudget::default(),
             stdout,
             stderr,

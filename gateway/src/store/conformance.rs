@@ -29,6 +29,7 @@ fn webhook(campaigns: &[&str], dedup: Option<(&str, Duration)>) -> NewWebhook {
             key: key.into(),
             window,
         }),
+        not_before_ms: 0,
     }
 }
 
@@ -42,6 +43,19 @@ async fn stored(queue: &dyn EventQueue, campaigns: &[&str]) -> Vec<QueuedEvent> 
 async fn pull(queue: &dyn EventQueue, campaigns: &[&str], n: usize) -> Vec<QueuedEvent> {
     let campaigns = campaigns.iter().map(|&c| Arc::from(c)).collect();
     queue.next_events(campaigns, n, LEASE).await.unwrap().items
+}
+
+/// The delivery to `sink` a run of `event` asks for, due at `not_before_ms`.
+fn delivery(event: &QueuedEvent, not_before_ms: u64) -> NewDelivery {
+    NewDelivery {
+        id: format!("msg_{}_0", event.event.id),
+        campaign: "a".into(),
+        event_id: event.event.id.clone(),
+        destination: "sink".into(),
+        headers: vec![],
+        body: Bytes::from_static(b"hi"),
+        not_before_ms,
+    }
 }
 
 fn seqs(events: &[QueuedEvent]) -> Vec<u64> {
@@ -74,6 +88,38 @@ pub async fn a_retry_is_not_handed_out_before_it_is_due(open: Open) {
     let due = pull(&*queue, &["a"], 10).await;
     assert_eq!(seqs(&due), [event.seq]);
     assert_eq!(due[0].attempts.len(), 1, "the redelivery count is kept");
+}
+
+/// Effects made to wait (an emit or a delivery after a delay) are stored
+/// at once and handed out only when due.
+pub async fn delayed_effects_are_not_handed_out_before_they_are_due(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = open(dir.path());
+    let event = stored(&*queue, &["a"]).await.remove(0);
+    let due_ms = now_ms() + 300;
+    let mut later = webhook(&["b"], None);
+    later.not_before_ms = due_ms;
+    let outcome = Outcome {
+        ack: Some(event.seq),
+        kv_namespace: "a".into(),
+        deliveries: vec![delivery(&event, due_ms)],
+        emitted: vec![later],
+        ..Outcome::default()
+    };
+    queue.commit(outcome).await.unwrap();
+    assert_eq!(queue.backlog("b"), 1, "stored at once");
+    let early = queue
+        .next_events(vec!["b".into()], 10, LEASE)
+        .await
+        .unwrap();
+    assert!(early.items.is_empty(), "not due yet");
+    assert_eq!(early.next_due_ms, Some(due_ms));
+    let early = queue.next_deliveries("sink", 10, LEASE).await.unwrap();
+    assert!(early.items.is_empty(), "not due yet");
+    tokio::time::sleep(Duration::from_millis(due_ms - now_ms() + 5)).await;
+    assert_eq!(pull(&*queue, &["b"], 10).await.len(), 1);
+    let due = queue.next_deliveries("sink", 10, LEASE).await.unwrap();
+    assert_eq!(due.items.len(), 1);
 }
 
 pub async fn a_lease_that_runs_out_hands_the_item_out_again(open: Open) {
@@ -179,14 +225,7 @@ pub async fn an_ack_commits_its_effects_with_it_or_nothing(open: Open) {
             value,
             ttl: None,
         }],
-        deliveries: vec![NewDelivery {
-            id: format!("msg_{}_0", event.event.id),
-            campaign: "a".into(),
-            event_id: event.event.id.clone(),
-            destination: "sink".into(),
-            headers: vec![],
-            body: Bytes::from_static(b"hi"),
-        }],
+        deliveries: vec![delivery(&event, 0)],
         emitted: vec![webhook(&["b"], None)],
     };
     // A commit the store refuses (a value over its limit) keeps nothing.
@@ -236,6 +275,7 @@ macro_rules! conformance_tests {
             use crate::store::conformance as suite;
             $crate::store::conformance::conformance_tests!(@each $open;
                 a_retry_is_not_handed_out_before_it_is_due,
+                delayed_effects_are_not_handed_out_before_they_are_due,
                 a_lease_that_runs_out_hands_the_item_out_again,
                 settling_twice_is_harmless,
                 buried_items_wait_as_dead_letters_until_replayed,

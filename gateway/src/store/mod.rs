@@ -162,6 +162,9 @@ pub struct NewWebhook {
     pub campaigns: Vec<String>,
     /// The sender's id for this webhook and how long to remember it.
     pub dedup: Option<Dedup>,
+    /// Not to be run before this time (an emit after a delay), ms since the
+    /// epoch; 0: at once.
+    pub not_before_ms: u64,
 }
 
 /// The identity of a webhook for deduplication.
@@ -206,6 +209,9 @@ pub struct NewDelivery {
     pub destination: String,
     pub headers: Headers,
     pub body: Bytes,
+    /// Not to be sent before this time (a delivery after a delay), ms
+    /// since the epoch; 0: at once.
+    pub not_before_ms: u64,
 }
 
 /// A key-value change a plugin asked for.

@@ -4,6 +4,7 @@
 mod clock;
 mod config;
 mod kv;
+mod later;
 mod logging;
 mod outbound_http;
 

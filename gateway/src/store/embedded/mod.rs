@@ -175,7 +175,7 @@ impl EmbeddedStore {
                 campaign: campaign.clone(),
                 event: webhook.event.clone(),
                 attempts: Vec::new(),
-                not_before_ms: 0,
+                not_before_ms: webhook.not_before_ms,
             })
             .collect()
     }
@@ -192,7 +192,7 @@ impl EmbeddedStore {
                 headers: d.headers,
                 body: d.body,
                 attempts: Vec::new(),
-                not_before_ms: 0,
+                not_before_ms: d.not_before_ms,
             })
             .collect()
     }
@@ -888,6 +888,7 @@ mod tests {
                 key: key.into(),
                 window: Duration::from_secs(60),
             }),
+            not_before_ms: 0,
         }
     }
 
@@ -1091,6 +1092,7 @@ mod tests {
                     destination: "sms".into(),
                     headers: vec![],
                     body: bytes::Bytes::from_static(b"hi"),
+                    not_before_ms: 0,
                 }],
                 emitted: vec![webhook(&["b"], None)],
             })

@@ -28,6 +28,9 @@ const FIRST_RECOVERY: Duration = Duration::from_millis(100);
 const MAX_RECOVERY: Duration = Duration::from_secs(2);
 /// How long a reopen waits for readers to let go of the old handle.
 const READERS_GRACE: Duration = Duration::from_secs(5);
+/// The least free space on the store's disk for a broken store to count as
+/// recovered.
+const MIN_FREE_BYTES: u64 = 1 << 20;
 /// Written by the probe commit that proves a reopened store writes.
 const PROBE: TableDefinition<&str, u64> = TableDefinition::new("write_probe");
 
@@ -87,8 +90,20 @@ impl Shared {
         self.broken.lock().expect("store state lock").is_some()
     }
 
-    /// Open the file again and prove it takes a durable write.
+    /// Open the file again and prove it takes a durable write, once the
+    /// disk has room. Readers keep the old handle until then.
     fn reopen(&self) -> Result<(), String> {
+        // A probe commit alone can fit in pages the file has free inside
+        // while the disk is still full: ask for real room too.
+        let free = rustix::fs::statvfs(&self.path)
+            .map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
+            .map_err(|e| format!("cannot tell the free space of {}: {e}", self.path.display()))?;
+        if free < MIN_FREE_BYTES {
+            return Err(format!(
+                "the disk holding {} has {free} bytes free, under {MIN_FREE_BYTES}",
+                self.path.display()
+            ));
+        }
         if let Some(mut old) = self.db.swap(None) {
             // redb allows one handle per file: readers finish with the old
             // one first (a read takes milliseconds).
