@@ -58,6 +58,7 @@ pub fn plan(
         actions,
         later,
         kv_writes,
+        kv_expected,
     } = output;
     check(
         config,
@@ -65,6 +66,7 @@ pub fn plan(
         actions.iter().chain(later.iter().map(|(a, _)| a)),
     )?;
     outcome.kv.extend(kv_writes);
+    outcome.kv_expected.extend(kv_expected);
     let now = now_ms();
     let at_once = actions.into_iter().map(|action| (action, 0));
     let delayed =
@@ -394,6 +396,7 @@ mod tests {
             kv_writes: vec![KvChange::Delete {
                 key: "during".into(),
             }],
+            kv_expected: vec![],
         };
         let mut outcome = Outcome {
             ack: Some(7),
@@ -454,6 +457,7 @@ mod tests {
             actions,
             later: vec![],
             kv_writes: vec![],
+            kv_expected: vec![],
         };
         let refused = plan("offer", &campaign(), &event, output, &mut outcome);
         assert!(
@@ -471,6 +475,7 @@ mod tests {
             actions: vec![],
             later: vec![(emit_later, Duration::from_secs(60))],
             kv_writes: vec![],
+            kv_expected: vec![],
         };
         let refused = plan("offer", &campaign(), &event, output, &mut outcome);
         assert_eq!(

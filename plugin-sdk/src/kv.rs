@@ -55,3 +55,28 @@ pub fn set_json<T: Serialize + ?Sized>(
 pub fn delete(key: &str) -> Result<(), Error> {
     Ok(host::delete(key)?)
 }
+
+/// One page of the keys starting with `prefix`, in byte order, after
+/// `cursor` (none: from the start), at most `limit` (capped at 1000), and
+/// the cursor of the next page (none: no more). Sees this event's own
+/// writes. Since WIT 0.1.1.
+pub fn list(
+    prefix: &str,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<String>, Option<String>), Error> {
+    Ok(host::list(prefix, cursor, limit)?)
+}
+
+/// Set `key` to `value` (none: delete it) only if it holds `expected` now
+/// (none: absent); whether it did. If another event changes the key before
+/// this one's effects are committed, this event fails and runs again, so
+/// two events never both win. Since WIT 0.1.1.
+pub fn compare_and_swap(
+    key: &str,
+    expected: Option<&[u8]>,
+    value: Option<&[u8]>,
+    ttl_seconds: Option<u32>,
+) -> Result<bool, Error> {
+    Ok(host::compare_and_swap(key, expected, value, ttl_seconds)?)
+}

@@ -13,6 +13,7 @@ mod edge_faults;
 mod faults;
 mod harness;
 mod hostile;
+mod kv;
 mod lanes;
 mod later;
 mod limits;

@@ -381,10 +381,13 @@ impl Plugin {
                         .into_iter()
                         .zip(delays)
                         .collect();
+                    let (kv_writes, kv_expected) =
+                        std::mem::take(&mut state.kv_writes).into_changes();
                     Output {
                         actions,
                         later,
-                        kv_writes: std::mem::take(&mut state.kv_writes).into_changes(),
+                        kv_writes,
+                        kv_expected,
                     }
                 })
             }
@@ -422,6 +425,9 @@ pub struct Output {
     /// What it wrote through the kv import while it ran; committed before
     /// the KV changes of its actions.
     pub kv_writes: Vec<KvChange>,
+    /// What its compare-and-swaps saw of stored keys: committed only if
+    /// they are still so.
+    pub kv_expected: Vec<crate::store::KvExpectation>,
 }
 
 /// One plugin run: what it asks for or why it failed, and what it cost.

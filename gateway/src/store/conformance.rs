@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    Attempt, DeadItem, DeadLetterFilter, Dedup, Enqueued, EventQueue, KvChange, KvStore,
-    NewDelivery, NewWebhook, Outcome, QueuedEvent,
+    Attempt, DeadItem, DeadLetterFilter, Dedup, Enqueued, EventQueue, KvChange, KvExpectation,
+    KvStore, NewDelivery, NewWebhook, Outcome, QueuedEvent, StoreError,
 };
 use crate::event::{now_ms, Event};
 
@@ -122,6 +122,49 @@ pub async fn delayed_effects_are_not_handed_out_before_they_are_due(open: Open) 
     assert_eq!(due.items.len(), 1);
 }
 
+/// Keys list by prefix, in order, page by page; a commit whose
+/// compare-and-swap saw a key that changed since stores nothing.
+pub async fn kv_lists_keys_and_refuses_a_stale_compare_and_swap(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, kv) = open(dir.path());
+    for key in ["cart:2", "cart:1", "order:1", "cart:3"] {
+        kv.set("ns", key, b"v", None).await.unwrap();
+    }
+    kv.set("ns", "cart:0", b"gone", Some(Duration::from_millis(1)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let first = kv.list("ns", "cart:", None, 2).await.unwrap();
+    assert_eq!(first, ["cart:1", "cart:2"], "expired keys are not listed");
+    let rest = kv.list("ns", "cart:", Some("cart:2"), 2).await.unwrap();
+    assert_eq!(rest, ["cart:3"]);
+    assert!(kv.list("other", "", None, 10).await.unwrap().is_empty());
+
+    let event = stored(&*queue, &["a"]).await.remove(0);
+    let swap = |saw: &'static [u8]| Outcome {
+        ack: Some(event.seq),
+        kv_namespace: "ns".into(),
+        kv_expected: vec![KvExpectation::new("cart:1".into(), Some(saw))],
+        kv: vec![KvChange::Set {
+            key: "cart:1".into(),
+            value: Bytes::from_static(b"new"),
+            ttl: None,
+        }],
+        ..Outcome::default()
+    };
+    let stale = queue.commit(swap(b"old")).await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    assert_eq!(
+        kv.get("ns", "cart:1").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    queue.commit(swap(b"v")).await.unwrap();
+    assert_eq!(
+        kv.get("ns", "cart:1").await.unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
+}
+
 pub async fn a_lease_that_runs_out_hands_the_item_out_again(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     let (queue, _) = open(dir.path());
@@ -220,6 +263,7 @@ pub async fn an_ack_commits_its_effects_with_it_or_nothing(open: Open) {
     let outcome = |value: Bytes| Outcome {
         ack: Some(event.seq),
         kv_namespace: "a".into(),
+        kv_expected: vec![],
         kv: vec![KvChange::Set {
             key: "k".into(),
             value,
@@ -276,6 +320,7 @@ macro_rules! conformance_tests {
             $crate::store::conformance::conformance_tests!(@each $open;
                 a_retry_is_not_handed_out_before_it_is_due,
                 delayed_effects_are_not_handed_out_before_they_are_due,
+                kv_lists_keys_and_refuses_a_stale_compare_and_swap,
                 a_lease_that_runs_out_hands_the_item_out_again,
                 settling_twice_is_harmless,
                 buried_items_wait_as_dead_letters_until_replayed,

@@ -36,6 +36,10 @@ pub enum StoreError {
     /// by itself when it can.
     #[error("the store cannot write now: {0}")]
     Unavailable(String),
+    /// A compare-and-swap's key changed between the run reading it and its
+    /// commit; nothing of the commit was stored.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The most a KV namespace may hold: the bytes of its keys and values, and
@@ -90,6 +94,15 @@ pub trait KvStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Remove the key; absent keys are not an error.
     async fn delete(&self, namespace: &str, key: &str) -> Result<(), StoreError>;
+    /// Up to `limit` unexpired keys of `namespace` starting with `prefix`,
+    /// in byte order, after `after` if given.
+    async fn list(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
     /// What `namespace` holds now, and its quota.
     async fn usage(&self, namespace: &str) -> Result<(KvUsage, KvQuota), StoreError>;
 }
@@ -235,6 +248,22 @@ impl KvChange {
     }
 }
 
+/// What a compare-and-swap saw of a key when it ran: its value's SHA-256
+/// (none: absent). The commit holds only if the key is still so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvExpectation {
+    pub key: String,
+    pub digest: Option<[u8; 32]>,
+}
+
+impl KvExpectation {
+    pub fn new(key: String, value: Option<&[u8]>) -> Self {
+        use sha2::Digest;
+        let digest = value.map(|v| sha2::Sha256::digest(v).into());
+        KvExpectation { key, digest }
+    }
+}
+
 /// Everything a successful run changes, committed atomically together with
 /// the acknowledgement of the event that caused it.
 #[derive(Debug, Clone, Default)]
@@ -242,6 +271,9 @@ pub struct Outcome {
     /// The queued event this completes, if it came from the queue.
     pub ack: Option<u64>,
     pub kv_namespace: String,
+    /// Keys of `kv_namespace` that must be as the run saw them, or nothing
+    /// is committed ([`StoreError::Conflict`]).
+    pub kv_expected: Vec<KvExpectation>,
     pub kv: Vec<KvChange>,
     pub deliveries: Vec<NewDelivery>,
     pub emitted: Vec<NewWebhook>,

@@ -14,7 +14,12 @@ use bytes::Bytes;
 
 use crate::runtime::bindings::hooklane::plugin::kv::{Host, KvError};
 use crate::runtime::state::PluginState;
-use crate::store::{check_sizes, KvChange, KvQuota, KvUsage, StoreError, MAX_KEY_BYTES};
+use crate::store::{
+    check_sizes, KvChange, KvExpectation, KvQuota, KvUsage, StoreError, MAX_KEY_BYTES,
+};
+
+/// Most keys one `list` call returns.
+const MAX_LIST: usize = 1000;
 
 /// Most bytes of keys and values one run may hold in writes not yet
 /// committed.
@@ -24,7 +29,9 @@ impl From<StoreError> for KvError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::TooLarge(m) | StoreError::QuotaExceeded(m) => KvError::TooLarge(m),
-            StoreError::Backend(m) | StoreError::Unavailable(m) => KvError::Unavailable(m),
+            StoreError::Backend(m) | StoreError::Unavailable(m) | StoreError::Conflict(m) => {
+                KvError::Unavailable(m)
+            }
         }
     }
 }
@@ -34,6 +41,9 @@ impl From<StoreError> for KvError {
 pub struct KvWrites {
     /// The value each written key now has (none: deleted).
     latest: BTreeMap<String, Option<(Bytes, Option<Duration>)>>,
+    /// What compare-and-swaps saw of keys this run had not written yet:
+    /// the commit holds only if they are still so.
+    expected: Vec<KvExpectation>,
     /// The namespace as it would be with these writes, and its quota;
     /// read from the store at the run's first write.
     projected: Option<(KvUsage, KvQuota)>,
@@ -42,15 +52,18 @@ pub struct KvWrites {
 }
 
 impl KvWrites {
-    /// The changes to commit, in key order.
-    pub fn into_changes(self) -> Vec<KvChange> {
-        self.latest
+    /// The changes to commit, in key order, and the keys that must be as
+    /// the run saw them.
+    pub fn into_changes(self) -> (Vec<KvChange>, Vec<KvExpectation>) {
+        let changes = self
+            .latest
             .into_iter()
             .map(|(key, value)| match value {
                 Some((value, ttl)) => KvChange::Set { key, value, ttl },
                 None => KvChange::Delete { key },
             })
-            .collect()
+            .collect();
+        (changes, self.expected)
     }
 }
 
@@ -129,5 +142,63 @@ impl Host for PluginState {
 
     async fn delete(&mut self, key: String) -> Result<(), KvError> {
         self.write(key, None).await
+    }
+
+    async fn list(
+        &mut self,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Result<(Vec<String>, Option<String>), KvError> {
+        let limit = (limit as usize).clamp(1, MAX_LIST);
+        let (namespace, kv) = (&self.sandbox.kv_namespace, &self.services.kv);
+        let mut stored = kv
+            .list(namespace, &prefix, cursor.as_deref(), limit + 1)
+            .await?;
+        // Stored keys beyond the page's last are for the next page; so are
+        // this run's writes beyond it.
+        let beyond = (stored.len() > limit).then(|| stored.pop()).flatten();
+        let mut keys: std::collections::BTreeSet<String> = stored.into_iter().collect();
+        let held = self.kv_writes.latest.iter().filter(|(key, _)| {
+            key.starts_with(&prefix)
+                && cursor.as_ref().is_none_or(|c| *key > c)
+                && beyond.as_ref().is_none_or(|b| *key < b)
+        });
+        for (key, value) in held {
+            match value {
+                Some(_) => keys.insert(key.clone()),
+                None => keys.remove(key),
+            };
+        }
+        let more = beyond.is_some() || keys.len() > limit;
+        let page: Vec<String> = keys.into_iter().take(limit).collect();
+        let next = more.then(|| page.last().cloned()).flatten();
+        Ok((page, next))
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        ttl_seconds: Option<u32>,
+    ) -> Result<bool, KvError> {
+        let held = self.kv_writes.latest.contains_key(&key);
+        let now = self.get(key.clone()).await?;
+        if now != expected {
+            return Ok(false);
+        }
+        match value {
+            Some(value) => self.set(key.clone(), value, ttl_seconds).await?,
+            None => self.delete(key.clone()).await?,
+        }
+        // What this run wrote itself it sees as it is; a stored value may
+        // change under it until the commit, which checks it again.
+        if !held {
+            self.kv_writes
+                .expected
+                .push(KvExpectation::new(key, now.as_deref()));
+        }
+        Ok(true)
     }
 }

@@ -428,6 +428,37 @@ impl KvStore for EmbeddedStore {
             .await
     }
 
+    async fn list(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let after = after.filter(|after| *after >= prefix);
+        let start = full_key(namespace, after.unwrap_or(prefix));
+        let (skip_start, wanted) = (after.is_some(), full_key(namespace, prefix));
+        let strip = namespace.len() + 1;
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(KV).map_err(backend)?;
+            let mut keys = Vec::new();
+            for entry in table.range(start.as_slice()..).map_err(backend)? {
+                let (key, stored) = entry.map_err(backend)?;
+                let key = key.value();
+                if !key.starts_with(&wanted) || keys.len() == limit {
+                    break;
+                }
+                if (skip_start && key == start.as_slice()) || unexpired(stored.value()).is_none() {
+                    continue;
+                }
+                keys.push(String::from_utf8_lossy(&key[strip..]).into_owned());
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
     async fn usage(&self, namespace: &str) -> Result<(KvUsage, KvQuota), StoreError> {
         let namespace = namespace.to_owned();
         let usage = self
@@ -451,6 +482,32 @@ impl EmbeddedStore {
             })
             .await
     }
+}
+
+/// Refuse the commit (before it changes anything) unless every key a
+/// compare-and-swap saw is still as it saw it.
+fn check_expected(
+    txn: &WriteTransaction,
+    namespace: &str,
+    expected: &[crate::store::KvExpectation],
+) -> Result<(), StoreError> {
+    if expected.is_empty() {
+        return Ok(());
+    }
+    let table = txn.open_table(KV).map_err(backend)?;
+    for expectation in expected {
+        let stored = table
+            .get(full_key(namespace, &expectation.key).as_slice())
+            .map_err(backend)?;
+        let now = stored.as_ref().and_then(|s| unexpired(s.value()));
+        if crate::store::KvExpectation::new(expectation.key.clone(), now) != *expectation {
+            return Err(StoreError::Conflict(format!(
+                "kv key `{}` of namespace `{namespace}` changed after this run's compare-and-swap read it",
+                expectation.key
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Apply a run's KV changes to `namespace` and its usage, unless they take
@@ -625,6 +682,7 @@ impl EventQueue for EmbeddedStore {
             })
             .collect();
         let (ack, namespace, kv) = (outcome.ack, outcome.kv_namespace, outcome.kv);
+        let expected = outcome.kv_expected;
         let quota = self.quota;
         let nothing_but_the_ack = kv.is_empty() && deliveries.is_empty() && emitted.is_empty();
         if nothing_but_the_ack && ack.is_none() {
@@ -637,7 +695,9 @@ impl EventQueue for EmbeddedStore {
         };
         let committed = self
             .write_counted(sync, move |txn, delta| {
-                // First: a quota refusal must come before any other change.
+                // First: a conflict or a quota refusal must come before any
+                // other change.
+                check_expected(txn, &namespace, &expected)?;
                 apply_kv(txn, &namespace, &kv, &quota)?;
                 for delivery in &deliveries {
                     insert_delivery(txn, delivery)?;
@@ -1080,6 +1140,7 @@ mod tests {
             .commit(Outcome {
                 ack: Some(events[0].seq),
                 kv_namespace: "a".into(),
+                kv_expected: vec![],
                 kv: vec![KvChange::Set {
                     key: "k".into(),
                     value: bytes::Bytes::from_static(b"v"),

@@ -8,10 +8,14 @@
 //!   bytes through the kv import (stops at the first refusal, which it
 //!   reports in its answer);
 //! - `"kv_read": "key"` — read a key back through the kv import;
+//! - `"kv_list": "prefix"` — list the keys with that prefix (first 100);
+//! - `"cas": {"key": k, "expected": e, "value": v}` — compare-and-swap
+//!   (`null` for absent), reporting whether it swapped;
 //! - `"fetch": "url"` — an http-fetch; its error text goes into the answer;
 //! - `"fail": "deadline" | "error"` — then spin until the deadline, or
 //!   fail with an internal error;
 //! - `"deliver_to": "destination"` — deliver the body unchanged there;
+//! - `"report_to": "destination"` — deliver the JSON report there;
 //! - `"respond": {"status": S, "headers": [[name, value], ...]}` — answer
 //!   with that status and those headers and, as body, a JSON report of what
 //!   happened.
@@ -53,6 +57,17 @@ impl Campaign for Abuse {
             let found = kv::get(key)?.map(|v| v.len());
             report.insert("kv_read_bytes".into(), json!(found));
         }
+        if let Some(prefix) = script["kv_list"].as_str() {
+            let (keys, _) = kv::list(prefix, None, 100)?;
+            report.insert("kv_list".into(), json!(keys));
+        }
+        if let Some(cas) = script.get("cas") {
+            let key = cas["key"].as_str().unwrap_or("cas");
+            let expected = cas["expected"].as_str().map(str::as_bytes);
+            let value = cas["value"].as_str().map(str::as_bytes);
+            let swapped = kv::compare_and_swap(key, expected, value, None)?;
+            report.insert("swapped".into(), swapped.into());
+        }
         if let Some(url) = script["fetch"].as_str() {
             let answer = match http::get(url) {
                 Ok(response) => json!({ "status": response.status }),
@@ -73,6 +88,14 @@ impl Campaign for Abuse {
                 destination: destination.into(),
                 headers: vec![],
                 body: event.body.clone(),
+            }));
+        }
+        if let Some(destination) = script["report_to"].as_str() {
+            let body = serde_json::to_vec(&report).map_err(|e| Error::internal(e.to_string()))?;
+            actions.push(Action::Deliver(hooklane_sdk::Delivery {
+                destination: destination.into(),
+                headers: vec![],
+                body,
             }));
         }
         if let Some(targets) = config::get("emit_to") {
