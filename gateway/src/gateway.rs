@@ -49,9 +49,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Open the store, start the lanes and compile every campaign's plugin.
-    /// Call it on the ingress runtime: the speed lane runs on its threads.
+    /// Open the store, start the lanes and compile every campaign's plugin,
+    /// keeping compiled components in the data directory. Call it on the
+    /// ingress runtime: the speed lane runs on its threads.
     pub fn start(config: &Config) -> Result<Arc<Gateway>, StartError> {
+        Gateway::start_with_cache(config, Some(config.data_dir.join("compiled")))
+    }
+
+    /// [`Gateway::start`], keeping compiled components in `compiled_cache`.
+    pub fn start_with_cache(
+        config: &Config,
+        compiled_cache: Option<std::path::PathBuf>,
+    ) -> Result<Arc<Gateway>, StartError> {
         let store = Arc::new(EmbeddedStore::open(
             &config.data_dir,
             config.store.fsync,
@@ -69,12 +78,11 @@ impl Gateway {
             .chain(Lane::ALL.map(|lane| config.lanes.get(lane).memory_mb))
             .max()
             .unwrap_or(64);
-        let cache = config.data_dir.join("compiled");
         let runtime = Runtime::new(
             &config.runtime,
             max_memory_mb,
             services.clone(),
-            Some(cache),
+            compiled_cache,
         )?;
         let campaigns = Campaigns::load(config, runtime)?;
         let deliveries = Deliveries::new(

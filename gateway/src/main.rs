@@ -461,11 +461,13 @@ async fn check_config(path: PathBuf) -> anyhow::Result<()> {
         );
     }
     // Compile every plugin against a scratch store, so checking never
-    // touches (or waits on the lock of) a running gateway's data.
+    // touches (or waits on the lock of) a running gateway's data; compiled
+    // components are kept in the tools' cache for the next check.
     let scratch = tempfile::tempdir()?;
     let mut checked = config.clone();
     checked.data_dir = scratch.path().to_owned();
-    tokio::task::block_in_place(|| hooklane::gateway::Gateway::start(&checked))?;
+    let cache = hooklane::runtime::tool_cache_dir();
+    tokio::task::block_in_place(|| hooklane::gateway::Gateway::start_with_cache(&checked, cache))?;
     println!(
         "{}: ok ({} sources, {} campaigns, {} destinations)",
         path.display(),

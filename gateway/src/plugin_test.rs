@@ -102,8 +102,14 @@ pub async fn run(
     let quota = under_test.config.store.kv_quota();
     let store = Arc::new(EmbeddedStore::open(scratch.path(), false, quota).map_err(setup)?);
     let services = HostServices::new(store.clone()).map_err(setup)?;
-    let runtime = Runtime::new(&under_test.config.runtime, limits.memory_mb, services, None)
-        .map_err(setup)?;
+    let cache = crate::runtime::tool_cache_dir();
+    let runtime = Runtime::new(
+        &under_test.config.runtime,
+        limits.memory_mb,
+        services,
+        cache,
+    )
+    .map_err(setup)?;
     let plugin = runtime.load(name, campaign, &limits).map_err(setup)?;
     let kv_namespace = plugin.sandbox().kv_namespace.clone();
     let recorded = std::fs::read_to_string(&options.events)

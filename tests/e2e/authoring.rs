@@ -163,3 +163,52 @@ fn plugin_test_names_the_campaigns_of_a_config_when_it_cannot_tell_which() {
         );
     }
 }
+
+#[test]
+fn check_config_and_plugin_test_compile_each_component_once_through_the_cache() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = plugin("relay");
+    let config = dir.path().join("hooklane.toml");
+    let campaign = |name: &str| {
+        format!("[campaigns.{name}]\nsource = \"shop\"\nlane = \"care\"\nplugin = \"{relay}\"\n")
+    };
+    let text = format!("[sources.shop]\n{}{}", campaign("one"), campaign("two"));
+    std::fs::write(&config, text).expect("write config");
+    let config = config.to_str().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"body\": {}}\n").expect("write events");
+    let compiles = |args: &[&str]| -> Vec<String> {
+        let output = Command::new(env!("CARGO_BIN_EXE_hooklane"))
+            .args(args)
+            .env("HOOKLANE_CACHE_DIR", dir.path().join("cache"))
+            .env("HOOKLANE_LOG", "hooklane::runtime=debug")
+            .output()
+            .expect("run hooklane");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        stderr
+            .lines()
+            .filter(|line| line.contains("Compiled plugin ready"))
+            .map(|line| line.split("cached=").nth(1).unwrap_or("").to_owned())
+            .collect()
+    };
+    let compiled = |loads: &[String]| loads.iter().filter(|l| l.starts_with("false")).count();
+    let check = ["check-config", "--config", config];
+    let first = compiles(&check);
+    assert_eq!(
+        compiled(&first),
+        1,
+        "two campaigns, one component: {first:?}"
+    );
+    let again = compiles(&check);
+    assert!(!again.is_empty() && compiled(&again) == 0, "{again:?}");
+    let test = [
+        "plugin",
+        "test",
+        &relay,
+        "--events",
+        events.to_str().unwrap(),
+    ];
+    let tested = compiles(&test);
+    assert!(!tested.is_empty() && compiled(&tested) == 0, "{tested:?}");
+}

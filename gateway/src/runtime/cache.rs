@@ -73,7 +73,9 @@ fn load(engine: &Engine, path: &Path) -> Option<Component> {
     // wasmtime itself produced. This directory is written only by
     // `CompiledCache::store` above, from `Component::serialize`, inside the
     // gateway's own data directory, which is as trusted as the binary (an
-    // attacker who can write there can replace the plugins too). wasmtime
+    // attacker who can write there can replace the plugins too) — or, for
+    // the tools, the user's own cache directory, as trusted as the user's
+    // home (wasmtime's own cache lives there too). wasmtime
     // still checks the file's header against this engine's version and
     // configuration and refuses a mismatch, which we treat as a miss.
     match unsafe { Component::deserialize_file(engine, path) } {

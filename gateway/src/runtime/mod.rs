@@ -23,7 +23,7 @@ mod output;
 mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -69,6 +69,10 @@ pub enum LoadError {
 pub struct Runtime {
     engine: Engine,
     cache: Option<cache::CompiledCache>,
+    /// Compiles under way, by digest: campaigns loading the same component
+    /// at once wait for one compile (the cache serves those that come
+    /// later).
+    compiling: std::sync::Mutex<std::collections::HashMap<String, Weak<CompileSlot>>>,
     linker: Linker<PluginState>,
     services: HostServices,
     fuel_yield_interval: u64,
@@ -136,6 +140,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             cache: cache_dir.map(cache::CompiledCache::new),
+            compiling: Default::default(),
             linker,
             services,
             fuel_yield_interval: config.fuel_yield_interval,
@@ -173,6 +178,30 @@ impl Runtime {
     /// the `hooklane:plugin/campaign` world, compile it (or take it from
     /// the cache) and link it. The error says what is wrong with it.
     pub fn compile(&self, bytes: &[u8], digest: &str) -> Result<Compiled, String> {
+        let slot = {
+            let mut compiling = self.compiling.lock().expect("compiling lock");
+            match compiling.get(digest).and_then(Weak::upgrade) {
+                Some(slot) => slot,
+                None => {
+                    compiling.retain(|_, slot| slot.strong_count() > 0);
+                    let slot = Arc::new(CompileSlot::default());
+                    compiling.insert(digest.to_owned(), Arc::downgrade(&slot));
+                    slot
+                }
+            }
+        };
+        // Held while compiling: a second caller with the same component
+        // waits for this compile instead of doing its own.
+        let mut done = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(compiled) = done.as_ref() {
+            return Ok(compiled.clone());
+        }
+        let compiled = self.compile_once(bytes, digest)?;
+        *done = Some(compiled.clone());
+        Ok(compiled)
+    }
+
+    fn compile_once(&self, bytes: &[u8], digest: &str) -> Result<Compiled, String> {
         check_component_header(bytes)?;
         let started = Instant::now();
         let (component, cached) = match &self.cache {
@@ -237,6 +266,22 @@ pub fn read_plugin_file(name: &str, campaign: &CampaignConfig) -> Result<Vec<u8>
     })
 }
 
+/// Where tools that compile plugins outside a gateway (`check-config`,
+/// `plugin test`) keep compiled components between runs:
+/// `HOOKLANE_CACHE_DIR`, else `$XDG_CACHE_HOME/hooklane/compiled`, else
+/// `~/.cache/hooklane/compiled`; none when there is no home.
+pub fn tool_cache_dir() -> Option<std::path::PathBuf> {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    var("HOOKLANE_CACHE_DIR").or_else(|| {
+        let cache = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|home| home.join(".cache")));
+        cache.map(|cache| cache.join("hooklane/compiled"))
+    })
+}
+
 /// The hex SHA-256 of a component: names its version and its cache file.
 pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -256,6 +301,10 @@ fn check_component_header(bytes: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// One compile of a component, shared by the callers that asked for it
+/// while it ran.
+type CompileSlot = std::sync::Mutex<Option<Compiled>>;
 
 /// A component compiled and linked against the campaign world, not yet
 /// bound to a campaign; cheap to clone.
