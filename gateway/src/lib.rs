@@ -9,7 +9,6 @@
 
 pub mod actions;
 pub mod admin;
-pub mod bench;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;
@@ -18,7 +17,6 @@ pub mod event;
 pub mod gateway;
 pub mod ingress;
 pub mod lanes;
-pub mod loadgen;
 pub mod plugin_test;
 pub mod progress;
 mod redact;

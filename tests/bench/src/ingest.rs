@@ -1,4 +1,4 @@
-//! `hooklane bench ingest`: durable ingest — 202s per second with the store
+//! `hooklane-bench ingest`: durable ingest — 202s per second with the store
 //! syncing every group commit, beside the same path with fsync off, in one
 //! run. The events go to an async care campaign running the trivial plugin,
 //! so what is measured is accepting and persisting, not plugin work.
@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{BenchError, BenchOptions, REQUEST_TIMEOUT};
 use crate::loadgen::{self, ThroughputReport};
+use crate::{BenchError, BenchOptions, REQUEST_TIMEOUT};
 
 /// Target on a 2-core machine.
 const TARGET_DURABLE_PER_S: f64 = 50_000.0;
@@ -86,7 +86,7 @@ source = "ingest"
 lane = "care"
 plugin = {}
 "#,
-            super::toml_path(&trivial)
+            crate::toml_path(&trivial)
         );
         let gateway = options.start_gateway(name, &config).await?;
         let url = format!("http://{}/hooks/ingest", gateway.addr("ingress"));
@@ -104,6 +104,6 @@ plugin = {}
         durable,
         unsynced,
     };
-    super::write_report(&options.out, &report)?;
+    crate::write_report(&options.out, &report)?;
     Ok(report)
 }

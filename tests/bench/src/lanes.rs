@@ -1,4 +1,4 @@
-//! `hooklane bench`: the load benchmark that proves lane isolation.
+//! `hooklane-bench lanes`: the load benchmark that proves lane isolation.
 //!
 //! One invocation runs four scenarios against the same machine state:
 //! 1. **floor** — a bare hyper server (its own process) at the highest rate
@@ -15,90 +15,19 @@
 //! speed p99 in the mix ÷ speed p99 idle — as a table and as JSON. All traffic
 //! stays on loopback and every phase is bounded in time and count.
 
-pub mod backlog;
-pub mod deploy;
-pub mod floor;
-pub mod ingest;
-pub mod process;
-pub mod soak;
-
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::process::Command;
 
-use crate::loadgen::{self, ClassReport, LoadError, Plan, ThroughputReport, TrafficClass};
-use process::{Server, SpawnError};
-
-/// What a bench run may be asked.
-#[derive(Debug, Clone)]
-pub struct BenchOptions {
-    /// Where the built plugins are (`plugins/target/wasm32-wasip2/release`).
-    pub plugins: PathBuf,
-    /// Where the JSON report goes.
-    pub out: PathBuf,
-    /// A short run that only proves the bench works end to end.
-    pub smoke: bool,
-    /// How long the soak's traffic lasts, unless `smoke`.
-    pub minutes: u64,
-}
-
-/// The admin token of the gateways a bench starts.
-const ADMIN_TOKEN: &str = "bench-admin-token";
-/// How long a bench server may take to start.
-const PATIENCE: Duration = Duration::from_secs(120);
-/// A request not answered within this counts as an error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl BenchOptions {
-    /// The absolute path of a built plugin (`name` with underscores).
-    fn plugin(&self, name: &str) -> Result<PathBuf, BenchError> {
-        let path = std::path::absolute(self.plugins.join(format!("{name}.wasm")))?;
-        path.exists()
-            .then(|| path.clone())
-            .ok_or(BenchError::MissingPlugin(path))
-    }
-
-    /// Start a gateway process with `config`. Its files go beside the report
-    /// (`<out>.<name>/`), so its log is there to read after a run; its data
-    /// directory starts empty every time.
-    async fn start_gateway(&self, name: &str, config: &str) -> Result<Server, BenchError> {
-        let dir = self.out.with_extension(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        eprintln!(
-            "bench: starting {name} (log: {})",
-            dir.join("gateway.log").display()
-        );
-        serve_in(&dir, config, &[]).await
-    }
-}
-
-/// Write `config` to `dir/bench.toml` and run `hooklane serve` on it with
-/// `env`, its log appended to `dir/gateway.log`; whatever data `dir` holds
-/// is kept, so calling it again is a restart. Returns once the ingress and
-/// admin listeners are bound, that is once every campaign is loaded.
-async fn serve_in(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<Server, BenchError> {
-    std::fs::create_dir_all(dir)?;
-    let config_path = dir.join("bench.toml");
-    std::fs::write(&config_path, config)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("gateway.log"))?;
-    let mut command = Command::new(std::env::current_exe()?);
-    command
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("HOOKLANE_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .stderr(log);
-    Ok(Server::spawn(command, &["ingress", "admin"], PATIENCE).await?)
-}
+use crate::loadgen::{self, ClassReport, Plan, ThroughputReport, TrafficClass};
+use crate::process::Server;
+use crate::{
+    black_hole, toml_path, write_report, BenchError, BenchOptions, PATIENCE, REQUEST_TIMEOUT,
+};
 
 /// Targets on a 2-core machine.
 const TARGET_TRIVIAL_OVER_FLOOR: f64 = 0.6;
@@ -145,21 +74,9 @@ impl Load {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    #[error("plugin {0} is missing: run scripts/setup.sh first")]
-    MissingPlugin(PathBuf),
-    #[error("cannot prepare the bench: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("cannot start a server for the bench: {0}")]
-    Spawn(#[from] SpawnError),
-    #[error(transparent)]
-    Load(#[from] LoadError),
-}
-
 /// Everything a run measured.
 #[derive(Debug, Serialize)]
-pub struct BenchReport {
+pub struct LanesReport {
     pub smoke: bool,
     pub floor: ThroughputReport,
     pub trivial: ThroughputReport,
@@ -177,7 +94,7 @@ pub struct BenchReport {
     pub speed_errors_in_mix: u64,
 }
 
-impl BenchReport {
+impl LanesReport {
     /// The human summary: tables, ratios and targets.
     pub fn render(&self) -> String {
         let throughput = |name: &str, t: &ThroughputReport| {
@@ -237,7 +154,7 @@ fn millis(us: Option<u64>) -> String {
 }
 
 /// Run every scenario and write the JSON report to `options.out`.
-pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
+pub async fn run(options: &BenchOptions) -> Result<LanesReport, BenchError> {
     let load = Load::new(options.smoke);
     let plugin = |name: &str| options.plugin(name);
     let plugins = [
@@ -251,7 +168,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
 
     eprintln!("bench: starting the floor server");
     let mut floor_command = Command::new(std::env::current_exe()?);
-    floor_command.arg("bench-floor");
+    floor_command.arg("floor");
     let floor = Server::spawn(floor_command, &["floor"], PATIENCE).await?;
     let floor_url = format!("http://{}/", floor.addr("floor"));
     let never = black_hole().await?;
@@ -340,7 +257,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let (speed_idle, hostile_mix) = last.expect("at least one round");
     rounds.sort_by(f64::total_cmp);
-    let report = BenchReport {
+    let report = LanesReport {
         smoke: options.smoke,
         trivial_over_floor: throughput_ratios[throughput_ratios.len() / 2],
         trivial_over_floor_per_round: throughput_ratios,
@@ -354,16 +271,6 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     };
     write_report(&options.out, &report)?;
     Ok(report)
-}
-
-/// Write a report as JSON to `out`, creating its folder.
-fn write_report(out: &Path, report: &impl Serialize) -> Result<(), BenchError> {
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let json = serde_json::to_string_pretty(report).expect("report serialises");
-    std::fs::write(out, json)?;
-    Ok(())
 }
 
 /// The bench gateway: one campaign per traffic class.
@@ -419,22 +326,4 @@ allowed_hosts = ["{never}"]
 settings = {{ url = "http://{never}/" }}
 "#
     )
-}
-
-/// A path as a TOML string (escaped by the TOML serialiser).
-fn toml_path(path: &Path) -> String {
-    toml::Value::String(path.display().to_string()).to_string()
-}
-
-/// A loopback host that accepts connections and never answers them.
-pub async fn black_hole() -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    Ok(addr)
 }

@@ -1,4 +1,4 @@
-//! `hooklane bench backlog`: the queue lives on disk. A care campaign whose
+//! `hooklane-bench backlog`: the queue lives on disk. A care campaign whose
 //! plugin is far slower than ingest takes a burst of webhooks until a
 //! million are queued; the gateway's resident memory is measured with 1,000
 //! queued and with all of them (it must not grow with the backlog), beside
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{serve_in, toml_path, BenchError, BenchOptions, ADMIN_TOKEN, REQUEST_TIMEOUT};
 use crate::loadgen;
+use crate::{toml_path, BenchError, BenchOptions, ADMIN_TOKEN, REQUEST_TIMEOUT};
 
 /// Targets.
 const TARGET_RSS_RATIO: f64 = 1.5;
@@ -115,7 +115,7 @@ plugin = {trivial}
         dir.join("gateway.log").display()
     );
     let env = [("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)];
-    let gateway = serve_in(&dir, &config, &env).await?;
+    let gateway = options.serve_in(&dir, &config, &env).await?;
     let url = format!("http://{}/hooks/burst", gateway.addr("ingress"));
     let admin = format!("http://{}", gateway.addr("admin"));
     let body = Bytes::from_static(br#"{"customer_id": "c-1", "event": "page_view"}"#);
@@ -137,7 +137,7 @@ plugin = {trivial}
     let mut gateway = gateway;
     gateway.child.kill().await?; // kill -9, and wait until it is gone
     let started = Instant::now();
-    let restarted = serve_in(&dir, &config, &env).await?;
+    let restarted = options.serve_in(&dir, &config, &env).await?;
     let admin = format!("http://{}", restarted.addr("admin"));
     let ready = wait_for(&client, &format!("{admin}/readyz"), &Bytes::new(), false).await;
     let restart_to_ready_s = ready.map(|()| started.elapsed().as_secs_f64())?;
@@ -164,7 +164,7 @@ plugin = {trivial}
         restart_to_speed_answer_s,
         drain_per_s,
     };
-    super::write_report(&options.out, &report)?;
+    crate::write_report(&options.out, &report)?;
     Ok(report)
 }
 
