@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::loadgen::{self, Plan, TrafficClass};
 use crate::process::Server;
-use crate::{BenchError, BenchOptions, ADMIN_TOKEN, REQUEST_TIMEOUT};
+use crate::{median, BenchError, BenchOptions, ADMIN_TOKEN, REQUEST_TIMEOUT};
 
 /// Targets with 1,000 campaign versions on a 2-core machine.
 const TARGET_RSS_MB: f64 = 1024.0;
@@ -189,12 +189,6 @@ pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
     };
     crate::write_report(&options.out, &report)?;
     Ok(report)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
 }
 
 /// Write `count` variants of the component at `original` into `dir`.

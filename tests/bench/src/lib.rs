@@ -9,10 +9,13 @@
 //! [`deploy`] (1,000 campaign versions), [`backlog`] (a million events queued
 //! on disk) and [`soak`] (kill -9 while the destination flaps: nothing lost).
 //! [`loadgen`] sends the traffic; [`floor`] is the bare hyper server a
-//! gateway's figures are compared with; [`process`] starts a server and
-//! learns its ports (the end-to-end tests use it too).
+//! gateway's figures are compared with, and [`ceiling`] what the generator
+//! drove it to (no throughput ratio without headroom above the gateway);
+//! [`process`] starts a server and learns its ports (the end-to-end tests
+//! use it too).
 
 pub mod backlog;
+pub mod ceiling;
 pub mod deploy;
 pub mod floor;
 pub mod ingest;
@@ -142,6 +145,14 @@ fn write_report(out: &Path, report: &impl Serialize) -> Result<(), BenchError> {
     let json = serde_json::to_string_pretty(report).expect("report serialises");
     std::fs::write(out, json)?;
     Ok(())
+}
+
+/// The middle of `values` (the upper one of an even count); `values` must
+/// not be empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// A path as a TOML string (escaped by the TOML serialiser).

@@ -100,16 +100,35 @@ fn the_load_bench_runs_end_to_end() {
     assert_eq!(idle["name"], "speed");
     assert!(idle["ok"].as_u64().unwrap() > 0, "{report}");
     assert!(idle["p99_us"].as_u64().unwrap() > 0, "{report}");
+    assert_judged_beside_the_ceiling(&printed, &report, "trivial_over_floor");
+}
+
+/// The report carries the generator's ceiling, prints it, and `figure` is
+/// either measured or withheld with the reason.
+fn assert_judged_beside_the_ceiling(printed: &str, report: &Value, figure: &str) {
+    assert!(printed.contains("generator ceiling"), "{printed}");
     assert!(
-        report["trivial_over_floor"].as_f64().unwrap() > 0.0,
+        report["ceiling"]["ok_per_s"].as_f64().unwrap() > 0.0,
         "{report}"
     );
+    assert!(
+        report["ceiling"]["threads"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    let judged = &report[figure];
+    let measured = judged["measured"].as_f64().is_some_and(|v| v > 0.0);
+    let withheld = judged["withheld"]
+        .as_str()
+        .is_some_and(|why| why.contains("generator's ceiling") && printed.contains(why));
+    assert!(measured ^ withheld, "{report}");
 }
 
 #[test]
 fn the_ingest_bench_runs_end_to_end() {
     let (printed, report) = smoke_run("ingest");
     assert!(printed.contains("durable / fsync off:"), "{printed}");
+    assert_judged_beside_the_ceiling(&printed, &report, "durable_over_unsynced");
+    assert_judged_beside_the_ceiling(&printed, &report, "durable_per_s");
     for run in ["durable", "unsynced"] {
         assert!(report[run]["ok"].as_u64().unwrap() > 0, "{report}");
         assert_eq!(report[run]["errors"], 0, "{report}");
@@ -146,6 +165,11 @@ fn the_deploy_bench_runs_end_to_end() {
 fn the_backlog_bench_runs_end_to_end() {
     let (printed, report) = smoke_run("backlog");
     assert!(printed.contains("restart (kill -9) to ready:"), "{printed}");
+    assert!(printed.contains("generator ceiling"), "{printed}");
+    assert!(
+        report["ceiling"]["ok_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
     assert!(report["queued"].as_u64().unwrap() >= 2_000, "{report}");
     assert!(
         report["ingest"]["accepted"].as_u64().unwrap() > 0,
