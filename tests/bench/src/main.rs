@@ -2,9 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use clap::{Parser, Subcommand};
 use hooklane::server::listening_line;
+use hooklane_bench::ceiling::Ceiling;
 use hooklane_bench::{gateway_binary, BenchOptions};
 
 #[derive(Parser)]
@@ -41,9 +45,19 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
     },
-    /// The floor: a bare hyper server answering a fixed body (the bench
-    /// starts it as a process of its own).
-    #[command(hide = true)]
+    /// The generator's ceiling alone: what the closed-loop generator drives
+    /// a bare hyper server to.
+    Ceiling {
+        /// Connections kept busy.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// How long to drive it.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// The floor alone: a bare hyper server answering a fixed body, on a free
+    /// loopback port it prints (the benches start it as a process of their
+    /// own; run it to measure it with another generator, such as wrk).
     Floor,
 }
 
@@ -116,6 +130,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Soak { args, minutes } => {
             let options = args.options("soak")?;
             (soak::run(&options, minutes).await?.render(), options.out)
+        }
+        Command::Ceiling {
+            connections,
+            seconds,
+        } => {
+            let window = Duration::from_secs(seconds);
+            let body = Bytes::from_static(b"{}");
+            let ceiling = Ceiling::measure(body, connections, window).await?;
+            println!(
+                "generator ceiling: {:.0} ok/s ({} connections, {} threads, {seconds} s on bare hyper)",
+                ceiling.ok_per_s, ceiling.connections, ceiling.threads
+            );
+            return Ok(());
         }
         Command::Floor => return floor().await,
     };
