@@ -10,7 +10,6 @@
 
 pub mod actions;
 pub mod admin;
-pub mod bench;
 pub mod campaigns;
 pub mod config;
 pub mod delivery;
@@ -20,7 +19,6 @@ pub mod event;
 pub mod gateway;
 pub mod ingress;
 pub mod lanes;
-pub mod loadgen;
 pub mod plugin_test;
 pub mod progress;
 mod redact;

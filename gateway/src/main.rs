@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hooklane::bench::process::listening_line;
-use hooklane::bench::BenchOptions;
 use hooklane::config::Config;
+use hooklane::server::listening_line;
 use hooklane::telemetry::OneLinePerRecord;
 use tracing_subscriber::EnvFilter;
 
@@ -23,15 +22,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Suite {
-    Lanes,
-    Ingest,
-    Deploy,
-    Backlog,
-    Soak,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -54,33 +44,6 @@ enum Command {
         #[arg(long, short, default_value = "hooklane.toml")]
         config: PathBuf,
     },
-    /// Run a benchmark on loopback: `lanes` (lane isolation, about a
-    /// minute), `ingest` (durable ingest, fsync on vs off, about 15 s),
-    /// `deploy` (1,000 campaign versions: memory, deploy and restart time),
-    /// `backlog` (a million events queued on disk: memory, restart
-    /// time, drain rate; about two minutes) or `soak` (mixed traffic while
-    /// the destination flaps and the gateway is killed every 2 minutes:
-    /// nothing accepted may be lost).
-    Bench {
-        /// Which benchmark.
-        #[arg(value_enum, default_value_t = Suite::Lanes)]
-        suite: Suite,
-        /// Directory of the built plugins.
-        #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
-        plugins: PathBuf,
-        /// Where to write the JSON report. Default `target/bench/<suite>.json`.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// A few seconds' run that only proves the bench works.
-        #[arg(long)]
-        smoke: bool,
-        /// How long the soak's traffic lasts (`soak` only).
-        #[arg(long, default_value_t = 10)]
-        minutes: u64,
-    },
-    /// The bench's floor: a bare hyper server answering a fixed body.
-    #[command(hide = true)]
-    BenchFloor,
     /// Inspect and replay dead letters of a running gateway.
     DeadLetters {
         #[command(flatten)]
@@ -268,29 +231,6 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => {
             runtime(None).and_then(|rt| rt.block_on(check_config(config)))
         }
-        Command::Bench {
-            suite,
-            plugins,
-            out,
-            smoke,
-            minutes,
-        } => {
-            let name = match suite {
-                Suite::Lanes => "lanes",
-                Suite::Ingest => "ingest",
-                Suite::Deploy => "deploy",
-                Suite::Backlog => "backlog",
-                Suite::Soak => "soak",
-            };
-            let options = BenchOptions {
-                plugins,
-                out: out.unwrap_or_else(|| PathBuf::from(format!("target/bench/{name}.json"))),
-                smoke,
-                minutes,
-            };
-            runtime(None).and_then(|rt| rt.block_on(bench(suite, options)))
-        }
-        Command::BenchFloor => runtime(None).and_then(|rt| rt.block_on(bench_floor())),
         Command::DeadLetters { admin, action } => {
             let call = match &action {
                 DeadLetterAction::List { filter } => {
@@ -475,26 +415,6 @@ async fn check_config(path: PathBuf) -> anyhow::Result<()> {
         config.campaigns.len(),
         config.destinations.len()
     );
-    Ok(())
-}
-
-async fn bench(suite: Suite, options: BenchOptions) -> anyhow::Result<()> {
-    let rendered = match suite {
-        Suite::Lanes => hooklane::bench::run(&options).await?.render(),
-        Suite::Ingest => hooklane::bench::ingest::run(&options).await?.render(),
-        Suite::Deploy => hooklane::bench::deploy::run(&options).await?.render(),
-        Suite::Backlog => hooklane::bench::backlog::run(&options).await?.render(),
-        Suite::Soak => hooklane::bench::soak::run(&options).await?.render(),
-    };
-    print!("{rendered}");
-    println!("report: {}", options.out.display());
-    Ok(())
-}
-
-async fn bench_floor() -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    println!("{}", listening_line("floor", listener.local_addr()?));
-    hooklane::bench::floor::serve(listener).await?;
     Ok(())
 }
 

@@ -77,6 +77,22 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
+/// The stdout line a server prints once its listener `name` is bound to
+/// `addr`: with port 0 in a config, scripts, tests and the bench learn the
+/// ports from it.
+pub fn listening_line(name: &str, addr: SocketAddr) -> String {
+    format!("hooklane {name} listening on http://{addr}")
+}
+
+/// The listener name and address of a [`listening_line`], or `None` for
+/// any other line.
+pub fn parse_listening_line(line: &str) -> Option<(&str, SocketAddr)> {
+    let (name, addr) = line
+        .strip_prefix("hooklane ")?
+        .split_once(" listening on http://")?;
+    Some((name, addr.parse().ok()?))
+}
+
 /// Start the gateway from `config`, call `on_bound` once both listeners are
 /// bound, and serve until `shutdown` resolves.
 pub async fn serve(
@@ -351,5 +367,18 @@ mod tests {
         );
         let long = "x".repeat(MAX_HEAD_BYTES);
         assert!(refuse_large_head(request(1, &long)).await.is_err());
+    }
+
+    #[test]
+    fn listening_lines_read_back() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let line = listening_line("ingress", addr);
+        assert_eq!(line, "hooklane ingress listening on http://127.0.0.1:8080");
+        assert_eq!(parse_listening_line(&line), Some(("ingress", addr)));
+        assert_eq!(
+            parse_listening_line("hooklane ingress listening on http://x"),
+            None
+        );
+        assert_eq!(parse_listening_line("Gateway ready"), None);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use hooklane::bench::process::Server;
+use hooklane_bench::process::Server;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::process::Command;
@@ -498,7 +498,7 @@ pub async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
 
 /// A loopback host that accepts connections and never answers.
 pub async fn black_hole() -> SocketAddr {
-    hooklane::bench::black_hole()
+    hooklane_bench::black_hole()
         .await
         .expect("bind a black hole")
 }

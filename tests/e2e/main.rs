@@ -3,7 +3,6 @@
 //! One test binary (wasmtime's `tests/all` style) so the suite links once.
 
 mod authoring;
-mod bench;
 mod campaigns;
 mod config_errors;
 mod deploy;

@@ -1,19 +1,15 @@
-//! Starting a `hooklane` process and learning its addresses: each server
-//! prints `hooklane <name> listening on http://<addr>` on stdout once bound,
-//! which makes port 0 usable by scripts, tests and the bench.
+//! Starting a server process and learning its addresses: each server prints
+//! a [`listening_line`](hooklane::server::listening_line) on stdout once
+//! bound, which makes port 0 usable by the bench and the end-to-end tests.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use hooklane::server::parse_listening_line;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-/// The stdout line a server prints once `name` is bound to `addr`.
-pub fn listening_line(name: &str, addr: SocketAddr) -> String {
-    format!("hooklane {name} listening on http://{addr}")
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -49,9 +45,8 @@ impl Server {
                 let Some(line) = lines.next_line().await? else {
                     return Err(SpawnError::Exited(wanted()));
                 };
-                for name in names {
-                    let prefix = format!("hooklane {name} listening on http://");
-                    if let Some(addr) = line.strip_prefix(&prefix).and_then(|a| a.parse().ok()) {
+                if let Some((name, addr)) = parse_listening_line(&line) {
+                    if names.contains(&name) {
                         addresses.insert(name.to_string(), addr);
                     }
                 }

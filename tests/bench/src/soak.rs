@@ -1,4 +1,4 @@
-//! `hooklane bench soak`: minutes of mixed traffic through all three lanes
+//! `hooklane-bench soak`: minutes of mixed traffic through all three lanes
 //! while the destination flaps and the gateway is killed with SIGKILL and
 //! started again on a timer — the proof that an accepted webhook is never
 //! lost.
@@ -45,9 +45,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use super::process::resident_mb;
-use super::{BenchError, BenchOptions, ADMIN_TOKEN, PATIENCE, REQUEST_TIMEOUT};
 use crate::loadgen::{self, Schedule};
+use crate::process::resident_mb;
+use crate::{BenchError, BenchOptions, ADMIN_TOKEN, PATIENCE, REQUEST_TIMEOUT};
 
 /// The campaigns, one per lane: name (also its source), lane and the status
 /// that means "accepted".
@@ -305,10 +305,10 @@ impl SoakReport {
     }
 }
 
-/// Run the soak for `options.minutes` (24 s with `smoke`) and write the
-/// JSON report to `options.out`.
-pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
-    let load = Load::new(options.minutes, options.smoke);
+/// Run the soak for `minutes` (24 s with `smoke`) and write the JSON report
+/// to `options.out`.
+pub async fn run(options: &BenchOptions, minutes: u64) -> Result<SoakReport, BenchError> {
+    let load = Load::new(minutes, options.smoke);
     let abuse = options.plugin("abuse")?;
     let sink = Sink::start(load.flap).await?;
     let (ingress, admin) = two_free_addresses()?;
@@ -330,7 +330,7 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
         ("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN),
         ("HOOKLANE_LOG", "info"),
     ];
-    let mut gateway = super::serve_in(&dir, &config, &env).await?;
+    let mut gateway = options.serve_in(&dir, &config, &env).await?;
     let memory = Arc::new(Mutex::new(Memory {
         pid: Some(gateway.pid()?),
         max_mb: 0.0,
@@ -375,7 +375,7 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
             &dir.join("gateway.log"),
             &format!("--- bench soak: {killed_line} ---"),
         )?;
-        gateway = super::serve_in(&dir, &config, &env).await?;
+        gateway = options.serve_in(&dir, &config, &env).await?;
         memory.lock().expect("memory lock").pid = Some(gateway.pid()?);
         answered(&admin.http, ingress).await?;
         restarts.push(Restart {
@@ -469,7 +469,7 @@ pub async fn run(options: &BenchOptions) -> Result<SoakReport, BenchError> {
         drained: drain.done,
     };
     drop(log);
-    super::write_report(&options.out, &report)?;
+    crate::write_report(&options.out, &report)?;
     Ok(report)
 }
 
@@ -855,7 +855,7 @@ fn two_free_addresses() -> std::io::Result<(SocketAddr, SocketAddr)> {
 /// One campaign per lane, each running `abuse` and delivering to `sink`,
 /// whose retries and breaker ride out an outage.
 fn soak_config(abuse: &Path, sink: SocketAddr, ingress: SocketAddr, admin: SocketAddr) -> String {
-    let abuse = super::toml_path(abuse);
+    let abuse = crate::toml_path(abuse);
     let mut config = format!(
         r#"
 listen = "{ingress}"
@@ -959,7 +959,8 @@ hooklane_plain 4
             "127.0.0.1:9090".parse().unwrap(),
         );
         let parsed =
-            crate::config::Config::parse(&config, Path::new("bench.toml"), Path::new("/")).unwrap();
+            hooklane::config::Config::parse(&config, Path::new("bench.toml"), Path::new("/"))
+                .unwrap();
         assert_eq!(parsed.campaigns.len(), 3);
         assert_eq!(parsed.destinations["sink"].retry_schedule_ms.len(), 20);
     }

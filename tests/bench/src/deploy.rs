@@ -1,4 +1,4 @@
-//! `hooklane bench deploy`: a gateway holding 1,000 campaigns, each running
+//! `hooklane-bench deploy`: a gateway holding 1,000 campaigns, each running
 //! its own version of a small plugin — its resident memory, the time to
 //! deploy one more version, the speed lane's p99 while versions are
 //! deployed back to back, and the time to restart with a warm compiled
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::process::Server;
-use super::{BenchError, BenchOptions, ADMIN_TOKEN, REQUEST_TIMEOUT};
 use crate::loadgen::{self, Plan, TrafficClass};
+use crate::process::Server;
+use crate::{median, BenchError, BenchOptions, ADMIN_TOKEN, REQUEST_TIMEOUT};
 
 /// Targets with 1,000 campaign versions on a 2-core machine.
 const TARGET_RSS_MB: f64 = 1024.0;
@@ -130,7 +130,7 @@ pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
     let (deploy_one, deploy_all) = to_deploy.split_at(deploys);
 
     eprintln!("bench: one campaign");
-    let one = Gateway::start(&work.join("one"), &installed[..1]).await?;
+    let one = Gateway::start(options, &work.join("one"), &installed[..1]).await?;
     one.touch_every_campaign(1).await?;
     let rss_one_campaign_mb = one.rss_mb()?;
     let deploy_one_campaign_ms = one.deploy_each(deploy_one).await?;
@@ -138,7 +138,7 @@ pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
 
     eprintln!("bench: {campaigns} campaigns, cold start (compiles every version)");
     let started = Instant::now();
-    let all = Gateway::start(&work.join("all"), installed).await?;
+    let all = Gateway::start(options, &work.join("all"), installed).await?;
     let cold_start_s = started.elapsed().as_secs_f64();
     all.touch_every_campaign(campaigns).await?;
     let rss_mb = all.rss_mb()?;
@@ -166,7 +166,7 @@ pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
     eprintln!("bench: restart with the compiled cache warm");
     all.stop().await?;
     let started = Instant::now();
-    let again = Gateway::start(&work.join("all"), installed).await?;
+    let again = Gateway::start(options, &work.join("all"), installed).await?;
     let restart_s = started.elapsed().as_secs_f64();
     again.touch_every_campaign(1).await?;
     drop(again);
@@ -187,14 +187,8 @@ pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
         cold_start_s,
         restart_s,
     };
-    super::write_report(&options.out, &report)?;
+    crate::write_report(&options.out, &report)?;
     Ok(report)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
 }
 
 /// Write `count` variants of the component at `original` into `dir`.
@@ -248,18 +242,23 @@ struct Gateway {
 impl Gateway {
     /// Start (or restart: the data directory is kept) a gateway in `dir`;
     /// returns once it listens, that is once every campaign is loaded.
-    async fn start(dir: &Path, plugins: &[PathBuf]) -> Result<Gateway, BenchError> {
+    async fn start(
+        options: &BenchOptions,
+        dir: &Path,
+        plugins: &[PathBuf],
+    ) -> Result<Gateway, BenchError> {
         let mut config = String::from(
             "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         );
         for (i, plugin) in plugins.iter().enumerate() {
             config += &format!(
                 "[sources.s{i}]\n[campaigns.c{i}]\nsource = \"s{i}\"\nlane = \"speed\"\nplugin = {}\n",
-                super::toml_path(plugin)
+                crate::toml_path(plugin)
             );
         }
-        let server =
-            super::serve_in(dir, &config, &[("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)]).await?;
+        let server = options
+            .serve_in(dir, &config, &[("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)])
+            .await?;
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()

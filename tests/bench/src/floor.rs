@@ -1,6 +1,7 @@
 //! The bench's floor: a bare hyper server answering a fixed body, the
 //! fastest a webhook can be answered on this machine with this HTTP stack.
-//! It also stands in for the `sms` destination during the bench.
+//! It also stands in for the `sms` destination during the lanes bench. It
+//! runs as a process of its own (`hooklane-bench floor`), like the gateway.
 
 use std::convert::Infallible;
 
@@ -11,6 +12,18 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::process::Command;
+
+use crate::process::Server;
+use crate::{BenchError, PATIENCE};
+
+/// Start `hooklane-bench floor` (this executable); it listens as `floor`.
+pub async fn start() -> Result<Server, BenchError> {
+    eprintln!("bench: starting the floor server");
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("floor");
+    Ok(Server::spawn(command, &["floor"], PATIENCE).await?)
+}
 
 /// Serve `{"status":"ok"}` to every request on `listener`, forever.
 pub async fn serve(listener: TcpListener) -> std::io::Result<()> {

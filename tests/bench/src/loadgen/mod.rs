@@ -16,6 +16,8 @@
 //! it only targets loopback addresses. [`table`] renders reports for the
 //! terminal; the reports serialise to JSON with serde.
 
+mod closed_loop;
+
 use std::ops::Range;
 use std::time::Duration;
 
@@ -27,6 +29,8 @@ use serde::Serialize;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::{sleep_until, Instant};
 use url::Host;
+
+pub use closed_loop::{run_closed_loop, ThroughputReport};
 
 /// Statuses that answer "too busy, come back later": counted as `refused`,
 /// apart from ok and from errors, because shedding load is a server's
@@ -112,25 +116,6 @@ pub struct ClassReport {
     pub achieved_rate_per_s: f64,
 }
 
-/// What a closed-loop run got back.
-#[derive(Debug, Clone, Serialize)]
-pub struct ThroughputReport {
-    /// Answered 2xx.
-    pub ok: u64,
-    /// Answered 429 or 503: the server shed load.
-    pub refused: u64,
-    /// Any other status, a connect error, a broken answer or a timeout.
-    pub errors: u64,
-    /// From the start until the last in-flight request answered.
-    pub elapsed_s: f64,
-    /// The throughput figure: ok answers per second of `elapsed_s`.
-    pub ok_per_s: f64,
-    /// Latency quantiles of the ok answers, in µs from each actual send;
-    /// `None` when nothing was ok.
-    pub p50_us: Option<u64>,
-    pub p99_us: Option<u64>,
-}
-
 /// Why a run was refused or could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -145,6 +130,14 @@ pub enum LoadError {
     BadRate { class: String, rate: f64 },
     #[error("a closed-loop run needs a concurrency of at least 1")]
     NoConcurrency,
+    #[error(
+        "`{url}` is not a plain http URL; the closed-loop generator speaks HTTP/1.1 without TLS"
+    )]
+    NotPlainHttp { url: String },
+    #[error("cannot start the generator: {0}")]
+    Generator(#[from] std::io::Error),
+    #[error("a generator thread ended abnormally")]
+    GeneratorThread,
     #[error("a duration of {0:?} is too long to schedule")]
     DurationTooLong(Duration),
     #[error("could not build the HTTP client: {0}")]
@@ -200,60 +193,6 @@ pub async fn run_open_loop(plan: &Plan) -> Result<Vec<ClassReport>, LoadError> {
         );
     }
     Ok(reports)
-}
-
-/// Keeps `concurrency` requests to `url` in flight for `duration`: each time
-/// one answers, the next is sent at once. Requests in flight when the time is
-/// up are waited for, each bounded by `request_timeout`.
-pub async fn run_closed_loop(
-    url: &str,
-    body: Bytes,
-    concurrency: usize,
-    duration: Duration,
-    request_timeout: Duration,
-) -> Result<ThroughputReport, LoadError> {
-    if concurrency == 0 {
-        return Err(LoadError::NoConcurrency);
-    }
-    let url = loopback_url(url)?;
-    let client = client()?;
-    let start = Instant::now();
-    let end = start
-        .checked_add(duration)
-        .ok_or(LoadError::DurationTooLong(duration))?;
-
-    let send = || {
-        exchange(
-            client.clone(),
-            url.clone(),
-            body.clone(),
-            request_timeout,
-            Instant::now(),
-        )
-    };
-    let mut in_flight = JoinSet::new();
-    if Instant::now() < end {
-        for _ in 0..concurrency {
-            in_flight.spawn(send());
-        }
-    }
-    let mut tally = Tally::new();
-    while let Some(done) = in_flight.join_next().await {
-        tally.record(done, &SUCCESS_STATUSES);
-        if Instant::now() < end {
-            in_flight.spawn(send());
-        }
-    }
-    let elapsed_s = start.elapsed().as_secs_f64();
-    Ok(ThroughputReport {
-        ok: tally.ok,
-        refused: tally.refused,
-        errors: tally.errors,
-        elapsed_s,
-        ok_per_s: per_second(tally.ok, elapsed_s),
-        p50_us: quantile_us(&tally.ok_latency_us, 0.5),
-        p99_us: quantile_us(&tally.ok_latency_us, 0.99),
-    })
 }
 
 /// Renders reports as an aligned table for the terminal, one row per class,
@@ -522,19 +461,33 @@ impl Tally {
 
     /// A request task that did not finish normally counts as an error.
     fn record(&mut self, done: Result<Exchange, JoinError>, ok_statuses: &Range<u16>) {
-        let Ok(exchange) = done else {
-            self.errors += 1;
-            return;
-        };
-        match verdict(exchange.status, ok_statuses) {
+        match done {
+            Ok(exchange) => self.count(exchange.status, exchange.latency, ok_statuses),
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    /// One answer with `status` (`None`: no complete answer) after `latency`.
+    fn count(&mut self, status: Option<u16>, latency: Duration, ok_statuses: &Range<u16>) {
+        match verdict(status, ok_statuses) {
             Verdict::Ok => {
                 self.ok += 1;
-                let micros = u64::try_from(exchange.latency.as_micros()).unwrap_or(u64::MAX);
+                let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                 self.ok_latency_us.saturating_record(micros);
             }
             Verdict::Refused => self.refused += 1,
             Verdict::Error => self.errors += 1,
         }
+    }
+
+    /// Add up another tally of the same run (another connection or thread).
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.refused += other.refused;
+        self.errors += other.errors;
+        self.ok_latency_us
+            .add(&other.ok_latency_us)
+            .expect("tallies share their bounds");
     }
 }
 
@@ -902,6 +855,62 @@ mod tests {
             "{report:?}"
         );
         assert!(report.p50_us.is_some() && report.p99_us >= report.p50_us);
+        assert_eq!(report.connections, 4);
+        assert!((1..=4).contains(&report.threads), "{report:?}");
+    }
+
+    async fn closed_loop(url: &str) -> Result<ThroughputReport, LoadError> {
+        let window = Duration::from_millis(200);
+        run_closed_loop(url, Bytes::new(), 3, window, Duration::from_secs(1)).await
+    }
+
+    #[tokio::test]
+    async fn closed_loop_counts_refusals_and_errors_apart() {
+        let busy = answering(StatusCode::TOO_MANY_REQUESTS).await;
+        let report = closed_loop(&format!("http://{busy}/")).await.unwrap();
+        assert!(report.refused > 0, "{report:?}");
+        assert_eq!((report.ok, report.errors), (0, 0), "{report:?}");
+
+        let broken = answering(StatusCode::INTERNAL_SERVER_ERROR).await;
+        let report = closed_loop(&format!("http://{broken}/")).await.unwrap();
+        assert!(report.errors > 0, "{report:?}");
+        assert_eq!((report.ok, report.refused), (0, 0), "{report:?}");
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nobody = listener.local_addr().unwrap();
+        drop(listener);
+        let report = closed_loop(&format!("http://{nobody}/")).await.unwrap();
+        assert!(report.errors > 0, "{report:?}");
+        assert_eq!(report.ok, 0, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn closed_loop_opens_a_new_connection_when_the_server_closes_one() {
+        // Each connection answers once, then closes: every request after the
+        // first on a connection needs a new one.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0; 1024];
+                    let _ = socket.read(&mut request).await;
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+                    let _ = socket.write_all(answer).await;
+                });
+            }
+        });
+        let report = closed_loop(&format!("http://{addr}/")).await.unwrap();
+        assert!(report.ok > 3, "{report:?}");
+        assert_eq!((report.errors, report.refused), (0, 0), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn closed_loop_speaks_plain_http_only() {
+        let result = closed_loop("https://127.0.0.1:1/").await;
+        assert!(matches!(result, Err(LoadError::NotPlainHttp { .. })));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `hooklane bench backlog`: the queue lives on disk. A care campaign whose
+//! `hooklane-bench backlog`: the queue lives on disk. A care campaign whose
 //! plugin is far slower than ingest takes a burst of webhooks until a
 //! million are queued; the gateway's resident memory is measured with 1,000
 //! queued and with all of them (it must not grow with the backlog), beside
@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{serve_in, toml_path, BenchError, BenchOptions, ADMIN_TOKEN, REQUEST_TIMEOUT};
+use crate::ceiling::Ceiling;
 use crate::loadgen;
+use crate::{toml_path, BenchError, BenchOptions, ADMIN_TOKEN, REQUEST_TIMEOUT};
+
+/// Connections of the burst.
+const BURST_CONNECTIONS: usize = 64;
 
 /// Targets.
 const TARGET_RSS_RATIO: f64 = 1.5;
@@ -26,6 +30,8 @@ pub struct BacklogReport {
     pub queued: u64,
     /// The burst, closed loop.
     pub ingest: Burst,
+    /// What the generator drove bare hyper to, with the burst's connections.
+    pub ceiling: Ceiling,
     pub rss_small_backlog_mb: f64,
     /// How many were queued when the small figure was taken.
     pub small_backlog: u64,
@@ -46,11 +52,12 @@ impl BacklogReport {
         let verdict = |met: bool| if met { "met" } else { "MISSED" };
         let mut out = String::from("== backlog on disk (care campaign slower than ingest)\n");
         out += &format!(
-            "burst:                    {} accepted at {:.0}/s ({} refused, {} errors)\n",
+            "burst:                    {} accepted at {:.0}/s ({} refused, {} errors; {})\n",
             self.ingest.accepted,
             self.ingest.accepted_per_s,
             self.ingest.refused,
-            self.ingest.errors
+            self.ingest.errors,
+            self.ceiling.beside(self.ingest.accepted_per_s)
         );
         out += &format!(
             "resident memory:          {:.0} MiB with {} queued, {:.0} MiB with {} queued: ratio {:.2} (target <= {TARGET_RSS_RATIO}: {})\n",
@@ -115,11 +122,12 @@ plugin = {trivial}
         dir.join("gateway.log").display()
     );
     let env = [("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)];
-    let gateway = serve_in(&dir, &config, &env).await?;
+    let gateway = options.serve_in(&dir, &config, &env).await?;
     let url = format!("http://{}/hooks/burst", gateway.addr("ingress"));
     let admin = format!("http://{}", gateway.addr("admin"));
     let body = Bytes::from_static(br#"{"customer_id": "c-1", "event": "page_view"}"#);
     let client = reqwest::Client::new();
+    let ceiling = Ceiling::measure(body.clone(), BURST_CONNECTIONS, Duration::from_secs(1)).await?;
 
     for _ in 0..small {
         let sent = client.post(&url).body(body.clone()).send().await;
@@ -137,7 +145,7 @@ plugin = {trivial}
     let mut gateway = gateway;
     gateway.child.kill().await?; // kill -9, and wait until it is gone
     let started = Instant::now();
-    let restarted = serve_in(&dir, &config, &env).await?;
+    let restarted = options.serve_in(&dir, &config, &env).await?;
     let admin = format!("http://{}", restarted.addr("admin"));
     let ready = wait_for(&client, &format!("{admin}/readyz"), &Bytes::new(), false).await;
     let restart_to_ready_s = ready.map(|()| started.elapsed().as_secs_f64())?;
@@ -155,6 +163,7 @@ plugin = {trivial}
         smoke: options.smoke,
         queued,
         ingest,
+        ceiling,
         rss_small_backlog_mb,
         small_backlog,
         rss_full_backlog_mb,
@@ -164,7 +173,7 @@ plugin = {trivial}
         restart_to_speed_answer_s,
         drain_per_s,
     };
-    super::write_report(&options.out, &report)?;
+    crate::write_report(&options.out, &report)?;
     Ok(report)
 }
 
@@ -183,8 +192,14 @@ async fn burst(url: &str, body: &Bytes, count: u64) -> Result<Burst, BenchError>
     let (mut burst, started) = (Burst::default(), Instant::now());
     while burst.accepted < count {
         let window = Duration::from_millis(500);
-        let round =
-            loadgen::run_closed_loop(url, body.clone(), 64, window, REQUEST_TIMEOUT).await?;
+        let round = loadgen::run_closed_loop(
+            url,
+            body.clone(),
+            BURST_CONNECTIONS,
+            window,
+            REQUEST_TIMEOUT,
+        )
+        .await?;
         burst.accepted += round.ok;
         burst.refused += round.refused;
         burst.errors += round.errors;
