@@ -4,7 +4,9 @@
 //! between campaigns, atomic ack with effects, and what a reopen keeps.
 //! A backend runs them all with [`conformance_tests!`].
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +19,10 @@ use super::{
 use crate::event::{now_ms, Event};
 
 /// Opens (or reopens) a backend's queue and KV store in a directory.
-pub type Open = fn(&Path) -> (Arc<dyn EventQueue>, Arc<dyn KvStore>);
+pub type Open = fn(&Path) -> Opening;
+
+/// A backend being opened: connecting to a server takes awaiting.
+pub type Opening = Pin<Box<dyn Future<Output = (Arc<dyn EventQueue>, Arc<dyn KvStore>)> + Send>>;
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -58,7 +63,7 @@ fn failed() -> Attempt {
 
 pub async fn a_retry_is_not_handed_out_before_it_is_due(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let mut event = stored(&*queue, &["a"]).await.remove(0);
     assert_eq!(seqs(&pull(&*queue, &["a"], 10).await), [event.seq]);
     event.attempts.push(failed());
@@ -78,7 +83,7 @@ pub async fn a_retry_is_not_handed_out_before_it_is_due(open: Open) {
 
 pub async fn a_lease_that_runs_out_hands_the_item_out_again(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let event = stored(&*queue, &["a"]).await.remove(0);
     let short = Duration::from_millis(100);
     let first = queue
@@ -97,7 +102,7 @@ pub async fn a_lease_that_runs_out_hands_the_item_out_again(open: Open) {
 
 pub async fn settling_twice_is_harmless(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let events = stored(&*queue, &["a", "a"]).await;
     pull(&*queue, &["a"], 10).await;
     let ack = || Outcome {
@@ -111,7 +116,7 @@ pub async fn settling_twice_is_harmless(open: Open) {
 
 pub async fn buried_items_wait_as_dead_letters_until_replayed(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let mut event = pull_one_stored(&*queue).await;
     event.attempts.push(failed());
     let dead = queue.bury(DeadItem::Event(event.clone())).await.unwrap();
@@ -138,7 +143,7 @@ async fn pull_one_stored(queue: &dyn EventQueue) -> QueuedEvent {
 
 pub async fn a_webhook_id_is_remembered_for_its_window(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let once = || webhook(&["a"], Some(("src/1", Duration::from_millis(200))));
     let Enqueued::Stored(first) = queue.enqueue(once()).await.unwrap() else {
         panic!("the first copy is stored");
@@ -156,7 +161,7 @@ pub async fn a_webhook_id_is_remembered_for_its_window(open: Open) {
 
 pub async fn campaigns_take_turns(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     for _ in 0..5 {
         stored(&*queue, &["busy"]).await;
     }
@@ -169,7 +174,7 @@ pub async fn campaigns_take_turns(open: Open) {
 
 pub async fn an_ack_commits_its_effects_with_it_or_nothing(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, kv) = open(dir.path());
+    let (queue, kv) = open(dir.path()).await;
     let event = pull_one_stored(&*queue).await;
     let outcome = |value: Bytes| Outcome {
         ack: Some(event.seq),
@@ -212,7 +217,7 @@ pub async fn an_ack_commits_its_effects_with_it_or_nothing(open: Open) {
 
 pub async fn a_reopened_queue_keeps_the_backlog_and_forgets_the_leases(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, kv) = open(dir.path());
+    let (queue, kv) = open(dir.path()).await;
     let events = stored(&*queue, &["a", "a", "a"]).await;
     assert_eq!(pull(&*queue, &["a"], 2).await.len(), 2);
     queue
@@ -223,7 +228,7 @@ pub async fn a_reopened_queue_keeps_the_backlog_and_forgets_the_leases(open: Ope
         .await
         .unwrap();
     drop((queue, kv));
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     assert_eq!(queue.backlog("a"), 2);
     let again = pull(&*queue, &["a"], 10).await;
     assert_eq!(seqs(&again), [events[0].seq, events[1].seq]);

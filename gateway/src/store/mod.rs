@@ -1,13 +1,14 @@
 //! Storage behind small traits: plugin key-value state ([`KvStore`]) and the
 //! durable event queue with its outbox and dead letters ([`EventQueue`]).
-//! Backends: [`embedded`] (redb in the data directory); the operations map
-//! one to one onto NATS JetStream (streams with ack / nak-with-delay /
-//! redelivery count, KV buckets) for the scale-out backend. Must never know
+//! Backends: [`embedded`] (redb in the data directory) and [`nats`] (NATS
+//! JetStream: streams with ack / nak-with-delay, KV buckets) for the
+//! scale-out backend. Must never know
 //! about HTTP or plugins.
 
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod embedded;
+pub mod nats;
 
 use std::sync::Arc;
 use std::time::Duration;

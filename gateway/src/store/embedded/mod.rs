@@ -873,9 +873,9 @@ mod tests {
         EmbeddedStore::open(dir, true, QUOTA).unwrap()
     }
 
-    fn open_as_traits(dir: &Path) -> (Arc<dyn EventQueue>, Arc<dyn KvStore>) {
+    fn open_as_traits(dir: &Path) -> crate::store::conformance::Opening {
         let store = Arc::new(store(dir));
-        (store.clone(), store)
+        Box::pin(std::future::ready((store.clone() as _, store as _)))
     }
 
     crate::store::conformance::conformance_tests!(super::open_as_traits);
