@@ -73,6 +73,7 @@ use std::time::{Duration, Instant};
 use async_nats::connection::State;
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::stream::{
     Config as StreamConfig, DirectGetErrorKind, DiscardPolicy, RetentionPolicy, Stream,
@@ -277,7 +278,11 @@ impl NatsStore {
             .name("hooklane")
             .connection_timeout(REQUEST_TIMEOUT)
             .request_timeout(Some(REQUEST_TIMEOUT))
-            .max_reconnects(None);
+            .max_reconnects(None)
+            // Back within a second of the server: the default backs off to 4 s.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(100 * attempts as u64).min(Duration::from_secs(1))
+            });
         if let Some(file) = &options.credentials_file {
             connect = connect.credentials_file(file).await.map_err(|e| {
                 StoreError::Backend(format!(
@@ -478,15 +483,39 @@ impl Inner {
     /// Publish and wait until the stream has it; its stream sequence and
     /// whether it was a duplicate within the window.
     async fn publish(&self, subject: String, message: Publish) -> Result<(u64, bool), StoreError> {
-        let what = || format!("cannot publish to NATS subject `{subject}`");
-        let ack = self
-            .js
-            .send_publish(subject.clone(), message)
-            .await
-            .map_err(|e| self.fail(what(), e))?
-            .await
-            .map_err(|e| self.fail(what(), e))?;
-        Ok((ack.sequence, ack.duplicate))
+        self.try_publish(&subject, message)
+            .await?
+            .map_err(|e| self.publish_failed(&subject, e))
+    }
+
+    /// Publish, refusing at once while disconnected rather than waiting out
+    /// a timeout (ingress answers 503 without delay); the server's refusal
+    /// as it came.
+    async fn try_publish(
+        &self,
+        subject: &str,
+        message: Publish,
+    ) -> Result<Result<(u64, bool), PublishError>, StoreError> {
+        if self.client.connection_state() != State::Connected {
+            let what = format!("cannot publish to NATS subject `{subject}`");
+            return Err(self.fail(what, "disconnected"));
+        }
+        let ack = match self.js.send_publish(subject.to_owned(), message).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        Ok(ack.map(|ack| (ack.sequence, ack.duplicate)))
+    }
+
+    fn publish_failed(&self, subject: &str, e: PublishError) -> StoreError {
+        let what = format!("cannot publish to NATS subject `{subject}`");
+        match e.kind() {
+            // The server may have it: the caller tries again or answers 503.
+            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+                StoreError::Unavailable(format!("{what}: {e}"))
+            }
+            _ => self.fail(what, e),
+        }
     }
 
     /// Send `kind` for the message behind `reply` and wait until the
@@ -809,11 +838,11 @@ impl Inner {
                 )
                 .expected_last_subject_sequence(last)
                 .ttl(cleanup_ttl(window));
-            match self.publish(subject.clone(), claim).await {
+            match self.try_publish(&subject, claim).await? {
                 Ok(_) => return Ok(None),
                 // Another node claimed it since we read: read it again.
-                Err(StoreError::Backend(e)) if e.contains("wrong last sequence") => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) => return Err(self.publish_failed(&subject, e)),
             }
         }
     }
@@ -1354,4 +1383,165 @@ mod tests {
     }
 
     crate::store::conformance::conformance_tests!(super::open_as_traits);
+
+    fn webhook(campaigns: &[&str], dedup: Option<&str>) -> NewWebhook {
+        NewWebhook {
+            event: crate::event::Event::new("src".into(), vec![], Bytes::from_static(b"{}"), None),
+            campaigns: campaigns.iter().map(|c| c.to_string()).collect(),
+            dedup: dedup.map(|key| crate::store::Dedup {
+                key: key.into(),
+                window: Duration::from_secs(60),
+            }),
+        }
+    }
+
+    /// Poll `done` every 10 ms for at most 15 s.
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} within 15 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broker_death_refuses_writes_at_once_until_it_is_back_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path()).await;
+        let Enqueued::Stored(before) = store.enqueue(webhook(&["a"], None)).await.unwrap() else {
+            panic!("stored");
+        };
+        store.server.as_mut().unwrap().kill();
+        wait_until("the store sees the server gone", || {
+            store.writable().is_err()
+        })
+        .await;
+        let started = Instant::now();
+        let refused = store.enqueue(webhook(&["a"], None)).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(ref m)) if m.contains("not connected")),
+            "{refused:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "refused at once"
+        );
+        store.server.as_mut().unwrap().restart();
+        wait_until("the store reconnects", || store.writable().is_ok()).await;
+        let Enqueued::Stored(after) = store.enqueue(webhook(&["a"], None)).await.unwrap() else {
+            panic!("stored");
+        };
+        let pulled = store
+            .next_events(vec!["a".into()], 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = pulled.items.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [before[0].seq, after[0].seq]);
+    }
+
+    #[tokio::test]
+    async fn copies_of_a_webhook_racing_store_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store(dir.path()).await);
+        let copies: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(
+                    async move { store.enqueue(webhook(&["a", "b"], Some("src/1"))).await },
+                )
+            })
+            .collect();
+        let mut stored = Vec::new();
+        let mut duplicates = Vec::new();
+        for copy in copies {
+            match copy.await.unwrap().unwrap() {
+                Enqueued::Stored(events) => stored.push(events[0].event.id.clone()),
+                Enqueued::Duplicate { event_id } => duplicates.push(event_id),
+            }
+        }
+        assert_eq!(stored.len(), 1, "one copy stored");
+        assert!(
+            duplicates.iter().all(|id| *id == stored[0]),
+            "{duplicates:?}"
+        );
+        assert_eq!((store.backlog("a"), store.backlog("b")), (1, 1));
+        store.inner.refresh().await.unwrap();
+        assert_eq!(
+            (store.backlog("a"), store.backlog("b")),
+            (1, 1),
+            "on the server too"
+        );
+    }
+
+    #[tokio::test]
+    async fn kv_namespaces_ttl_quota_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        store.set("a", "k", b"1", None).await.unwrap();
+        store.set("b b", "k.k", b"2", None).await.unwrap();
+        store
+            .set("a", "gone", b"x", Some(Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(store.get("a", "k").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.get("b b", "k.k").await.unwrap(), Some(b"2".to_vec()));
+        assert_eq!(store.get("a", "gone").await.unwrap(), None, "expired");
+        assert_eq!(store.get("never", "k").await.unwrap(), None);
+        store.delete("a", "gone").await.unwrap();
+        store.delete("b b", "k.k").await.unwrap();
+        assert_eq!(store.usage("a").await.unwrap().0.keys, 1);
+        assert_eq!(store.usage("b b").await.unwrap().0.keys, 0);
+
+        let value = vec![0; 100 << 10];
+        for i in 0..10 {
+            store
+                .set("a", &format!("k{i}"), &value, None)
+                .await
+                .unwrap();
+        }
+        let refused = store.set("a", "k10", &value, None).await;
+        assert!(
+            matches!(refused, Err(StoreError::QuotaExceeded(ref m)) if m.contains("`a`")),
+            "{refused:?}"
+        );
+        assert_eq!(
+            store.get("a", "k10").await.unwrap(),
+            None,
+            "nothing of it kept"
+        );
+        // Replacing a value counts its new size only.
+        store.set("a", "k0", b"small", None).await.unwrap();
+        store.set("a", "k10", &value, None).await.unwrap();
+        // A commit over the quota is refused whole, ack included.
+        let Enqueued::Stored(events) = store.enqueue(webhook(&["c"], None)).await.unwrap() else {
+            panic!("stored");
+        };
+        let over = store
+            .commit(Outcome {
+                ack: Some(events[0].seq),
+                kv_namespace: "a".into(),
+                kv: vec![KvChange::Set {
+                    key: "x".into(),
+                    value: Bytes::from(value.clone()),
+                    ttl: None,
+                }],
+                ..Outcome::default()
+            })
+            .await;
+        assert!(
+            matches!(over, Err(StoreError::QuotaExceeded(_))),
+            "{over:?}"
+        );
+        assert_eq!(store.backlog("c"), 1, "not acked");
+        let usage = store.usage("a").await.unwrap().0;
+        drop(store);
+        let store = self::store(dir.path()).await;
+        assert_eq!(
+            store.usage("a").await.unwrap().0,
+            usage,
+            "kept across a restart"
+        );
+        assert_eq!(store.get("a", "k0").await.unwrap(), Some(b"small".to_vec()));
+        assert_eq!(store.backlog("c"), 1);
+    }
 }
