@@ -19,7 +19,6 @@ use crate::lanes::{LaneFull, Lanes};
 use crate::retry::Backoff;
 use crate::router::{Router, VerifierError};
 use crate::runtime::{self, Compiled, HostServices, LoadError, Plugin, PluginFailure, Runtime};
-use crate::store::embedded::EmbeddedStore;
 use crate::store::{
     persist, Attempt, Committed, DeadItem, Dedup, Enqueued, EventQueue, KvChange, KvStore,
     NewDelivery, NewWebhook, Outcome, QueuedEvent, StoreError,
@@ -183,13 +182,7 @@ impl Gateway {
     /// Open the store, start the lanes and compile every campaign's plugin.
     /// Call it on the ingress runtime: the speed lane runs on its threads.
     pub fn start(config: &Config) -> Result<Arc<Gateway>, StartError> {
-        let store = Arc::new(EmbeddedStore::open(
-            &config.data_dir,
-            config.store.fsync,
-            config.store.kv_quota(),
-        )?);
-        let kv: Arc<dyn KvStore> = store.clone();
-        let queue: Arc<dyn EventQueue> = store;
+        let (kv, queue) = crate::store::open(config)?;
         let services = HostServices::new(kv.clone())?;
         // Room for any lane's default too, so a reload can move a campaign
         // to another lane; only a campaign's own larger cap needs a restart.
