@@ -19,10 +19,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, StoreBackend};
 use crate::event::{Event, Headers};
 
+/// One backend as the plugin KV and as the queue.
+pub type Stores = (Arc<dyn KvStore>, Arc<dyn EventQueue>);
+
 /// Open the backend `[store] backend` names, as the plugin KV and the
 /// queue. Connecting to NATS awaits: call it where blocking is allowed
 /// (`block_in_place`) on the runtime the store is to run on.
-pub fn open(config: &Config) -> Result<(Arc<dyn KvStore>, Arc<dyn EventQueue>), StoreError> {
+pub fn open(config: &Config) -> Result<Stores, StoreError> {
     let quota = config.store.kv_quota();
     match config.store.backend {
         StoreBackend::Embedded => {
