@@ -16,6 +16,7 @@ mod hostile;
 mod lanes;
 mod limits;
 mod metrics;
+mod nats;
 mod openapi;
 mod plugin_faults;
 mod reload;

@@ -19,6 +19,7 @@ pub mod backlog;
 pub mod deploy;
 pub mod floor;
 pub mod ingest;
+pub mod nats;
 pub mod process;
 pub mod soak;
 

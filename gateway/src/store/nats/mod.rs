@@ -55,13 +55,11 @@
 //! - **backlog**: a campaign's stored events, counted in memory: this
 //!   node's changes at once, everyone's from the stream's per-subject
 //!   counts every [`REFRESH`] (so other nodes' work shows within a second).
-//! - **durability**: see the server config in `test_server.rs`:
+//! - **durability**: see the server config in `bench/nats.rs`:
 //!   `sync_interval: always` on one server; R3 (`replicas = 3`) on a
 //!   cluster.
 
 mod names;
-#[cfg(test)]
-pub(crate) mod test_server;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
@@ -73,11 +71,14 @@ use std::time::{Duration, Instant};
 use async_nats::connection::State;
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::{
+    GetStreamError, GetStreamErrorKind, PublishError, PublishErrorKind,
+};
 use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::stream::{
     Config as StreamConfig, DirectGetErrorKind, DiscardPolicy, RetentionPolicy, Stream,
 };
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, Subject};
 use bytes::Bytes;
@@ -106,6 +107,8 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a JetStream request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an acknowledgement waits for the server's confirmation.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Where a stopping node leaves the ack subjects of its leases.
 const LEASE_FILE: &str = "leases.nak";
 
@@ -131,7 +134,7 @@ pub struct NatsStore {
     refresher: tokio::task::AbortHandle,
     /// The test server this store runs on, stopped after the store.
     #[cfg(test)]
-    pub(crate) server: Option<test_server::NatsServer>,
+    pub(crate) server: Option<crate::bench::nats::NatsServer>,
 }
 
 struct Inner {
@@ -392,6 +395,7 @@ async fn refresh_every(inner: Weak<Inner>) {
 async fn stream(js: &jetstream::Context, config: StreamConfig) -> Result<Stream, StoreError> {
     let name = config.name.clone();
     let created = match js.get_stream(&name).await {
+        Err(e) if !is_not_found(&e) => Err(e.to_string()),
         Ok(_) => js
             .update_stream(config)
             .await
@@ -424,6 +428,10 @@ fn bucket_config(bucket: &str, replicas: usize) -> StreamConfig {
         num_replicas: replicas,
         ..StreamConfig::default()
     }
+}
+
+fn is_not_found(e: &GetStreamError) -> bool {
+    matches!(e.kind(), GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 fn name_of(stream: &Stream) -> &str {
@@ -519,13 +527,25 @@ impl Inner {
     }
 
     /// Send `kind` for the message behind `reply` and wait until the
-    /// server has processed it.
+    /// server has processed it. The server does not answer for a message
+    /// it no longer holds for this delivery (settled, or handed out again
+    /// after a restart); after [`SETTLE_TIMEOUT`] that is taken as done:
+    /// if it was lost instead, the item is handed out again when its lease
+    /// runs out, which at-least-once allows.
     async fn settle(&self, reply: Subject, kind: AckKind) -> Result<(), StoreError> {
-        self.client
-            .request(reply.clone(), kind.into())
-            .await
-            .map(|_| ())
-            .map_err(|e| self.fail(format!("cannot acknowledge `{reply}`"), e))
+        let what = || format!("cannot acknowledge `{reply}`");
+        if self.client.connection_state() != State::Connected {
+            return Err(self.fail(what(), "disconnected"));
+        }
+        let request = self.client.request(reply.clone(), kind.into());
+        match tokio::time::timeout(SETTLE_TIMEOUT, request).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(what(), e)),
+            Err(_) => {
+                tracing::debug!(reply = %reply, "An acknowledgement was not confirmed");
+                Ok(())
+            }
+        }
     }
 
     /// Send `kind` for the message behind `reply`, without waiting.
@@ -652,16 +672,31 @@ impl Inner {
         let what = || format!("cannot fetch from NATS consumer `{name}`");
         let mut next_due: Option<u64> = None;
         let mut leased = 0;
-        while leased < n {
+        // Why a fetch broke off: the server went away, or its answer was
+        // lost (a fetch waits for it without a timeout of its own).
+        let mut broke_off = None;
+        'fetching: while leased < n {
             let mut batch = consumer
                 .fetch()
                 .max_messages(n - leased)
                 .messages()
                 .await
                 .map_err(|e| self.fail(what(), e))?;
+            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
             let mut fetched = 0;
-            while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| self.fail(what(), e))?;
+            loop {
+                let message = match tokio::time::timeout_at(deadline, batch.next()).await {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        broke_off = Some(e.to_string());
+                        break 'fetching;
+                    }
+                    Err(_) => {
+                        broke_off = Some(format!("no answer within {REQUEST_TIMEOUT:?}"));
+                        break 'fetching;
+                    }
+                };
                 fetched += 1;
                 let stream_seq = message
                     .info()
@@ -695,6 +730,10 @@ impl Inner {
             if fetched == 0 {
                 break;
             }
+        }
+        // What was leased before the break is handed out all the same.
+        if let Some(e) = broke_off.filter(|_| leased == 0) {
+            return Err(self.fail(what(), e));
         }
         let remembered = self.next_due(&name);
         Ok(match (next_due, remembered) {
@@ -899,6 +938,9 @@ impl Inner {
         }
         let stream = match self.js.get_stream(format!("KV_{bucket}")).await {
             Ok(stream) => stream,
+            Err(e) if !is_not_found(&e) => {
+                return Err(self.fail(format!("cannot open NATS KV bucket `{bucket}`"), e));
+            }
             Err(_) if create => stream(&self.js, bucket_config(&bucket, self.replicas)).await?,
             Err(_) => return Ok(None),
         };
@@ -1361,7 +1403,7 @@ mod tests {
     /// A store on a fresh nats-server whose JetStream data lives in `dir`:
     /// reopening restarts the server on the same data.
     async fn store(dir: &Path) -> NatsStore {
-        let server = test_server::NatsServer::start(dir);
+        let server = crate::bench::nats::NatsServer::start(dir);
         let options = NatsOptions {
             servers: vec![server.url.clone()],
             credentials_file: None,

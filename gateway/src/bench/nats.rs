@@ -1,6 +1,7 @@
-//! A real `nats-server -js` for tests: loopback only, a port the server
-//! picks itself (it writes it to a ports file, which is what we wait for),
-//! its store in the directory given, killed on drop.
+//! A real `nats-server -js` for the NATS store's tests, the end-to-end
+//! tests and benchmarks: loopback only, a port the server picks itself (it
+//! writes it to a ports file, which is what we wait for), its store in the
+//! directory given, killed on drop. Blocks while it starts (milliseconds).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
