@@ -1,6 +1,6 @@
 //! Starting the gateway binary and the loopback services tests need.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -481,6 +481,19 @@ impl Recorder {
     pub fn drain(&mut self) -> Vec<Recorded> {
         std::iter::from_fn(|| self.received.try_recv().ok()).collect()
     }
+}
+
+/// Wait until `sink` has received every `{"n": …}` body numbered in
+/// `acknowledged` (duplicates allowed).
+pub async fn until_all_delivered(sink: &mut Recorder, acknowledged: &BTreeSet<u64>) {
+    let mut delivered = BTreeSet::new();
+    within("every acknowledged event to be delivered", async {
+        while !acknowledged.is_subset(&delivered) {
+            let n = sink.next().await.json()["n"].as_u64().expect("n");
+            delivered.insert(n);
+        }
+    })
+    .await;
 }
 
 /// Read until the server closes the connection; what it said before.

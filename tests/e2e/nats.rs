@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::faults::readyz;
-use crate::harness::{care_forwarder_toml, within, Gateway, Recorder};
+use crate::harness::{care_forwarder_toml, until_all_delivered, within, Gateway, Recorder};
 
 /// Wait until `acknowledged` holds at least `count` events.
 async fn until_acknowledged(acknowledged: &Mutex<BTreeSet<u64>>, count: usize) {
@@ -93,12 +93,5 @@ async fn a_broker_death_refuses_webhooks_until_it_is_back_and_loses_nothing() {
     }
 
     let acknowledged = acknowledged.lock().await.clone();
-    let mut delivered = BTreeSet::new();
-    within("every acknowledged event to be delivered", async {
-        while !acknowledged.is_subset(&delivered) {
-            let n = sink.next().await.json()["n"].as_u64().expect("n");
-            delivered.insert(n);
-        }
-    })
-    .await;
+    until_all_delivered(&mut sink, &acknowledged).await;
 }

@@ -1,7 +1,8 @@
 //! What every queue backend must do, written once against the traits: due
 //! times, leases that expire and hand the item out again, the redelivery
 //! count, settling twice, dead letters and replay, the dedup window, turns
-//! between campaigns, atomic ack with effects, and what a reopen keeps.
+//! between campaigns, atomic ack with effects, what a reopen keeps, and
+//! KV namespaces with their TTLs and quota.
 //! A backend runs them all with [`conformance_tests!`].
 
 use std::future::Future;
@@ -13,8 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    Attempt, DeadItem, DeadLetterFilter, Dedup, Enqueued, EventQueue, KvChange, KvStore,
-    NewDelivery, NewWebhook, Outcome, QueuedEvent,
+    Attempt, DeadItem, DeadLetterFilter, Dedup, Enqueued, EventQueue, KvChange, KvQuota, KvStore,
+    NewDelivery, NewWebhook, Outcome, QueuedEvent, StoreError,
 };
 use crate::event::{now_ms, Event};
 
@@ -23,6 +24,12 @@ pub type Open = fn(&Path) -> Opening;
 
 /// A backend being opened: connecting to a server takes awaiting.
 pub type Opening = Pin<Box<dyn Future<Output = (Arc<dyn EventQueue>, Arc<dyn KvStore>)> + Send>>;
+
+/// The KV quota every backend is opened with here.
+pub const KV_QUOTA: KvQuota = KvQuota {
+    bytes: 1 << 20,
+    keys: 100,
+};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -234,6 +241,71 @@ pub async fn a_reopened_queue_keeps_the_backlog_and_forgets_the_leases(open: Ope
     assert_eq!(seqs(&again), [events[0].seq, events[1].seq]);
 }
 
+pub async fn a_kv_namespace_keeps_ttls_and_its_quota_across_a_reopen(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, kv) = open(dir.path()).await;
+    kv.set("a", "k", b"1", None).await.unwrap();
+    kv.set("b b", "k.k", b"2", None).await.unwrap();
+    kv.set("a", "gone", b"x", Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(kv.get("a", "k").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(kv.get("b b", "k.k").await.unwrap(), Some(b"2".to_vec()));
+    assert_eq!(kv.get("a", "gone").await.unwrap(), None, "expired");
+    assert_eq!(kv.get("never", "k").await.unwrap(), None);
+    kv.delete("a", "gone").await.unwrap();
+    kv.delete("b b", "k.k").await.unwrap();
+    assert_eq!(kv.usage("a").await.unwrap().0.keys, 1);
+    assert_eq!(kv.usage("b b").await.unwrap().0.keys, 0);
+
+    let value = vec![0; 100 << 10];
+    for i in 0..10 {
+        kv.set("a", &format!("k{i}"), &value, None).await.unwrap();
+    }
+    let refused = kv.set("a", "k10", &value, None).await;
+    assert!(
+        matches!(refused, Err(StoreError::QuotaExceeded(ref m)) if m.contains("`a`")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        kv.get("a", "k10").await.unwrap(),
+        None,
+        "nothing of it kept"
+    );
+    // Replacing a value counts its new size only.
+    kv.set("a", "k0", b"small", None).await.unwrap();
+    kv.set("a", "k10", &value, None).await.unwrap();
+    // A commit over the quota is refused whole, ack included.
+    let event = stored(&*queue, &["c"]).await.remove(0);
+    let over = queue
+        .commit(Outcome {
+            ack: Some(event.seq),
+            kv_namespace: "a".into(),
+            kv: vec![KvChange::Set {
+                key: "x".into(),
+                value: Bytes::from(value),
+                ttl: None,
+            }],
+            ..Outcome::default()
+        })
+        .await;
+    assert!(
+        matches!(over, Err(StoreError::QuotaExceeded(_))),
+        "{over:?}"
+    );
+    assert_eq!(queue.backlog("c"), 1, "not acked");
+    let usage = kv.usage("a").await.unwrap().0;
+    drop((queue, kv));
+    let (queue, kv) = open(dir.path()).await;
+    assert_eq!(
+        kv.usage("a").await.unwrap().0,
+        usage,
+        "kept across a reopen"
+    );
+    assert_eq!(kv.get("a", "k0").await.unwrap(), Some(b"small".to_vec()));
+    assert_eq!(queue.backlog("c"), 1);
+}
+
 /// One `#[tokio::test]` per behaviour above, for the backend `open` opens.
 macro_rules! conformance_tests {
     ($open:expr) => {
@@ -248,6 +320,7 @@ macro_rules! conformance_tests {
                 campaigns_take_turns,
                 an_ack_commits_its_effects_with_it_or_nothing,
                 a_reopened_queue_keeps_the_backlog_and_forgets_the_leases,
+                a_kv_namespace_keeps_ttls_and_its_quota_across_a_reopen,
             );
         }
     };

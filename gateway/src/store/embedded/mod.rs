@@ -864,10 +864,7 @@ mod tests {
         }
     }
 
-    const QUOTA: KvQuota = KvQuota {
-        bytes: 1 << 20,
-        keys: 100,
-    };
+    const QUOTA: KvQuota = crate::store::conformance::KV_QUOTA;
 
     fn store(dir: &Path) -> EmbeddedStore {
         EmbeddedStore::open(dir, true, QUOTA).unwrap()

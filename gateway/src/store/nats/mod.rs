@@ -24,10 +24,11 @@
 //!   once nak'd with the lease as its delay, which on JetStream keeps it
 //!   pending (handed to no one) for exactly that long and then redelivers
 //!   it: a per-item `AckWait`. [`EventQueue::in_progress`] is the same nak.
-//!   A node that stops writes the ack subjects of its leases to
-//!   `leases.nak` in its data directory and naks them when it opens again,
-//!   so a restart forgets its leases at once; a node killed outright
-//!   leaves them to run out.
+//!   A store that is dropped writes the ack subjects of its leases to
+//!   `leases.nak` in its data directory and naks them when it opens
+//!   again, so a reopen forgets its leases at once; a node that dies (or
+//!   exits without dropping its store) leaves them to run out, within a
+//!   lease (the lane's deadline plus a margin).
 //! - **due times**: a retry republishes the item with its attempts and
 //!   `not_before_ms` (message id `r.<seq>.<attempts>`, so a repeat is
 //!   dropped by the duplicate window), then acks the old message. A pull
@@ -96,7 +97,7 @@ use crate::event::now_ms;
 use names::{token, untoken, Names};
 
 /// How often the backlog counts and disk usage are read from the server.
-pub const REFRESH: Duration = Duration::from_secs(1);
+const REFRESH: Duration = Duration::from_secs(1);
 /// A refresh is skipped while this node changed counts during it, but not
 /// for longer than this.
 const STALE: Duration = Duration::from_secs(5);
@@ -239,10 +240,10 @@ struct BacklogCounts {
 }
 
 impl Backlog {
-    fn add(&self, campaign: &str, n: u64) {
+    fn add(&self, campaign: &str) {
         self.changes.fetch_add(1, Ordering::AcqRel);
         let mut counts = self.counts.lock().expect("backlog lock");
-        *counts.by_campaign.entry(campaign.to_owned()).or_default() += n;
+        *counts.by_campaign.entry(campaign.to_owned()).or_default() += 1;
     }
 
     fn remove(&self, campaign: &str) {
@@ -270,8 +271,9 @@ impl Backlog {
 }
 
 impl NatsStore {
-    /// Connect, create the streams and buckets that are missing, and nak
-    /// the leases this node left in `data_dir` when it last stopped.
+    /// Connect, create the streams and buckets that are missing (or update
+    /// them to this config), and nak the leases a store dropped in
+    /// `data_dir` held.
     pub async fn open(options: &NatsOptions, data_dir: &Path) -> Result<Self, StoreError> {
         let servers = options.servers.join(",");
         let unreachable = |e: &dyn Display| {
@@ -558,16 +560,22 @@ impl Inner {
         });
     }
 
-    /// Nak what this node held when it last stopped, so it is due now.
+    /// Nak what a store dropped in this data directory held, so it is due
+    /// now.
     async fn release_old_leases(&self) -> Result<(), StoreError> {
         let Ok(lines) = std::fs::read_to_string(&self.lease_file) else {
             return Ok(());
         };
-        for reply in lines.lines().filter(|line| !line.is_empty()) {
-            // A lease that ran out or was settled meanwhile is ignored by
-            // the server; one it cannot answer for is left to run out.
-            if let Err(e) = self.settle(Subject::from(reply), AckKind::Nak(None)).await {
-                tracing::debug!(reply, error = %e, "Cannot release an old lease");
+        // All at once: each waits up to a second for its confirmation. A
+        // lease that ran out or was settled meanwhile is ignored by the
+        // server; one that cannot be released is left to run out.
+        let releases = lines
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(|reply| self.settle(Subject::from(reply), AckKind::Nak(None)));
+        for released in futures_util::future::join_all(releases).await {
+            if let Err(e) = released {
+                tracing::debug!(error = %e, "Cannot release an old lease");
             }
         }
         std::fs::remove_file(&self.lease_file).map_err(|e| {
@@ -821,7 +829,7 @@ impl Inner {
                 .await?;
             event.seq = Kind::Event.seq(stream_seq);
             if !duplicate {
-                self.backlog.add(campaign, 1);
+                self.backlog.add(campaign);
             }
             events.push(event);
         }
@@ -1333,7 +1341,7 @@ impl EventQueue for NatsStore {
                         .publish(inner.subject(Kind::Event, &event.campaign), message)
                         .await?;
                     event.seq = Kind::Event.seq(stream_seq);
-                    inner.backlog.add(&event.campaign, 1);
+                    inner.backlog.add(&event.campaign);
                     committed.events.push(event);
                 }
                 DeadItem::Delivery(mut delivery) => {
@@ -1395,11 +1403,6 @@ mod tests {
     use super::*;
     use crate::store::conformance::Opening;
 
-    const QUOTA: KvQuota = KvQuota {
-        bytes: 1 << 20,
-        keys: 100,
-    };
-
     /// A store on a fresh nats-server whose JetStream data lives in `dir`:
     /// reopening restarts the server on the same data.
     async fn store(dir: &Path) -> NatsStore {
@@ -1409,7 +1412,7 @@ mod tests {
             credentials_file: None,
             stream_prefix: "hooklane".into(),
             replicas: 1,
-            quota: QUOTA,
+            quota: crate::store::conformance::KV_QUOTA,
         };
         let mut store = NatsStore::open(&options, dir).await.unwrap();
         store.server = Some(server);
@@ -1513,77 +1516,5 @@ mod tests {
             (1, 1),
             "on the server too"
         );
-    }
-
-    #[tokio::test]
-    async fn kv_namespaces_ttl_quota_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path()).await;
-        store.set("a", "k", b"1", None).await.unwrap();
-        store.set("b b", "k.k", b"2", None).await.unwrap();
-        store
-            .set("a", "gone", b"x", Some(Duration::ZERO))
-            .await
-            .unwrap();
-        assert_eq!(store.get("a", "k").await.unwrap(), Some(b"1".to_vec()));
-        assert_eq!(store.get("b b", "k.k").await.unwrap(), Some(b"2".to_vec()));
-        assert_eq!(store.get("a", "gone").await.unwrap(), None, "expired");
-        assert_eq!(store.get("never", "k").await.unwrap(), None);
-        store.delete("a", "gone").await.unwrap();
-        store.delete("b b", "k.k").await.unwrap();
-        assert_eq!(store.usage("a").await.unwrap().0.keys, 1);
-        assert_eq!(store.usage("b b").await.unwrap().0.keys, 0);
-
-        let value = vec![0; 100 << 10];
-        for i in 0..10 {
-            store
-                .set("a", &format!("k{i}"), &value, None)
-                .await
-                .unwrap();
-        }
-        let refused = store.set("a", "k10", &value, None).await;
-        assert!(
-            matches!(refused, Err(StoreError::QuotaExceeded(ref m)) if m.contains("`a`")),
-            "{refused:?}"
-        );
-        assert_eq!(
-            store.get("a", "k10").await.unwrap(),
-            None,
-            "nothing of it kept"
-        );
-        // Replacing a value counts its new size only.
-        store.set("a", "k0", b"small", None).await.unwrap();
-        store.set("a", "k10", &value, None).await.unwrap();
-        // A commit over the quota is refused whole, ack included.
-        let Enqueued::Stored(events) = store.enqueue(webhook(&["c"], None)).await.unwrap() else {
-            panic!("stored");
-        };
-        let over = store
-            .commit(Outcome {
-                ack: Some(events[0].seq),
-                kv_namespace: "a".into(),
-                kv: vec![KvChange::Set {
-                    key: "x".into(),
-                    value: Bytes::from(value.clone()),
-                    ttl: None,
-                }],
-                ..Outcome::default()
-            })
-            .await;
-        assert!(
-            matches!(over, Err(StoreError::QuotaExceeded(_))),
-            "{over:?}"
-        );
-        assert_eq!(store.backlog("c"), 1, "not acked");
-        let usage = store.usage("a").await.unwrap().0;
-        drop(store);
-        let store = self::store(dir.path()).await;
-        assert_eq!(
-            store.usage("a").await.unwrap().0,
-            usage,
-            "kept across a restart"
-        );
-        assert_eq!(store.get("a", "k0").await.unwrap(), Some(b"small".to_vec()));
-        assert_eq!(store.backlog("c"), 1);
     }
 }
