@@ -461,6 +461,14 @@ fn cleanup_ttl(ttl: Duration) -> Duration {
         .max(Duration::from_secs(1))
 }
 
+/// The earlier of two due times, if any.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn sha256_hex(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
@@ -723,7 +731,7 @@ impl Inner {
                     let due = item.not_before_ms();
                     self.signal(reply, AckKind::Nak(Some(Duration::from_millis(due - now))));
                     self.note_due(&name, due);
-                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    next_due = earliest(next_due, Some(due));
                     continue;
                 }
                 self.signal(reply.clone(), AckKind::Nak(Some(lease)));
@@ -743,11 +751,7 @@ impl Inner {
         if let Some(e) = broke_off.filter(|_| leased == 0) {
             return Err(self.fail(what(), e));
         }
-        let remembered = self.next_due(&name);
-        Ok(match (next_due, remembered) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        Ok(earliest(next_due, self.next_due(&name)))
     }
 
     fn note_due(&self, consumer: &str, due_ms: u64) {
@@ -1260,14 +1264,21 @@ impl EventQueue for NatsStore {
                     break;
                 }
                 let before = items.len();
-                let due = self
+                let pulled = self
                     .inner
                     .pull(Kind::Event, &campaign, want, lease, &mut items)
-                    .await?;
-                next_due_ms = match (next_due_ms, due) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
+                    .await;
+                let due = match pulled {
+                    Ok(due) => due,
+                    // What is leased already is handed out; the failure
+                    // shows again at the next pull.
+                    Err(e) if !items.is_empty() => {
+                        tracing::debug!(campaign = %campaign, error = %e, "A pull broke off");
+                        return Ok(Pulled { items, next_due_ms });
+                    }
+                    Err(e) => return Err(e),
                 };
+                next_due_ms = earliest(next_due_ms, due);
                 if items.len() - before == want {
                     again.push(campaign);
                 }
