@@ -484,16 +484,28 @@ impl Recorder {
 }
 
 /// Wait until `sink` has received every `{"n": …}` body numbered in
-/// `acknowledged` (duplicates allowed).
+/// `acknowledged` (duplicates allowed), for at most [`PATIENCE`].
 pub async fn until_all_delivered(sink: &mut Recorder, acknowledged: &BTreeSet<u64>) {
+    until_all_delivered_within(sink, acknowledged, PATIENCE).await;
+}
+
+/// [`until_all_delivered`], for at most `patience`.
+pub async fn until_all_delivered_within(
+    sink: &mut Recorder,
+    acknowledged: &BTreeSet<u64>,
+    patience: Duration,
+) {
     let mut delivered = BTreeSet::new();
-    within("every acknowledged event to be delivered", async {
+    let all = async {
         while !acknowledged.is_subset(&delivered) {
-            let n = sink.next().await.json()["n"].as_u64().expect("n");
-            delivered.insert(n);
+            let request = sink.received.recv().await.expect("recorder running");
+            delivered.insert(request.json()["n"].as_u64().expect("n"));
         }
-    })
-    .await;
+    };
+    if tokio::time::timeout(patience, all).await.is_err() {
+        let missing = acknowledged.difference(&delivered).count();
+        panic!("{missing} acknowledged events not delivered within {patience:?}");
+    }
 }
 
 /// Read until the server closes the connection; what it said before.
