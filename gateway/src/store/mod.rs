@@ -254,6 +254,16 @@ pub enum KvChange {
 }
 
 impl KvChange {
+    /// Set `key` to `value`, unless the store will not hold them.
+    pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> Result<KvChange, StoreError> {
+        check_sizes(key, value)?;
+        Ok(KvChange::Set {
+            key: key.into(),
+            value: Bytes::copy_from_slice(value),
+            ttl,
+        })
+    }
+
     pub fn key(&self) -> &str {
         match self {
             KvChange::Set { key, .. } | KvChange::Delete { key } => key,

@@ -414,13 +414,8 @@ impl KvStore for EmbeddedStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        check_sizes(key, value)?;
-        let change = KvChange::Set {
-            key: key.into(),
-            value: bytes::Bytes::copy_from_slice(value),
-            ttl,
-        };
-        self.write_kv(namespace, change).await
+        self.write_kv(namespace, KvChange::set(key, value, ttl)?)
+            .await
     }
 
     async fn delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {

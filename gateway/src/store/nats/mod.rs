@@ -1134,12 +1134,7 @@ impl KvStore for NatsStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        check_sizes(key, value)?;
-        let change = KvChange::Set {
-            key: key.into(),
-            value: Bytes::copy_from_slice(value),
-            ttl,
-        };
+        let change = KvChange::set(key, value, ttl)?;
         self.inner.apply_kv(namespace, &[change]).await
     }
 
