@@ -769,17 +769,30 @@ impl Inner {
         times.first().copied()
     }
 
-    fn take_lease(&self, seq: u64) -> Option<Lease> {
-        self.leases.lock().expect("lease lock").remove(&seq)
+    /// The subject that settles item `seq`, if this node holds it.
+    fn lease_reply(&self, seq: u64) -> Option<Subject> {
+        let leases = self.leases.lock().expect("lease lock");
+        leases.get(&seq).map(|lease| lease.reply.clone())
+    }
+
+    /// Ack the message of item `seq` if this node holds it; its campaign
+    /// or destination if it did. The lease is kept when the ack fails, so
+    /// `in_progress` can still hand the item out again soon.
+    async fn ack_lease(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        let Some(reply) = self.lease_reply(seq) else {
+            return Ok(None);
+        };
+        self.settle(reply, AckKind::Ack).await?;
+        let lease = self.leases.lock().expect("lease lock").remove(&seq);
+        Ok(lease.map(|lease| lease.owner))
     }
 
     /// Remove item `seq` from its stream: ack its lease, or, when this
     /// node holds none, delete its first message if it is still there.
     /// Its campaign or destination if it was there.
     async fn remove(&self, seq: u64) -> Result<Option<String>, StoreError> {
-        if let Some(lease) = self.take_lease(seq) {
-            self.settle(lease.reply, AckKind::Ack).await?;
-            return Ok(Some(lease.owner));
+        if let Some(owner) = self.ack_lease(seq).await? {
+            return Ok(Some(owner));
         }
         let stream = self.stream(Kind::of_seq(seq));
         let stream_seq = seq >> 1;
@@ -914,10 +927,7 @@ impl Inner {
             .message_id(format!("r.{seq}.{attempts}"));
         self.publish(self.subject(kind, owner), message).await?;
         self.note_due(&kind.consumer(owner), item.not_before_ms());
-        if let Some(lease) = self.take_lease(seq) {
-            self.settle(lease.reply, AckKind::Ack).await?;
-        }
-        Ok(())
+        self.ack_lease(seq).await.map(drop)
     }
 
     async fn publish_delivery(&self, delivery: NewDelivery) -> Result<QueuedDelivery, StoreError> {
@@ -1298,10 +1308,7 @@ impl EventQueue for NatsStore {
     }
 
     fn in_progress(&self, seq: u64, lease: Duration) {
-        let leases = self.inner.leases.lock().expect("lease lock");
-        let reply = leases.get(&seq).map(|lease| lease.reply.clone());
-        drop(leases);
-        if let Some(reply) = reply {
+        if let Some(reply) = self.inner.lease_reply(seq) {
             self.inner.signal(reply, AckKind::Nak(Some(lease)));
         }
     }
