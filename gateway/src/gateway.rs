@@ -12,7 +12,6 @@ use crate::dispatch::Wakers;
 use crate::lanes::Lanes;
 use crate::router::VerifierError;
 use crate::runtime::{HostServices, LoadError, Runtime};
-use crate::store::embedded::EmbeddedStore;
 use crate::store::{EventQueue, KvStore, StoreError};
 use crate::versions::VersionError;
 
@@ -61,13 +60,7 @@ impl Gateway {
         config: &Config,
         compiled_cache: Option<std::path::PathBuf>,
     ) -> Result<Arc<Gateway>, StartError> {
-        let store = Arc::new(EmbeddedStore::open(
-            &config.data_dir,
-            config.store.fsync,
-            config.store.kv_quota(),
-        )?);
-        let kv: Arc<dyn KvStore> = store.clone();
-        let queue: Arc<dyn EventQueue> = store;
+        let (kv, queue) = crate::store::open(config)?;
         let services = HostServices::new(kv.clone())?;
         // Room for any lane's default too, so a reload can move a campaign
         // to another lane; only a campaign's own larger cap needs a restart.

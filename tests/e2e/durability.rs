@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, Notify};
 
-use crate::harness::{care_forwarder_toml, plugin, within, Gateway, Recorder};
+use crate::harness::{care_forwarder_toml, plugin, until_all_delivered, within, Gateway, Recorder};
 
 /// A `relay` campaign on source `orders` forwarding to the `sink` recorder.
 fn relay_config(sink: &Recorder, destination_extra: &str, campaign_extra: &str) -> String {
@@ -62,14 +62,7 @@ async fn nothing_acknowledged_is_lost_to_kill_9() {
     let acknowledged = acknowledged.lock().await.clone();
 
     let _gateway = Gateway::start_in(dir, &config, &[]).await;
-    let mut delivered = BTreeSet::new();
-    within("every acknowledged event to be delivered", async {
-        while !acknowledged.is_subset(&delivered) {
-            let n = sink.next().await.json()["n"].as_u64().expect("n");
-            delivered.insert(n);
-        }
-    })
-    .await;
+    until_all_delivered(&mut sink, &acknowledged).await;
     assert!(acknowledged.len() >= 300);
 }
 

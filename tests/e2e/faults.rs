@@ -98,7 +98,7 @@ fn fill(path: &std::path::Path) {
 }
 
 /// `/readyz`'s status and body.
-async fn readyz(gateway: &Gateway) -> (u16, String) {
+pub(crate) async fn readyz(gateway: &Gateway) -> (u16, String) {
     let response = gateway
         .http
         .get(format!("http://{}/readyz", gateway.admin))

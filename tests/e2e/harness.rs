@@ -1,6 +1,6 @@
 //! Starting the gateway binary and the loopback services tests need.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -480,6 +480,31 @@ impl Recorder {
     /// Requests received so far, without waiting.
     pub fn drain(&mut self) -> Vec<Recorded> {
         std::iter::from_fn(|| self.received.try_recv().ok()).collect()
+    }
+}
+
+/// Wait until `sink` has received every `{"n": …}` body numbered in
+/// `acknowledged` (duplicates allowed), for at most [`PATIENCE`].
+pub async fn until_all_delivered(sink: &mut Recorder, acknowledged: &BTreeSet<u64>) {
+    until_all_delivered_within(sink, acknowledged, PATIENCE).await;
+}
+
+/// [`until_all_delivered`], for at most `patience`.
+pub async fn until_all_delivered_within(
+    sink: &mut Recorder,
+    acknowledged: &BTreeSet<u64>,
+    patience: Duration,
+) {
+    let mut delivered = BTreeSet::new();
+    let all = async {
+        while !acknowledged.is_subset(&delivered) {
+            let request = sink.received.recv().await.expect("recorder running");
+            delivered.insert(request.json()["n"].as_u64().expect("n"));
+        }
+    };
+    if tokio::time::timeout(patience, all).await.is_err() {
+        let missing = acknowledged.difference(&delivered).count();
+        panic!("{missing} acknowledged events not delivered within {patience:?}");
     }
 }
 

@@ -17,6 +17,7 @@ mod lanes;
 mod later;
 mod limits;
 mod metrics;
+mod nats;
 mod openapi;
 mod plugin_faults;
 mod reload;

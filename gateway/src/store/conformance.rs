@@ -1,10 +1,13 @@
 //! What every queue backend must do, written once against the traits: due
 //! times, leases that expire and hand the item out again, the redelivery
 //! count, settling twice, dead letters and replay, the dedup window, turns
-//! between campaigns, atomic ack with effects, and what a reopen keeps.
+//! between campaigns, atomic ack with effects, what a reopen keeps, and
+//! KV namespaces with their TTLs and quota.
 //! A backend runs them all with [`conformance_tests!`].
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +15,21 @@ use bytes::Bytes;
 
 use super::{
     Attempt, DeadItem, DeadLetterFilter, Dedup, Enqueued, EventQueue, KvChange, KvExpectation,
-    KvStore, NewDelivery, NewWebhook, Outcome, QueuedEvent, StoreError,
+    KvQuota, KvStore, NewDelivery, NewWebhook, Outcome, QueuedEvent, StoreError,
 };
 use crate::event::{now_ms, Event};
 
 /// Opens (or reopens) a backend's queue and KV store in a directory.
-pub type Open = fn(&Path) -> (Arc<dyn EventQueue>, Arc<dyn KvStore>);
+pub type Open = fn(&Path) -> Opening;
+
+/// A backend being opened: connecting to a server takes awaiting.
+pub type Opening = Pin<Box<dyn Future<Output = (Arc<dyn EventQueue>, Arc<dyn KvStore>)> + Send>>;
+
+/// The KV quota every backend is opened with here.
+pub const KV_QUOTA: KvQuota = KvQuota {
+    bytes: 1 << 20,
+    keys: 100,
+};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -72,7 +84,7 @@ fn failed() -> Attempt {
 
 pub async fn a_retry_is_not_handed_out_before_it_is_due(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let mut event = stored(&*queue, &["a"]).await.remove(0);
     assert_eq!(seqs(&pull(&*queue, &["a"], 10).await), [event.seq]);
     event.attempts.push(failed());
@@ -94,7 +106,7 @@ pub async fn a_retry_is_not_handed_out_before_it_is_due(open: Open) {
 /// at once and handed out only when due.
 pub async fn delayed_effects_are_not_handed_out_before_they_are_due(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let event = stored(&*queue, &["a"]).await.remove(0);
     let due_ms = now_ms() + 300;
     let mut later = webhook(&["b"], None);
@@ -126,7 +138,7 @@ pub async fn delayed_effects_are_not_handed_out_before_they_are_due(open: Open) 
 /// compare-and-swap saw a key that changed since stores nothing.
 pub async fn kv_lists_keys_and_refuses_a_stale_compare_and_swap(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, kv) = open(dir.path());
+    let (queue, kv) = open(dir.path()).await;
     for key in ["cart:2", "cart:1", "order:1", "cart:3"] {
         kv.set("ns", key, b"v", None).await.unwrap();
     }
@@ -167,7 +179,7 @@ pub async fn kv_lists_keys_and_refuses_a_stale_compare_and_swap(open: Open) {
 
 pub async fn a_lease_that_runs_out_hands_the_item_out_again(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let event = stored(&*queue, &["a"]).await.remove(0);
     let short = Duration::from_millis(100);
     let first = queue
@@ -186,7 +198,7 @@ pub async fn a_lease_that_runs_out_hands_the_item_out_again(open: Open) {
 
 pub async fn settling_twice_is_harmless(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let events = stored(&*queue, &["a", "a"]).await;
     pull(&*queue, &["a"], 10).await;
     let ack = || Outcome {
@@ -200,7 +212,7 @@ pub async fn settling_twice_is_harmless(open: Open) {
 
 pub async fn buried_items_wait_as_dead_letters_until_replayed(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let mut event = pull_one_stored(&*queue).await;
     event.attempts.push(failed());
     let dead = queue.bury(DeadItem::Event(event.clone())).await.unwrap();
@@ -227,7 +239,7 @@ async fn pull_one_stored(queue: &dyn EventQueue) -> QueuedEvent {
 
 pub async fn a_webhook_id_is_remembered_for_its_window(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     let once = || webhook(&["a"], Some(("src/1", Duration::from_millis(200))));
     let Enqueued::Stored(first) = queue.enqueue(once()).await.unwrap() else {
         panic!("the first copy is stored");
@@ -245,7 +257,7 @@ pub async fn a_webhook_id_is_remembered_for_its_window(open: Open) {
 
 pub async fn campaigns_take_turns(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     for _ in 0..5 {
         stored(&*queue, &["busy"]).await;
     }
@@ -258,7 +270,7 @@ pub async fn campaigns_take_turns(open: Open) {
 
 pub async fn an_ack_commits_its_effects_with_it_or_nothing(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, kv) = open(dir.path());
+    let (queue, kv) = open(dir.path()).await;
     let event = pull_one_stored(&*queue).await;
     let outcome = |value: Bytes| Outcome {
         ack: Some(event.seq),
@@ -295,7 +307,7 @@ pub async fn an_ack_commits_its_effects_with_it_or_nothing(open: Open) {
 
 pub async fn a_reopened_queue_keeps_the_backlog_and_forgets_the_leases(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (queue, kv) = open(dir.path());
+    let (queue, kv) = open(dir.path()).await;
     let events = stored(&*queue, &["a", "a", "a"]).await;
     assert_eq!(pull(&*queue, &["a"], 2).await.len(), 2);
     queue
@@ -306,10 +318,75 @@ pub async fn a_reopened_queue_keeps_the_backlog_and_forgets_the_leases(open: Ope
         .await
         .unwrap();
     drop((queue, kv));
-    let (queue, _) = open(dir.path());
+    let (queue, _) = open(dir.path()).await;
     assert_eq!(queue.backlog("a"), 2);
     let again = pull(&*queue, &["a"], 10).await;
     assert_eq!(seqs(&again), [events[0].seq, events[1].seq]);
+}
+
+pub async fn a_kv_namespace_keeps_ttls_and_its_quota_across_a_reopen(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, kv) = open(dir.path()).await;
+    kv.set("a", "k", b"1", None).await.unwrap();
+    kv.set("b b", "k.k", b"2", None).await.unwrap();
+    kv.set("a", "gone", b"x", Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(kv.get("a", "k").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(kv.get("b b", "k.k").await.unwrap(), Some(b"2".to_vec()));
+    assert_eq!(kv.get("a", "gone").await.unwrap(), None, "expired");
+    assert_eq!(kv.get("never", "k").await.unwrap(), None);
+    kv.delete("a", "gone").await.unwrap();
+    kv.delete("b b", "k.k").await.unwrap();
+    assert_eq!(kv.usage("a").await.unwrap().0.keys, 1);
+    assert_eq!(kv.usage("b b").await.unwrap().0.keys, 0);
+
+    let value = vec![0; 100 << 10];
+    for i in 0..10 {
+        kv.set("a", &format!("k{i}"), &value, None).await.unwrap();
+    }
+    let refused = kv.set("a", "k10", &value, None).await;
+    assert!(
+        matches!(refused, Err(StoreError::QuotaExceeded(ref m)) if m.contains("`a`")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        kv.get("a", "k10").await.unwrap(),
+        None,
+        "nothing of it kept"
+    );
+    // Replacing a value counts its new size only.
+    kv.set("a", "k0", b"small", None).await.unwrap();
+    kv.set("a", "k10", &value, None).await.unwrap();
+    // A commit over the quota is refused whole, ack included.
+    let event = stored(&*queue, &["c"]).await.remove(0);
+    let over = queue
+        .commit(Outcome {
+            ack: Some(event.seq),
+            kv_namespace: "a".into(),
+            kv: vec![KvChange::Set {
+                key: "x".into(),
+                value: Bytes::from(value),
+                ttl: None,
+            }],
+            ..Outcome::default()
+        })
+        .await;
+    assert!(
+        matches!(over, Err(StoreError::QuotaExceeded(_))),
+        "{over:?}"
+    );
+    assert_eq!(queue.backlog("c"), 1, "not acked");
+    let usage = kv.usage("a").await.unwrap().0;
+    drop((queue, kv));
+    let (queue, kv) = open(dir.path()).await;
+    assert_eq!(
+        kv.usage("a").await.unwrap().0,
+        usage,
+        "kept across a reopen"
+    );
+    assert_eq!(kv.get("a", "k0").await.unwrap(), Some(b"small".to_vec()));
+    assert_eq!(queue.backlog("c"), 1);
 }
 
 /// One `#[tokio::test]` per behaviour above, for the backend `open` opens.
@@ -328,6 +405,7 @@ macro_rules! conformance_tests {
                 campaigns_take_turns,
                 an_ack_commits_its_effects_with_it_or_nothing,
                 a_reopened_queue_keeps_the_backlog_and_forgets_the_leases,
+                a_kv_namespace_keeps_ttls_and_its_quota_across_a_reopen,
             );
         }
     };

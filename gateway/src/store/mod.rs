@@ -1,13 +1,14 @@
 //! Storage behind small traits: plugin key-value state ([`KvStore`]) and the
 //! durable event queue with its outbox and dead letters ([`EventQueue`]).
-//! Backends: [`embedded`] (redb in the data directory); the operations map
-//! one to one onto NATS JetStream (streams with ack / nak-with-delay /
-//! redelivery count, KV buckets) for the scale-out backend. Must never know
+//! Backends: [`embedded`] (redb in the data directory) and [`nats`] (NATS
+//! JetStream: streams with ack / nak-with-delay, KV buckets) for the
+//! scale-out backend. Must never know
 //! about HTTP or plugins.
 
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod embedded;
+pub mod nats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,38 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Config, StoreBackend};
 use crate::event::{Event, Headers};
+
+/// One backend as the plugin KV and as the queue.
+pub type Stores = (Arc<dyn KvStore>, Arc<dyn EventQueue>);
+
+/// Open the backend `[store] backend` names, as the plugin KV and the
+/// queue. Connecting to NATS awaits: call it where blocking is allowed
+/// (`block_in_place`) on the runtime the store is to run on.
+pub fn open(config: &Config) -> Result<Stores, StoreError> {
+    let quota = config.store.kv_quota();
+    match config.store.backend {
+        StoreBackend::Embedded => {
+            let store = embedded::EmbeddedStore::open(&config.data_dir, config.store.fsync, quota)?;
+            let store = Arc::new(store);
+            Ok((store.clone(), store))
+        }
+        StoreBackend::Nats => {
+            let settings = &config.store.nats;
+            let options = nats::NatsOptions {
+                servers: settings.servers.clone(),
+                credentials_file: settings.credentials_file.clone(),
+                stream_prefix: settings.stream_prefix.clone(),
+                replicas: settings.replicas,
+                quota,
+            };
+            let opening = nats::NatsStore::open(&options, &config.data_dir);
+            let store = Arc::new(tokio::runtime::Handle::current().block_on(opening)?);
+            Ok((store.clone(), store))
+        }
+    }
+}
 
 /// Largest key a plugin may use, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -241,6 +273,16 @@ pub enum KvChange {
 }
 
 impl KvChange {
+    /// Set `key` to `value`, unless the store will not hold them.
+    pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> Result<KvChange, StoreError> {
+        check_sizes(key, value)?;
+        Ok(KvChange::Set {
+            key: key.into(),
+            value: Bytes::copy_from_slice(value),
+            ttl,
+        })
+    }
+
     pub fn key(&self) -> &str {
         match self {
             KvChange::Set { key, .. } | KvChange::Delete { key } => key,

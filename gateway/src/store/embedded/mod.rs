@@ -414,13 +414,8 @@ impl KvStore for EmbeddedStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        check_sizes(key, value)?;
-        let change = KvChange::Set {
-            key: key.into(),
-            value: bytes::Bytes::copy_from_slice(value),
-            ttl,
-        };
-        self.write_kv(namespace, change).await
+        self.write_kv(namespace, KvChange::set(key, value, ttl)?)
+            .await
     }
 
     async fn delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
@@ -924,18 +919,15 @@ mod tests {
         }
     }
 
-    const QUOTA: KvQuota = KvQuota {
-        bytes: 1 << 20,
-        keys: 100,
-    };
+    const QUOTA: KvQuota = crate::store::conformance::KV_QUOTA;
 
     fn store(dir: &Path) -> EmbeddedStore {
         EmbeddedStore::open(dir, true, QUOTA).unwrap()
     }
 
-    fn open_as_traits(dir: &Path) -> (Arc<dyn EventQueue>, Arc<dyn KvStore>) {
+    fn open_as_traits(dir: &Path) -> crate::store::conformance::Opening {
         let store = Arc::new(store(dir));
-        (store.clone(), store)
+        Box::pin(std::future::ready((store.clone() as _, store as _)))
     }
 
     crate::store::conformance::conformance_tests!(super::open_as_traits);

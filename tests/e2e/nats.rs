@@ -1,0 +1,154 @@
+//! The gateway on the NATS JetStream store, end to end, against a real
+//! nats-server that the test starts: a broker that dies (`kill -9`) and
+//! comes back, and three gateway nodes sharing it, one of which dies.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hooklane::store::nats::test_server::NatsServer;
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::faults::readyz;
+use crate::harness::{
+    care_forwarder_toml, until_all_delivered, until_all_delivered_within, within, Gateway, Recorder,
+};
+
+/// A `relay` care campaign forwarding to `sink`, on the NATS store at `url`.
+fn relay_on_nats(url: &str, sink: &Recorder, campaign_extra: &str) -> String {
+    format!(
+        "[store]\nbackend = \"nats\"\n[store.nats]\nservers = [\"{url}\"]\n{}",
+        care_forwarder_toml("relay", sink, "", campaign_extra)
+    )
+}
+
+/// Senders posting numbered events to `orders` until stopped, sender `i`
+/// to `urls[i % len]`; a sender whose gateway is gone stops. What was
+/// acknowledged (202) is kept; a 503 is a refusal, anything else a failure.
+struct Flood {
+    acknowledged: Arc<Mutex<BTreeSet<u64>>>,
+    stop: Arc<AtomicBool>,
+    senders: Vec<JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(http: &reqwest::Client, urls: &[String], senders: u64) -> Flood {
+        let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let senders = (0..senders)
+            .map(|sender| {
+                let (http, url) = (http.clone(), urls[sender as usize % urls.len()].clone());
+                let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+                tokio::spawn(async move {
+                    for i in 0..50_000u64 {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let n = sender * 100_000 + i;
+                        let body = json!({ "n": n }).to_string();
+                        let Ok(response) = http.post(&url).body(body).send().await else {
+                            return;
+                        };
+                        match response.status().as_u16() {
+                            202 => drop(acknowledged.lock().await.insert(n)),
+                            503 => {}
+                            other => panic!("webhook {n} answered {other}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Flood {
+            acknowledged,
+            stop,
+            senders,
+        }
+    }
+
+    /// Wait until `more` events beyond those acknowledged now are.
+    async fn until_more_acknowledged(&self, more: usize) {
+        let count = self.acknowledged.lock().await.len() + more;
+        within(&format!("{count} acknowledged events"), async {
+            while self.acknowledged.lock().await.len() < count {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Stop the senders; every event acknowledged.
+    async fn stop(self) -> BTreeSet<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for sender in self.senders {
+            sender.await.expect("sender");
+        }
+        let acknowledged = self.acknowledged.lock().await;
+        acknowledged.clone()
+    }
+}
+
+/// Wait until `/readyz` answers `status`.
+async fn until_ready_is(gateway: &Gateway, status: u16) {
+    within(&format!("/readyz to answer {status}"), async {
+        while readyz(gateway).await.0 != status {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_death_refuses_webhooks_until_it_is_back_and_loses_nothing() {
+    let broker_dir = tempfile::tempdir().expect("temp dir");
+    let mut broker = tokio::task::block_in_place(|| NatsServer::start(broker_dir.path()));
+    let mut sink = Recorder::start(json!({})).await;
+    let gateway = Gateway::start(&relay_on_nats(&broker.url, &sink, "")).await;
+    let url = format!("http://{}/hooks/orders", gateway.ingress);
+    let flood = Flood::start(&gateway.http, &[url], 4);
+    flood.until_more_acknowledged(200).await;
+
+    tokio::task::block_in_place(|| broker.kill());
+    until_ready_is(&gateway, 503).await;
+    for _ in 0..5 {
+        let refused = gateway.post_json("orders", json!({ "n": 999_999 })).await;
+        assert_eq!(
+            refused.status, 503,
+            "never accepted while the broker is down"
+        );
+        assert_eq!(refused.json()["error"], "store_unavailable");
+    }
+
+    tokio::task::block_in_place(|| broker.restart());
+    until_ready_is(&gateway, 200).await;
+    flood.until_more_acknowledged(200).await;
+    let acknowledged = flood.stop().await;
+    until_all_delivered(&mut sink, &acknowledged).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_the_queue_and_a_node_death_loses_nothing() {
+    let broker_dir = tempfile::tempdir().expect("temp dir");
+    let broker = tokio::task::block_in_place(|| NatsServer::start(broker_dir.path()));
+    let mut sink = Recorder::start(json!({})).await;
+    let config = relay_on_nats(&broker.url, &sink, "deadline_ms = 1000");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Gateway::start(&config).await);
+    }
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("http://{}/hooks/orders", node.ingress))
+        .collect();
+    let flood = Flood::start(&nodes[0].http, &urls, 6);
+    flood.until_more_acknowledged(300).await;
+
+    let _dir = nodes.remove(0).kill().await;
+    flood.until_more_acknowledged(300).await;
+    let acknowledged = flood.stop().await;
+    // What the dead node held comes back when its leases run out: the
+    // lane's deadline plus the gateway's 60 s lease margin.
+    until_all_delivered_within(&mut sink, &acknowledged, Duration::from_secs(150)).await;
+}
