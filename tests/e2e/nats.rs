@@ -133,7 +133,8 @@ async fn three_nodes_share_the_queue_and_a_node_death_loses_nothing() {
     let broker_dir = tempfile::tempdir().expect("temp dir");
     let broker = tokio::task::block_in_place(|| NatsServer::start(broker_dir.path()));
     let mut sink = Recorder::start(json!({})).await;
-    let config = relay_on_nats(&broker.url, &sink, "deadline_ms = 1000");
+    // A short lane deadline keeps the dead node's leases short.
+    let config = relay_on_nats(&broker.url, &sink, "") + "[lanes.care]\ndeadline_ms = 1000\n";
     let mut nodes = Vec::new();
     for _ in 0..3 {
         nodes.push(Gateway::start(&config).await);

@@ -24,6 +24,8 @@
 //!   once nak'd with the lease as its delay, which on JetStream keeps it
 //!   pending (handed to no one) for exactly that long and then redelivers
 //!   it: a per-item `AckWait`. [`EventQueue::in_progress`] is the same nak.
+//!   After a reconnect every lease is nak'd again with what is left of it
+//!   (a nak may have been lost with the connection).
 //!   A store that is dropped writes the ack subjects of its leases to
 //!   `leases.nak` in its data directory and naks them when it opens
 //!   again, so a reopen forgets its leases at once; a node that dies (or
@@ -134,6 +136,7 @@ pub struct NatsOptions {
 pub struct NatsStore {
     inner: Arc<Inner>,
     refresher: tokio::task::AbortHandle,
+    renewer: tokio::task::AbortHandle,
     /// The test server this store runs on, stopped after the store.
     #[cfg(test)]
     pub(crate) server: Option<test_server::NatsServer>,
@@ -165,6 +168,8 @@ struct Inner {
 struct Lease {
     reply: Subject,
     owner: String,
+    /// Until when the item is to stay with this node, as last asked.
+    until: Instant,
 }
 
 /// Events or deliveries: which stream, subjects, consumers and seqs.
@@ -280,8 +285,16 @@ impl NatsStore {
         let unreachable = |e: &dyn Display| {
             StoreError::Unavailable(format!("cannot connect to NATS at {servers}: {e}"))
         };
+        let reconnected = Arc::new(tokio::sync::Notify::new());
+        let on_connect = reconnected.clone();
         let mut connect = async_nats::ConnectOptions::new()
             .name("hooklane")
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    on_connect.notify_one();
+                }
+                std::future::ready(())
+            })
             .connection_timeout(REQUEST_TIMEOUT)
             .request_timeout(Some(REQUEST_TIMEOUT))
             .max_reconnects(None)
@@ -353,9 +366,12 @@ impl NatsStore {
         inner.release_old_leases().await?;
         inner.refresh().await?;
         let refresher = tokio::spawn(refresh_every(Arc::downgrade(&inner))).abort_handle();
+        let renewer =
+            tokio::spawn(renew_on_reconnect(Arc::downgrade(&inner), reconnected)).abort_handle();
         Ok(NatsStore {
             inner,
             refresher,
+            renewer,
             #[cfg(test)]
             server: None,
         })
@@ -365,6 +381,7 @@ impl NatsStore {
 impl Drop for NatsStore {
     fn drop(&mut self) {
         self.refresher.abort();
+        self.renewer.abort();
         let leases = self.inner.leases.lock().expect("lease lock");
         if leases.is_empty() {
             return;
@@ -390,6 +407,35 @@ async fn refresh_every(inner: Weak<Inner>) {
         };
         if let Err(e) = inner.refresh().await {
             tracing::debug!(error = %e, "Cannot refresh the backlog from NATS");
+        }
+    }
+}
+
+/// After every reconnect, tell the server again how long each lease is to
+/// last: a nak sent while the connection broke may have been lost, and a
+/// server that restarted may hold an older lease.
+async fn renew_on_reconnect(inner: Weak<Inner>, reconnected: Arc<tokio::sync::Notify>) {
+    loop {
+        reconnected.notified().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let leases: Vec<(Subject, Duration)> = {
+            let leases = inner.leases.lock().expect("lease lock");
+            leases
+                .values()
+                .map(|lease| {
+                    (
+                        lease.reply.clone(),
+                        lease.until.saturating_duration_since(now),
+                    )
+                })
+                .collect()
+        };
+        for (reply, left) in leases {
+            let nak = (!left.is_zero()).then_some(left);
+            inner.signal(reply, AckKind::Nak(nak));
         }
     }
 }
@@ -739,6 +785,7 @@ impl Inner {
                 let lease = Lease {
                     reply,
                     owner: owner.to_owned(),
+                    until: Instant::now() + lease,
                 };
                 self.leases.lock().expect("lease lock").insert(seq, lease);
                 items.push(item);
@@ -1368,9 +1415,14 @@ impl EventQueue for NatsStore {
     }
 
     fn in_progress(&self, seq: u64, lease: Duration) {
-        if let Some(reply) = self.inner.lease_reply(seq) {
-            self.inner.signal(reply, AckKind::Nak(Some(lease)));
-        }
+        let mut leases = self.inner.leases.lock().expect("lease lock");
+        let Some(held) = leases.get_mut(&seq) else {
+            return;
+        };
+        held.until = Instant::now() + lease;
+        let reply = held.reply.clone();
+        drop(leases);
+        self.inner.signal(reply, AckKind::Nak(Some(lease)));
     }
 
     fn backlog(&self, campaign: &str) -> u64 {
