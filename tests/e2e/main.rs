@@ -6,6 +6,7 @@ mod authoring;
 mod bench;
 mod campaigns;
 mod config_errors;
+mod console;
 mod deploy;
 mod docs;
 mod durability;

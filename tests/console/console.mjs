@@ -1,0 +1,183 @@
+// Drives the admin console in Debian's headless Chromium, as an operator
+// would: logs in (after a refused token), watches the lanes, deploys a
+// version and rolls it back, enables a destination, inspects and replays a
+// dead letter, and saves a screenshot of each page. Every step waits on the
+// page, never on a clock, and is checked again through the API.
+//
+//   node tests/console/console.mjs <admin url> <token> <screenshot dir> <component.wasm>
+//
+// The gateway must run `greet` (speed, version 1 the only one), `relay`
+// (care) with one dead letter from destination `sink` answering 410 Gone,
+// and have run both at least once. tests/e2e/console.rs sets that up.
+
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import puppeteer from 'puppeteer-core';
+
+const [admin, token, shots, wasm] = process.argv.slice(2);
+if (!wasm) {
+  console.error('usage: console.mjs <admin url> <token> <screenshot dir> <component.wasm>');
+  process.exit(2);
+}
+mkdirSync(shots, { recursive: true });
+
+/** The whole run is bounded; each wait within it too. */
+const WHOLE_RUN_MS = 120_000;
+const WAIT_MS = 30_000;
+setTimeout(() => {
+  console.error(`FAIL: the run took over ${WHOLE_RUN_MS} ms`);
+  process.exit(1);
+}, WHOLE_RUN_MS).unref();
+
+const step = (what) => console.log(`ok: ${what}`);
+
+function check(condition, what) {
+  if (!condition) throw new Error(what);
+}
+
+/** The API itself, to check what the console did. */
+async function read(path) {
+  const response = await fetch(`${admin}${path}`, { headers: { Authorization: `Bearer ${token}` } });
+  check(response.ok, `GET ${path} answered ${response.status}`);
+  return response.json();
+}
+
+const browser = await puppeteer.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  headless: true,
+  // No sandbox as root; no calls home, which this machine's network refuses.
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+});
+const page = await browser.newPage();
+page.setDefaultTimeout(WAIT_MS);
+await page.setViewport({ width: 1280, height: 900 });
+const problems = [];
+page.on('pageerror', (error) => problems.push(`script error: ${error.message}`));
+page.on('requestfailed', (request) => console.log(`request failed: ${request.method()} ${request.url()}: ${request.failure()?.errorText}`));
+page.on('console', (message) => {
+  if (/Content Security Policy/i.test(message.text())) problems.push(`CSP: ${message.text()}`);
+});
+
+/** Wait until an element matching `selector` has `text` in its text. */
+const waitText = (selector, text) =>
+  page.waitForFunction((s, t) => [...document.querySelectorAll(s)].some((e) => e.textContent.includes(t)), {}, selector, text);
+
+/** The cells of the table matching `selector`, row by row. */
+const cells = (selector) =>
+  page.$$eval(`${selector} tbody tr`, (rows) => rows.map((r) => [...r.cells].map((c) => c.textContent)));
+
+const shoot = async (name) => {
+  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+  step(`screenshot ${name}.png`);
+};
+
+const go = async (hash, ready) => {
+  await page.click(`nav a[href="#${hash}"]`);
+  await page.waitForSelector(ready);
+};
+
+async function logIn(with_token) {
+  await page.waitForSelector('#login:not([hidden])');
+  await page.type('#login input[name=token]', with_token);
+  await page.click('#login button');
+}
+
+try {
+  const response = await page.goto(`${admin}/console/`);
+  const csp = response.headers()['content-security-policy'] ?? '';
+  check(csp.includes("default-src 'self'"), `the page's Content-Security-Policy is \`${csp}\``);
+
+  // A wrong token comes back to the form with the API's reason.
+  await logIn('not-the-token');
+  await waitText('#login .error', 'a valid `Authorization: Bearer <token>` header is required');
+  step('a wrong token is refused with the API\'s reason');
+
+  await logIn(token);
+  await page.waitForSelector('nav:not([hidden]) a[aria-current="page"][href="#lanes"]');
+  check(await page.evaluate(() => sessionStorage.getItem('hooklane-admin-token')) !== null, 'the token is not kept for the tab');
+  step('logged in; the token is kept in sessionStorage');
+
+  // Lanes: depths and runs, live; the chart gets a line once two polls are in.
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('table.lanes tbody tr')].map((r) => [...r.cells].map((c) => c.textContent));
+    const ran = (lane) => rows.some((r) => r[0] === lane && Number(r[7]) >= 1 && r[5].endsWith(' ms'));
+    return ran('speed') && ran('care') && document.querySelector('polyline.lane-care')?.getAttribute('points').includes(' ');
+  });
+  const runs = await cells('table.campaign-runs');
+  check(runs.some((r) => r[0] === 'greet' && r[6] === '100.0 %'), `greet's share of run time: ${JSON.stringify(runs)}`);
+  step('lanes show runs, percentiles, shares and a chart');
+  await shoot('lanes');
+
+  // Campaigns: a refused upload shows the API's error; a good one deploys.
+  await go('campaigns', 'table.campaigns');
+  await page.click('button[data-versions="greet"]');
+  await page.waitForSelector('table.versions');
+  const upload = await page.$('input[name=component]');
+  await upload.uploadFile(fileURLToPath(new URL('package.json', import.meta.url)));
+  await page.click('#deploy');
+  await waitText('.status.error', 'invalid_plugin: campaign `greet`: the upload is not a valid');
+  step('a refused deploy shows the API\'s error');
+
+  // Chromium reads no file through a path with `..` in it.
+  await (await page.$('input[name=component]')).uploadFile(resolve(wasm));
+  await page.click('#deploy');
+  await waitText('.status.ok', 'greet: version 2 deployed and running');
+  check((await read('/v1/campaigns/greet/versions')).active === 2, 'the deploy did not make version 2 run');
+  step('deployed version 2 through the page');
+
+  await page.click('button[data-rollback="1"]');
+  await waitText('.status.ok', 'greet: version 1 runs again');
+  check((await read('/v1/campaigns/greet/versions')).active === 1, 'the rollback did not make version 1 run');
+  const versions = await cells('table.versions');
+  check(versions.some((r) => r[0] === '1' && r[1] === 'running'), `versions shown: ${JSON.stringify(versions)}`);
+  step('rolled back to version 1 through the page');
+  await shoot('campaigns');
+
+  // Destinations: the sink that answered 410 Gone is disabled; enable it.
+  await go('destinations', 'table.destinations');
+  await waitText('table.destinations', 'disabled (410 Gone)');
+  await page.click('button[data-enable="sink"]');
+  await waitText('.status.ok', 'sink enabled');
+  await page.waitForFunction(() => !document.querySelector('button[data-enable]'));
+  check((await read('/v1/destinations')).destinations.every((d) => !d.disabled), 'the sink is still disabled');
+  step('enabled the sink through the page');
+  await shoot('destinations');
+
+  // Dead letters: filter, inspect (the body stays text), replay.
+  await go('dead-letters', 'table.dead-letters');
+  await page.waitForSelector('select[name=campaign] option[value="relay"]');
+  await page.select('select[name=campaign]', 'relay');
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('table.dead-letters tbody tr')];
+    return rows.length === 1 && rows[0].cells[2].textContent === 'relay';
+  });
+  const [dead] = (await read('/v1/dead-letters?campaign=relay')).dead_letters;
+  await page.click(`button[data-inspect="${dead.id}"]`);
+  await waitText('pre.body', '"note":"<b id=\\"xss\\">bold</b>"');
+  await waitText('table.attempts', 'http_410');
+  check(await page.$('#xss') === null, 'a dead letter\'s body was put into the page as HTML');
+  step('inspected a dead letter: attempts and body, as text');
+  await shoot('dead-letters');
+
+  await page.click(`button[data-replay="${dead.id}"]`);
+  await waitText('.status.ok', `Dead letter ${dead.id} replayed`);
+  await waitText('#dead-letters .empty', 'No dead letters.');
+  check((await read('/v1/dead-letters')).dead_letters.length === 0, 'the dead letter is still there');
+  step('replayed the dead letter through the page');
+
+  await page.click('#logout');
+  await page.waitForSelector('#login:not([hidden])');
+  check(await page.evaluate(() => sessionStorage.getItem('hooklane-admin-token')) === null, 'the token outlived the logout');
+  step('logged out; the token is forgotten');
+
+  check(problems.length === 0, problems.join('\n'));
+  console.log('console: all steps passed');
+} catch (error) {
+  await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
+  console.error(`FAIL: ${error.stack ?? error}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
