@@ -13,25 +13,32 @@ use crate::error::ApiError;
 
 /// Scripts, styles and requests only from this listener; no inline script,
 /// no framing. Everything the API returns is put into the page as text.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; \
      object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// Each asset: its name under `/console/`, its type and its text.
+/// `(name, type, text)`: a file of `console/`, served as `/console/{name}`.
+macro_rules! asset {
+    ($name:literal, $kind:expr) => {
+        ($name, $kind, include_str!(concat!("console/", $name)))
+    };
+}
+
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("style.css", "text/css", include_str!("console/style.css")),
-    ("main.js", JS, include_str!("console/main.js")),
-    ("api.js", JS, include_str!("console/api.js")),
-    ("dom.js", JS, include_str!("console/dom.js")),
-    ("lanes.js", JS, include_str!("console/lanes.js")),
-    ("campaigns.js", JS, include_str!("console/campaigns.js")),
-    ("dead-letters.js", JS, include_str!("console/dead-letters.js")),
-    ("destinations.js", JS, include_str!("console/destinations.js")),
+    asset!("style.css", "text/css"),
+    asset!("main.js", JS),
+    asset!("api.js", JS),
+    asset!("dom.js", JS),
+    asset!("lanes.js", JS),
+    asset!("campaigns.js", JS),
+    asset!("dead-letters.js", JS),
+    asset!("destinations.js", JS),
 ];
 const JS: &str = "text/javascript";
 
 /// `GET /console/`: the page.
 pub async fn page() -> Response {
-    serve("text/html; charset=utf-8", include_str!("console/index.html"))
+    let (_, kind, text) = asset!("index.html", "text/html; charset=utf-8");
+    serve(kind, text)
 }
 
 /// `GET /console/{asset}`: a script or the style sheet.

@@ -62,7 +62,8 @@ function chart(title, value) {
   const series = LANES.map((lane) => history.slice(1).map((sample, i) => [sample.at, value(history[i], sample, lane)]));
   const top = Math.max(1, ...series.flat().map(([, v]) => v));
   const x = (at) => (WIDTH * (at - (now - HOUR_MS))) / HOUR_MS;
-  const y = (v) => HEIGHT - (HEIGHT * v) / top;
+  // Room above for the scale's label, and a zero line inside the frame.
+  const y = (v) => HEIGHT - 2 - ((HEIGHT - 20) * v) / top;
   const lines = series.map((points, i) => svg('polyline', {
     class: `lane-${LANES[i]}`,
     points: points.map(([at, v]) => `${x(at).toFixed(1)},${y(v).toFixed(1)}`).join(' '),

@@ -54,7 +54,12 @@ pub struct Stats {
 pub fn read(rendered: &str) -> Stats {
     let mut campaigns: BTreeMap<String, (Lane, Runs)> = BTreeMap::new();
     for line in rendered.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, labels, value)) = sample(line) else {
+        let Some(Sample {
+            name,
+            labels,
+            value,
+        }) = sample(line)
+        else {
             continue;
         };
         let label = |key: &str| labels.iter().find(|(k, _)| k == key).map(|(_, v)| v);
@@ -69,8 +74,7 @@ pub fn read(rendered: &str) -> Stats {
             .or_insert_with(|| (lane, Runs::default()))
             .1;
         let suffix = |metric: &str, suffix: &str| {
-            name.strip_prefix(metric)
-                .is_some_and(|rest| rest == suffix)
+            name.strip_prefix(metric).is_some_and(|rest| rest == suffix)
         };
         // Counters are whole numbers, rendered as such.
         let count = value as u64;
@@ -170,12 +174,23 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     Some(lower)
 }
 
-/// `name{key="value",…} value` split up; the label values unescaped.
-fn sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+/// One line of the text format: `name{key="value",…} value`.
+struct Sample<'a> {
+    name: &'a str,
+    /// Keys and unescaped values.
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+fn sample(line: &str) -> Option<Sample<'_>> {
     let (series, value) = line.rsplit_once(' ')?;
     let value = value.parse().ok()?;
     let Some((name, mut rest)) = series.split_once('{') else {
-        return Some((series, Vec::new(), value));
+        return Some(Sample {
+            name: series,
+            labels: Vec::new(),
+            value,
+        });
     };
     let mut labels = Vec::new();
     while let Some((key, after)) = rest.split_once("=\"") {
@@ -194,7 +209,11 @@ fn sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
         labels.push((key.trim_start_matches(',').to_owned(), text));
         rest = &after[end + 1..];
     }
-    Some((name, labels, value))
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
 }
 
 #[cfg(test)]
@@ -247,12 +266,15 @@ hooklane_lane_queued{lane="care"} 0
         let stats = read(RENDERED);
         // a alone: 1 run up to 1 ms, 2 more up to 10 ms.
         let a = &stats.campaigns[0].runs;
-        assert_eq!(a.p50_seconds, Some(0.001 + 0.009 * 0.25));
-        assert!((a.p99_seconds.unwrap() - (0.001 + 0.009 * 0.985)).abs() < 1e-12);
+        let close = |found: Option<f64>, expected: f64| {
+            assert!((found.unwrap() - expected).abs() < 1e-12, "{found:?}");
+        };
+        close(a.p50_seconds, 0.001 + 0.009 * 0.25);
+        close(a.p99_seconds, 0.001 + 0.009 * 0.985);
         // The lane: 5 runs, 2 of them beyond the last finite bound.
         let speed = &stats.lanes["speed"];
-        assert_eq!(speed.p50_seconds, Some(0.001 + 0.009 * 0.75));
-        assert_eq!(speed.p99_seconds, Some(0.01));
+        close(speed.p50_seconds, 0.001 + 0.009 * 0.75);
+        close(speed.p99_seconds, 0.01);
         assert_eq!(stats.lanes["care"].p50_seconds, None);
     }
 }
