@@ -6,9 +6,11 @@
 //
 //   node tests/console/console.mjs <admin url> <token> <screenshot dir> <component.wasm>
 //
-// The gateway must run `greet` (speed, version 1 the only one), `relay`
-// (care) with one dead letter from destination `sink` answering 410 Gone,
-// and have run both at least once. tests/e2e/console.rs sets that up.
+// The gateway must run `greet` (speed, sync, deadline 5000 ms, version 1
+// the only one), `relay` (care) with two dead letters to destination `sink`
+// (disabled by a 410 Gone), `crash` (segmentation) with one panic and its
+// dead letter, and `broken`, unavailable for a missing stored component;
+// greet and relay have run. tests/e2e/console.rs sets that up.
 
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -99,19 +101,31 @@ try {
   check(await page.evaluate(() => sessionStorage.getItem('hooklane-admin-token')) !== null, 'the token is not kept for the tab');
   step('logged in; the token is kept in sessionStorage');
 
-  // Lanes: depths and runs, live; the chart gets a line once two polls are in.
+  // Lanes: depths and runs, live; runs/s and the charts' lines once two
+  // polls are in.
+  const headings = await page.$$eval('table.lanes th', (th) => th.map((h) => h.textContent));
+  check(headings.join() === 'lane,queued,running,backlog,runs/s,p50 run,p99 run,ok,failed,refused', `lanes: ${headings}`);
   await page.waitForFunction(() => {
     const rows = [...document.querySelectorAll('table.lanes tbody tr')].map((r) => [...r.cells].map((c) => c.textContent));
-    const ran = (lane) => rows.some((r) => r[0] === lane && Number(r[7]) >= 1 && r[5].endsWith(' ms'));
-    return ran('speed') && ran('care') && document.querySelector('polyline.lane-care')?.getAttribute('points').includes(' ');
+    const lane = (name) => rows.find((r) => r[0] === name) ?? [];
+    const ran = (name) => Number(lane(name)[7]) >= 1 && /^[\d.]+ ms$/.test(lane(name)[5]) && /^\d+\.\d$/.test(lane(name)[4]);
+    const lines = [...document.querySelectorAll('polyline.lane-care')];
+    return ran('speed') && ran('care') && lane('segmentation')[8] === 'panic 1' && lane('care')[3] === '0'
+      && lines.length === 2 && lines.every((line) => line.getAttribute('points').includes(' '));
   });
   const runs = await cells('table.campaign-runs');
   check(runs.some((r) => r[0] === 'greet' && r[6] === '100.0 %'), `greet's share of run time: ${JSON.stringify(runs)}`);
   step('lanes show runs, percentiles, shares and a chart');
   await shoot('lanes');
 
-  // Campaigns: a refused upload shows the API's error; a good one deploys.
+  // Campaigns: lane, mode, limits, status; a refused upload shows the
+  // API's error; a good one deploys.
   await go('campaigns', 'table.campaigns');
+  const campaigns = await cells('table.campaigns');
+  const row = (name) => campaigns.find((r) => r[0] === name) ?? [];
+  check(row('greet').slice(2, 8).join() === 'speed,sync,running,1,100000000,5000', `greet: ${row('greet')}`);
+  check(/^unavailable: .*missing/.test(row('broken')[4]), `broken: ${row('broken')}`);
+  step('campaigns show lane, mode, limits and why one is unavailable');
   await page.click('button[data-versions="greet"]');
   await page.waitForSelector('table.versions');
   const upload = await page.$('input[name=component]');
@@ -145,14 +159,16 @@ try {
   step('enabled the sink through the page');
   await shoot('destinations');
 
-  // Dead letters: filter, inspect (the body stays text), replay.
+  // Dead letters: filter, inspect (the body stays text), replay one, then
+  // all that match the filter.
   await go('dead-letters', 'table.dead-letters');
   await page.waitForSelector('select[name=campaign] option[value="relay"]');
   await page.select('select[name=campaign]', 'relay');
-  await page.waitForFunction(() => {
+  const deadRows = (count) => page.waitForFunction((n) => {
     const rows = [...document.querySelectorAll('table.dead-letters tbody tr')];
-    return rows.length === 1 && rows[0].cells[2].textContent === 'relay';
-  });
+    return rows.length === n && rows.every((r) => r.cells[2].textContent === 'relay');
+  }, {}, count);
+  await deadRows(2);
   const [dead] = (await read('/v1/dead-letters?campaign=relay')).dead_letters;
   await page.click(`button[data-inspect="${dead.id}"]`);
   await waitText('pre.body', '"note":"<b id=\\"xss\\">bold</b>"');
@@ -163,9 +179,14 @@ try {
 
   await page.click(`button[data-replay="${dead.id}"]`);
   await waitText('.status.ok', `Dead letter ${dead.id} replayed`);
+  await deadRows(1);
+  step('replayed one dead letter through the page');
+  await page.click('#replay-all');
+  await waitText('.status.ok', 'Replayed 1');
   await waitText('#dead-letters .empty', 'No dead letters.');
-  check((await read('/v1/dead-letters')).dead_letters.length === 0, 'the dead letter is still there');
-  step('replayed the dead letter through the page');
+  const left = (await read('/v1/dead-letters')).dead_letters;
+  check(left.length === 1 && left[0].campaign === 'crash', `dead letters left: ${JSON.stringify(left)}`);
+  step('replayed all that match the filter, and only those');
 
   await page.click('#logout');
   await page.waitForSelector('#login:not([hidden])');

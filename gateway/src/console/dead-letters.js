@@ -40,7 +40,7 @@ export function show(root) {
     list.replaceChildren(dead.length ? table(columns, rows, { class: 'dead-letters' }) : h('p', { class: 'empty' }, 'No dead letters.'));
     replayAll.replaceChildren(dead.length ? action(line, `Replay all ${dead.length}`, async () => {
       const { replayed } = await api(`/dead-letters/replay${query()}`, { method: 'POST' });
-      return `${replayed} dead letters replayed`;
+      return `Replayed ${replayed}`;
     }, load, { id: 'replay-all' }) : '');
   };
 
