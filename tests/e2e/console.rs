@@ -5,6 +5,7 @@
 //! letters through the pages; the gateway shows the effects.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -63,7 +64,7 @@ async fn an_operator_deploys_rolls_back_and_replays_dead_letters_in_the_console(
     let blob = gateway.data_file(&format!("plugins/blobs/{digest}.wasm"));
     let dir = gateway.stop().await;
     std::fs::remove_file(blob).expect("remove a stored component");
-    let gateway = Gateway::start_in(dir, &config, &[]).await;
+    let gateway = Arc::new(Gateway::start_in(dir, &config, &[]).await);
 
     // The first body would run as script if the console put it into the
     // page as HTML.
@@ -86,6 +87,16 @@ async fn an_operator_deploys_rolls_back_and_replays_dead_letters_in_the_console(
     dead_letters_eventually(&gateway, 3).await;
     assert_eq!(who_answers(&gateway).await, Answered::Trivial);
 
+    // A caller keeps greet busy, so the lanes page has a rate to show.
+    let traffic = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            loop {
+                gateway.post("site", "{}").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
     let screenshots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let run = Command::new("node")
         .arg(console.join("console.mjs"))
@@ -99,6 +110,7 @@ async fn an_operator_deploys_rolls_back_and_replays_dead_letters_in_the_console(
         .await
         .expect("the browser run to end")
         .expect("run node");
+    traffic.abort();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

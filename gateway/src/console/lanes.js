@@ -56,12 +56,14 @@ function campaignsTable(stats) {
 const WIDTH = 600;
 const HEIGHT = 120;
 
-/** A line per lane of `value(previous, sample, lane)` over the last hour. */
+/** A line per lane of `value(previous, sample, lane)` since the first sample kept. */
 function chart(title, value) {
   const now = history.at(-1).at;
+  // The time kept so far, up to an hour, fills the width.
+  const span = Math.max(now - history[0].at, EVERY_MS);
   const series = LANES.map((lane) => history.slice(1).map((sample, i) => [sample.at, value(history[i], sample, lane)]));
   const top = Math.max(1, ...series.flat().map(([, v]) => v));
-  const x = (at) => (WIDTH * (at - (now - HOUR_MS))) / HOUR_MS;
+  const x = (at) => WIDTH - (WIDTH * (now - at)) / span;
   // Room above for the scale's label, and a zero line inside the frame.
   const y = (v) => HEIGHT - 2 - ((HEIGHT - 20) * v) / top;
   const lines = series.map((points, i) => svg('polyline', {
@@ -72,7 +74,7 @@ function chart(title, value) {
     svg('svg', { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: 'img', 'aria-label': title },
       svg('rect', { width: WIDTH, height: HEIGHT }), ...lines,
       svg('text', { x: 4, y: 14 }, top.toPrecision(3))),
-    h('figcaption', {}, `${title}, the last hour (`, ...LANES.map((lane) => h('span', { class: `lane-${lane}` }, `■ ${lane} `)), ')'));
+    h('figcaption', {}, `${title} since ${new Date(history[0].at).toLocaleTimeString()}, an hour at most (`, ...LANES.map((lane) => h('span', { class: `lane-${lane}` }, `■ ${lane} `)), ')'));
 }
 
 export function show(root) {
