@@ -120,7 +120,9 @@ try {
       && Number(lane('speed')[4]) > 0 && heights.length >= 2 && Math.min(...heights) < Math.max(...heights);
   });
   const runs = await cells('table.campaign-runs');
-  check(runs.some((r) => r[0] === 'greet' && r[6] === '100.0 %'), `greet's share of run time: ${JSON.stringify(runs)}`);
+  check(runs.some((r) => r[0] === 'greet' && r[6] === '100.0 %' && r[7] === '100.0 %'), `greet's shares: ${JSON.stringify(runs)}`);
+  const captions = await page.$$eval('figcaption', (all) => all.map((c) => c.textContent));
+  check(/^Runs per second since /.test(captions[0]) && /^Backlog since /.test(captions[1]), `charts: ${captions}`);
   step('lanes show runs, percentiles, shares and a chart');
   await shoot('lanes');
 
@@ -129,7 +131,7 @@ try {
   await go('campaigns', 'table.campaigns');
   const campaigns = await cells('table.campaigns');
   const row = (name) => campaigns.find((r) => r[0] === name) ?? [];
-  check(row('greet').slice(2, 8).join() === 'speed,sync,running,1,100000000,5000', `greet: ${row('greet')}`);
+  check(row('greet').slice(1, 8).join() === 'site,speed,sync,running,1,100000000,5000', `greet: ${row('greet')}`);
   check(/^unavailable: .*missing/.test(row('broken')[4]), `broken: ${row('broken')}`);
   step('campaigns show lane, mode, limits and why one is unavailable');
   await press('button[data-versions="greet"]');
@@ -158,7 +160,8 @@ try {
 
   // Destinations: the sink that answered 410 Gone is disabled; enable it.
   await go('destinations', 'table.destinations');
-  await waitText('table.destinations', 'disabled (410 Gone)');
+  const sink = (await cells('table.destinations'))[0];
+  check(sink.slice(2, 4).join() === 'closed,disabled (410 Gone)', `sink: ${sink}`);
   await press('button[data-enable="sink"]');
   await waitText('.status.ok', 'sink enabled');
   await page.waitForFunction(() => !document.querySelector('button[data-enable]'));

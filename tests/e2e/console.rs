@@ -97,6 +97,9 @@ async fn an_operator_deploys_rolls_back_and_replays_dead_letters_in_the_console(
             }
         }
     });
+    // The page itself is open and holds no data.
+    let page = gateway.open_admin_text("/console/").await;
+    assert!(page.contains("<main></main>") && !page.contains("greet"));
     let screenshots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let run = Command::new("node")
         .arg(console.join("console.mjs"))
