@@ -2,10 +2,10 @@
 // with deploy (upload a .wasm) and rollback.
 
 import { api, segment } from './api.js';
-import { h, table, statusLine, action, when } from './dom.js';
+import { h, table, statusLine, action, when, reason } from './dom.js';
 
 function status(c) {
-  return c.status === 'running' ? 'running' : `${c.status}: ${c.reason}`;
+  return c.status === 'running' ? 'running' : reason(`${c.status}: ${c.reason}`);
 }
 
 export function show(root) {

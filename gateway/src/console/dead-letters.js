@@ -2,7 +2,7 @@
 // replay one or all that match.
 
 import { api, segment } from './api.js';
-import { h, table, statusLine, action, when } from './dom.js';
+import { h, table, statusLine, action, when, reason } from './dom.js';
 
 export function show(root) {
   const line = statusLine();
@@ -17,7 +17,7 @@ export function show(root) {
 
   const inspect = async (id) => {
     const dead = await api(`/dead-letters/${id}`);
-    const attempts = dead.attempts.map((a) => [when(a.at_ms), a.cause, a.detail]);
+    const attempts = dead.attempts.map((a) => [when(a.at_ms), a.cause, reason(a.detail)]);
     inspected.replaceChildren(h('h3', {}, `Dead letter ${dead.id}: ${dead.kind} of ${dead.campaign}`),
       h('p', {}, `event ${dead.event_id}`, dead.destination ? `, to ${dead.destination}` : ''),
       table(['at', 'cause', 'detail'], attempts, { class: 'attempts' }),
@@ -34,7 +34,7 @@ export function show(root) {
         return `Dead letter ${d.id} replayed`;
       }, load, { 'data-replay': d.id });
       return [d.id, d.kind, d.campaign, d.event_id, d.destination ?? '', when(d.dead_at_ms), d.attempts.length,
-        last ? `${last.cause}: ${last.detail}` : '', h('span', { class: 'actions' }, open, replay)];
+        last ? reason(`${last.cause}: ${last.detail}`) : '', h('span', { class: 'actions' }, open, replay)];
     });
     const columns = ['id', 'kind', 'campaign', 'event', 'destination', 'dead since', 'attempts', 'last attempt', ''];
     list.replaceChildren(dead.length ? table(columns, rows, { class: 'dead-letters' }) : h('p', { class: 'empty' }, 'No dead letters.'));

@@ -1,7 +1,7 @@
 // Destinations: circuit breaker state, disabled by a `410 Gone`, and enable.
 
 import { api, segment } from './api.js';
-import { h, table, statusLine, action } from './dom.js';
+import { h, table, statusLine, action, reason } from './dom.js';
 
 export function show(root) {
   const line = statusLine();
@@ -10,7 +10,7 @@ export function show(root) {
 
   const load = async () => {
     const { destinations } = await api('/destinations');
-    const rows = destinations.map((d) => [d.name, d.url, d.breaker, d.disabled ? 'disabled (410 Gone)' : 'enabled',
+    const rows = destinations.map((d) => [d.name, reason(d.url), d.breaker, d.disabled ? 'disabled (410 Gone)' : 'enabled',
       d.disabled ? action(line, 'Enable', async () => {
         await api(`/destinations/${segment(d.name)}/enable`, { method: 'POST' });
         return `${d.name} enabled`;

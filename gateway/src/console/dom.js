@@ -58,6 +58,9 @@ export function action(line, label, run, done, attrs = {}) {
   return button;
 }
 
+/** A reason, a detail or a path from the API: wrapped wherever it must be. */
+export const reason = (text) => h('span', { class: 'reason' }, text);
+
 /** Seconds as milliseconds, or a dash when unknown. */
 export const ms = (seconds) => (seconds == null ? '—' : `${(seconds * 1000).toPrecision(3)} ms`);
 
