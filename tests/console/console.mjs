@@ -63,9 +63,18 @@ page.on('console', (message) => {
   if (/Content Security Policy/i.test(message.text())) problems.push(`CSP: ${message.text()}`);
 });
 
+/** Wait until `predicate(...args)` holds in the page; a timeout says `what` was awaited. */
+async function until(what, predicate, ...args) {
+  try {
+    await page.waitForFunction(predicate, {}, ...args);
+  } catch (error) {
+    throw new Error(`waited in vain for ${what}: ${error.message}`);
+  }
+}
+
 /** Wait until an element matching `selector` has `text` in its text. */
-const waitText = (selector, text) =>
-  page.waitForFunction((s, t) => [...document.querySelectorAll(s)].some((e) => e.textContent.includes(t)), {}, selector, text);
+const waitText = (selector, text) => until(`${selector} to say "${text}"`,
+  (s, t) => [...document.querySelectorAll(s)].some((e) => e.textContent.includes(t)), selector, text);
 
 /** The cells of the table matching `selector`, row by row. */
 const cells = (selector) =>
@@ -107,7 +116,7 @@ try {
 
   // Lanes: depths and runs, live; runs/s and the charts' lines once two
   // polls are in.
-  await page.waitForFunction(() => {
+  await until('runs, percentiles, a failure and a rising rate line on the lanes page', () => {
     const rows = [...document.querySelectorAll('table.lanes tbody tr')].map((r) => [...r.cells].map((c) => c.textContent));
     const lane = (name) => rows.find((r) => r[0] === name) ?? [];
     const ran = (name) => Number(lane(name)[7]) >= 1 && /^[\d.]+ ms$/.test(lane(name)[5]) && /^\d+\.\d$/.test(lane(name)[4]);
@@ -154,7 +163,7 @@ try {
   await waitText('.status.ok', 'greet: version 1 runs again');
   check((await read('/v1/campaigns/greet/versions')).active === 1, 'the rollback did not make version 1 run');
   // The table is loaded again after the answer.
-  await page.waitForFunction(() => [...document.querySelectorAll('table.versions tbody tr')]
+  await until('version 1 shown running', () => [...document.querySelectorAll('table.versions tbody tr')]
     .some((r) => r.cells[0].textContent === '1' && r.cells[1].textContent === 'running'));
   step('rolled back to version 1 through the page');
   await shoot('campaigns');
@@ -165,7 +174,7 @@ try {
   check(sink.slice(2, 4).join() === 'closed,disabled (410 Gone)', `sink: ${sink}`);
   await press('button[data-enable="sink"]');
   await waitText('.status.ok', 'sink enabled');
-  await page.waitForFunction(() => !document.querySelector('button[data-enable]'));
+  await until('no Enable button left', () => !document.querySelector('button[data-enable]'));
   check((await read('/v1/destinations')).destinations.every((d) => !d.disabled), 'the sink is still disabled');
   step('enabled the sink through the page');
   await shoot('destinations');
@@ -175,10 +184,10 @@ try {
   await go('dead-letters', 'table.dead-letters');
   await page.waitForSelector('select[name=campaign] option[value="relay"]');
   await page.select('select[name=campaign]', 'relay');
-  const deadRows = (count) => page.waitForFunction((n) => {
+  const deadRows = (count) => until(`${count} dead letters of relay listed`, (n) => {
     const rows = [...document.querySelectorAll('table.dead-letters tbody tr')];
     return rows.length === n && rows.every((r) => r.cells[2].textContent === 'relay');
-  }, {}, count);
+  }, count);
   await deadRows(2);
   const [dead] = (await read('/v1/dead-letters?campaign=relay')).dead_letters;
   await press(`button[data-inspect="${dead.id}"]`);
@@ -208,7 +217,8 @@ try {
   console.log('console: all steps passed');
 } catch (error) {
   await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
-  console.error(`FAIL: ${error.stack ?? error}`);
+  const said = await page.$$eval('.status', (lines) => lines.filter((l) => l.offsetParent).map((l) => l.textContent)).catch(() => []);
+  console.error(`FAIL: ${error.stack ?? error}\nthe page says: ${JSON.stringify(said)}`);
   process.exitCode = 1;
 } finally {
   await browser.close();
