@@ -52,7 +52,8 @@ pub struct Stats {
 
 /// The run figures in `rendered`, the Prometheus text format.
 pub fn read(rendered: &str) -> Stats {
-    let mut campaigns: BTreeMap<String, (Lane, Runs)> = BTreeMap::new();
+    // By campaign and lane: a reload may have moved a campaign to another lane.
+    let mut campaigns: BTreeMap<(String, &'static str), Runs> = BTreeMap::new();
     for line in rendered.lines().filter(|l| !l.starts_with('#')) {
         let Some(Sample {
             name,
@@ -69,13 +70,10 @@ pub fn read(rendered: &str) -> Stats {
         let Some(lane) = Lane::ALL.into_iter().find(|l| l.as_str() == lane) else {
             continue;
         };
-        let runs = &mut campaigns
-            .entry(campaign.clone())
-            .or_insert_with(|| (lane, Runs::default()))
-            .1;
-        let suffix = |metric: &str, suffix: &str| {
-            name.strip_prefix(metric).is_some_and(|rest| rest == suffix)
-        };
+        let runs = campaigns
+            .entry((campaign.clone(), lane.as_str()))
+            .or_default();
+        let suffix = |metric: &str, suffix: &str| name.strip_prefix(metric) == Some(suffix);
         // Counters are whole numbers, rendered as such.
         let count = value as u64;
         if name == PLUGIN_RUNS {
@@ -97,8 +95,8 @@ pub fn read(rendered: &str) -> Stats {
     }
     let mut lanes: BTreeMap<&'static str, Runs> =
         Lane::ALL.map(|l| (l.as_str(), Runs::default())).into();
-    for (lane, runs) in campaigns.values() {
-        lanes.get_mut(lane.as_str()).expect("every lane").add(runs);
+    for ((_, lane), runs) in &campaigns {
+        lanes.get_mut(lane).expect("every lane").add(runs);
     }
     for runs in lanes.values_mut() {
         runs.percentiles();
@@ -106,14 +104,14 @@ pub fn read(rendered: &str) -> Stats {
     let share = |part: f64, whole: f64| (whole > 0.0).then(|| part / whole);
     let campaigns = campaigns
         .into_iter()
-        .map(|(name, (lane, mut runs))| {
+        .map(|((name, lane), mut runs)| {
             runs.percentiles();
-            let whole = &lanes[lane.as_str()];
+            let whole = &lanes[lane];
             CampaignRuns {
                 run_share: share(runs.run_seconds, whole.run_seconds),
                 fuel_share: share(runs.fuel, whole.fuel),
                 name,
-                lane: lane.as_str(),
+                lane,
                 runs,
             }
         })
@@ -259,6 +257,21 @@ hooklane_lane_queued{lane="care"} 0
         assert_eq!(a.fuel_share, Some(0.75));
         // `c"q` ran but its lane used no time or fuel that was rendered.
         assert_eq!(stats.campaigns[2].run_share, None);
+    }
+
+    #[test]
+    fn a_campaign_moved_to_another_lane_counts_in_each() {
+        let stats = read(concat!(
+            "hooklane_plugin_runs_total{campaign=\"a\",lane=\"speed\",outcome=\"ok\"} 3\n",
+            "hooklane_plugin_runs_total{campaign=\"a\",lane=\"care\",outcome=\"ok\"} 2\n",
+        ));
+        let lanes: Vec<(&str, u64)> = stats
+            .campaigns
+            .iter()
+            .map(|c| (c.lane, c.runs.ok))
+            .collect();
+        assert_eq!(lanes, [("care", 2), ("speed", 3)]);
+        assert_eq!((stats.lanes["speed"].ok, stats.lanes["care"].ok), (3, 2));
     }
 
     #[test]
