@@ -143,7 +143,8 @@ try {
   const row = (name) => campaigns.find((r) => r[0] === name) ?? [];
   check(row('greet').slice(1, 8).join() === 'site,speed,sync,running,1,100000000,5000', `greet: ${row('greet')}`);
   check(/^unavailable: .*missing/.test(row('broken')[4]), `broken: ${row('broken')}`);
-  step('campaigns show lane, mode, limits and why one is unavailable');
+  check(row('crash')[10] === 'panic 1' && row('greet')[10] === '0', `failures: ${row('crash')} / ${row('greet')}`);
+  step('campaigns show lane, mode, limits, failures by cause and why one is unavailable');
   await press('button[data-versions="greet"]');
   await page.waitForSelector('table.versions');
   const upload = await page.$('input[name=component]');

@@ -1,8 +1,8 @@
-// Campaigns: lane, mode, limits and status; one campaign's stored versions,
-// with deploy (upload a .wasm) and rollback.
+// Campaigns: lane, mode, limits, status and failures by cause; one
+// campaign's stored versions, with deploy (upload a .wasm) and rollback.
 
 import { api, segment } from './api.js';
-import { h, table, statusLine, action, when, reason } from './dom.js';
+import { h, table, statusLine, action, when, reason, causes } from './dom.js';
 
 function status(c) {
   return c.status === 'running' ? 'running' : reason(`${c.status}: ${c.reason}`);
@@ -16,11 +16,14 @@ export function show(root) {
   let selected = null;
 
   const loadList = async () => {
-    const { campaigns } = await api('/campaigns');
+    const [{ campaigns }, stats] = await Promise.all([api('/campaigns'), api('/stats')]);
+    // In the lane it runs in now (a reload may have moved it); none for a campaign that cannot run.
+    const failed = (c) => c.lane && causes(stats.campaigns.find((s) => s.name === c.name && s.lane === c.lane)?.failed ?? {});
     const rows = campaigns.map((c) => [c.name, c.source ?? '', c.lane ?? '', c.mode ?? '', status(c), c.version ?? '',
-      c.limits?.fuel ?? '', c.limits?.deadline_ms ?? '', c.limits?.memory_mb ?? '', c.limits?.max_concurrency ?? '',
+      c.limits?.fuel ?? '', c.limits?.deadline_ms ?? '', c.limits?.memory_mb ?? '', c.limits?.max_concurrency ?? '', failed(c),
       h('button', { type: 'button', 'data-versions': c.name, onclick: () => select(c.name) }, 'Versions')]);
-    const columns = ['campaign', 'source', 'lane', 'mode', 'status', 'version', 'fuel', 'deadline ms', 'memory MiB', 'concurrency', ''];
+    const columns = ['campaign', 'source', 'lane', 'mode', 'status', 'version', 'fuel', 'deadline ms', 'memory MiB', 'concurrency',
+      'failed since start', ''];
     list.replaceChildren(table(columns, rows, { class: 'campaigns' }));
   };
 

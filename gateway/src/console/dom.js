@@ -61,6 +61,9 @@ export function action(line, label, run, done, attrs = {}) {
 /** A reason, a detail or a path from the API: wrapped wherever it must be. */
 export const reason = (text) => h('span', { class: 'reason' }, text);
 
+/** Failed runs by cause, as `panic 2, deadline 1`. */
+export const causes = (failed) => Object.entries(failed).map(([cause, n]) => `${cause} ${n}`).join(', ') || '0';
+
 /** Seconds as milliseconds, or a dash when unknown. */
 export const ms = (seconds) => (seconds == null ? '—' : `${(seconds * 1000).toPrecision(3)} ms`);
 

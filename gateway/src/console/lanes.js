@@ -3,7 +3,7 @@
 // of the last hour, kept in this tab while it is open.
 
 import { api } from './api.js';
-import { h, svg, table, statusLine, ms, percent } from './dom.js';
+import { h, svg, table, statusLine, ms, percent, causes } from './dom.js';
 
 const EVERY_MS = 1000;
 const HOUR_MS = 3_600_000;
@@ -32,22 +32,20 @@ function currentRate(lane) {
   return first === last ? null : rate(first, last, lane);
 }
 
-const failures = (failed) => Object.entries(failed).map(([cause, n]) => `${cause} ${n}`).join(', ') || '0';
-
 function lanesTable(depths, stats) {
   const rows = LANES.map((lane) => {
     const depth = depths[lane];
     const runs = stats.lanes[lane];
     const perSecond = currentRate(lane);
     return [lane, depth.queued, depth.running, depth.backlog, perSecond == null ? '—' : perSecond.toFixed(1),
-      ms(runs.p50_seconds), ms(runs.p99_seconds), runs.ok, failures(runs.failed), runs.refused];
+      ms(runs.p50_seconds), ms(runs.p99_seconds), runs.ok, causes(runs.failed), runs.refused];
   });
   const columns = ['lane', 'queued', 'running', 'backlog', 'runs/s', 'p50 run', 'p99 run', 'ok', 'failed', 'refused'];
   return table(columns, rows, { class: 'lanes' });
 }
 
 function campaignsTable(stats) {
-  const rows = stats.campaigns.map((c) => [c.name, c.lane, ran(c), failures(c.failed), c.refused,
+  const rows = stats.campaigns.map((c) => [c.name, c.lane, ran(c), causes(c.failed), c.refused,
     ms(c.p99_seconds), percent(c.run_share), percent(c.fuel_share)]);
   const columns = ['campaign', 'lane', 'runs', 'failed', 'refused', 'p99 run', 'share of run time', 'share of fuel'];
   return table(columns, rows, { class: 'campaign-runs' });
