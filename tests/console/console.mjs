@@ -108,6 +108,7 @@ try {
   await logIn('not-the-token');
   await waitText('#login .error', 'a valid `Authorization: Bearer <token>` header is required');
   step('a wrong token is refused with the API\'s reason');
+  await shoot('login');
 
   await logIn(token);
   await page.waitForSelector('nav:not([hidden]) a[aria-current="page"][href="#lanes"]');

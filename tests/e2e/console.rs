@@ -122,7 +122,13 @@ async fn an_operator_deploys_rolls_back_and_replays_dead_letters_in_the_console(
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("console: all steps passed"), "{stdout}");
-    for page in ["lanes", "campaigns", "destinations", "dead-letters"] {
+    for page in [
+        "login",
+        "lanes",
+        "campaigns",
+        "destinations",
+        "dead-letters",
+    ] {
         assert!(screenshots.join(format!("{page}.png")).exists(), "{page}");
     }
 
