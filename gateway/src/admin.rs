@@ -1,6 +1,7 @@
 //! The operator API on its own listener (loopback by default): health,
-//! readiness, campaigns, lane depths, plugin state, and dead letters with
-//! replay. `/v1/*` needs the bearer token. Replays go through the same
+//! readiness, campaigns, lane depths and run figures, plugin state, dead
+//! letters with replay, and the [`console`](crate::console) that shows them
+//! in a browser. `/v1/*` needs the bearer token. Replays go through the same
 //! durable queue and lanes that sources' events use.
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{AdminConfig, Lane};
+use crate::console;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::lanes::LaneDepth;
@@ -63,6 +65,7 @@ pub fn routes(
         .route("/v1/campaigns/{campaign}/rollback", post(rollback))
         .route("/v1/reload", post(reload))
         .route("/v1/lanes", get(lanes))
+        .route("/v1/stats", get(stats))
         .route("/v1/destinations", get(destinations))
         .route("/v1/destinations/{name}/enable", post(enable_destination))
         .route("/v1/kv/{namespace}/{key}", get(kv_get))
@@ -79,6 +82,8 @@ pub fn routes(
         .route("/readyz", get(ready))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(render_metrics))
+        .route("/console/", get(console::page))
+        .route("/console/{asset}", get(console::asset))
         .merge(v1)
         .with_state(admin)
 }
@@ -131,15 +136,20 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Prometheus text format; lane depths are sampled now.
-async fn render_metrics(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
-    let Some(handle) = &admin.metrics else {
-        return Err(ApiError::new(
+/// The recorder's handle, or why there is none.
+fn recorder(admin: &Admin) -> Result<&PrometheusHandle, ApiError> {
+    admin.metrics.as_ref().ok_or_else(|| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics_unavailable",
             "this process has no metrics recorder",
-        ));
-    };
+        )
+    })
+}
+
+/// Prometheus text format; lane depths are sampled now.
+async fn render_metrics(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    let handle = recorder(&admin)?;
     for (lane, depth, backlog) in lane_loads(&admin.gateway) {
         telemetry::lane_depth(lane, depth.queued, depth.running, backlog);
     }
@@ -354,6 +364,12 @@ async fn lanes(State(admin): State<Arc<Admin>>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "lanes": depths }))
+}
+
+/// Runs per lane and per campaign since the start, read from the metrics
+/// `/metrics` renders.
+async fn stats(State(admin): State<Arc<Admin>>) -> Result<Json<telemetry::stats::Stats>, ApiError> {
+    Ok(Json(telemetry::stats::read(&recorder(&admin)?.render())))
 }
 
 /// Each lane's depth in memory and its backlog on disk, sampled now.

@@ -6,12 +6,14 @@
 //! [`dispatch`] (through the [`lanes`]) → [`runtime`] → [`actions`] →
 //! [`delivery`], with [`store`] underneath, [`campaigns`] swapping in
 //! deploys and reloads (with [`versions`] keeping every plugin version),
-//! [`gateway`] tying them together and [`admin`] for operators.
+//! [`gateway`] tying them together and [`admin`] (with its [`console`]) for
+//! operators.
 
 pub mod actions;
 pub mod admin;
 pub mod campaigns;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod dispatch;
 pub mod error;

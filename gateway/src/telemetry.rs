@@ -15,6 +15,13 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::Lane;
 
+pub mod stats;
+
+/// Names of the plugin-run series, which [`stats`] reads back.
+const PLUGIN_RUNS: &str = "hooklane_plugin_runs_total";
+const PLUGIN_RUN_SECONDS: &str = "hooklane_plugin_run_seconds";
+const PLUGIN_FUEL: &str = "hooklane_plugin_fuel";
+
 /// Buckets of plugin run time, in seconds: 100 µs to 30 s.
 const SECONDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -56,8 +63,8 @@ impl PluginMetrics {
             ok_runs: runs(campaign, lane, "ok"),
             refused: runs(campaign, lane, "refused"),
             queue_wait: histogram!("hooklane_queue_wait_seconds", &labels),
-            seconds: histogram!("hooklane_plugin_run_seconds", &labels),
-            fuel: histogram!("hooklane_plugin_fuel", &labels),
+            seconds: histogram!(PLUGIN_RUN_SECONDS, &labels),
+            fuel: histogram!(PLUGIN_FUEL, &labels),
         }
     }
 
@@ -74,7 +81,7 @@ impl PluginMetrics {
 }
 
 fn runs(campaign: &str, lane: Lane, outcome: &'static str) -> Counter {
-    counter!("hooklane_plugin_runs_total", "campaign" => campaign.to_owned(), "lane" => lane.as_str(), "outcome" => outcome)
+    counter!(PLUGIN_RUNS, "campaign" => campaign.to_owned(), "lane" => lane.as_str(), "outcome" => outcome)
 }
 
 impl PluginMetrics {

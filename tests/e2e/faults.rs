@@ -199,7 +199,7 @@ fn emit_cycle_toml(extra: &str) -> String {
 }
 
 /// Dead letters, once there are `count` of them.
-async fn dead_letters_eventually(gateway: &Gateway, count: usize) -> Vec<Value> {
+pub(crate) async fn dead_letters_eventually(gateway: &Gateway, count: usize) -> Vec<Value> {
     within(&format!("{count} dead letters"), async {
         loop {
             let dead = gateway.admin(Method::GET, "/v1/dead-letters").await;
@@ -417,7 +417,7 @@ plugin = "{trivial}"
 }
 
 /// Deploy `plugin_name` as the next version of `campaign`; its digest.
-async fn deploy(gateway: &Gateway, campaign: &str, plugin_name: &str) -> String {
+pub(crate) async fn deploy(gateway: &Gateway, campaign: &str, plugin_name: &str) -> String {
     let bytes = std::fs::read(plugin(plugin_name)).expect("plugin");
     let path = format!("/v1/campaigns/{campaign}/versions");
     let deployed = gateway.admin_with(Method::POST, &path, bytes).await;

@@ -5,6 +5,7 @@
 mod authoring;
 mod campaigns;
 mod config_errors;
+mod console;
 mod deploy;
 mod docs;
 mod durability;
