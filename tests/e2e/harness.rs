@@ -18,13 +18,24 @@ use tokio::sync::mpsc;
 /// enough for a loaded 2-core CI machine, short enough to fail clearly.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// How long a gateway may take to start: it compiles its campaigns' plugins
+/// first, and a JavaScript or Python component (a JS engine or CPython
+/// inside, 12–18 MB) takes 10–60 s at the compile threads' low priority on
+/// a loaded 2-core machine.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(180);
+
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 
-/// Where `scripts/setup.sh` puts the plugins.
+/// Where `scripts/setup.sh` puts the plugins: `name` is a Rust plugin's
+/// crate, or `js/NAME` or `py/NAME` for an example in `plugins/js` or
+/// `plugins/py`.
 pub fn plugin(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/target/wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/target");
+    let (dir, name) = match name.split_once('/') {
+        Some((language, name)) => (built.join(language), name),
+        None => (built.join("wasm32-wasip2/release"), name),
+    };
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
     assert!(
         path.exists(),
         "{} is missing: run scripts/setup.sh to build the plugins",
@@ -191,7 +202,7 @@ impl Gateway {
         launch: Launch<'_>,
     ) -> Gateway {
         let command = serve_command(dir.path(), campaigns_toml, &launch);
-        let server = match Server::spawn(command, &["ingress", "admin"], PATIENCE).await {
+        let server = match Server::spawn(command, &["ingress", "admin"], STARTUP_PATIENCE).await {
             Ok(server) => server,
             Err(e) => {
                 let log =

@@ -14,6 +14,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod lanes;
+mod languages;
 mod limits;
 mod metrics;
 mod openapi;
