@@ -18,6 +18,15 @@ echo "==> building the plugins (wasm32-wasip2, release)"
 cargo build --manifest-path plugins/Cargo.toml --release --target wasm32-wasip2 --locked \
     --target-dir plugins/target
 
+# The JavaScript and Python plugins are built with the machine's Node.js and
+# Python; only their componentize tools are the project's own.
+for tool in npm python3; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "scripts/setup.sh needs $tool (Node.js 18+ with npm, Python 3.10+ with venv) to build plugins/js and plugins/py" >&2
+        exit 1
+    fi
+done
+
 # componentize-js, as locked; reinstalled only when the lock changes.
 if ! cmp -s plugins/js/package-lock.json .tools/js/node_modules/.package-lock.json.orig 2>/dev/null; then
     echo "==> installing componentize-js into .tools/js"
