@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{plugin, Gateway, Recorder};
+use crate::harness::{offer_catalog, offer_toml, plugin, Gateway, Recorder};
 
 fn login_config(sms: &Recorder) -> String {
     format!(
@@ -101,60 +101,11 @@ async fn login_code_refuses_a_bad_phone_number() {
     );
 }
 
-fn offer_config(recommendations: &Recorder, elsewhere: &Recorder) -> String {
-    format!(
-        r#"
-[sources.offers]
-[sources.offers-elsewhere]
-[sources.crm]
-
-[campaigns.personal-offer]
-source = "offers"
-lane = "segmentation"
-mode = "sync"
-plugin = "{offer}"
-allowed_hosts = ["127.0.0.1:{allowed_port}"]
-kv_namespace = "customers"
-settings = {{ recommendation_url = "{allowed}" }}
-
-# Same plugin, pointed at a host that is not on its allowlist.
-[campaigns.offer-elsewhere]
-source = "offers-elsewhere"
-lane = "segmentation"
-mode = "sync"
-plugin = "{offer}"
-allowed_hosts = ["127.0.0.1:{allowed_port}"]
-kv_namespace = "customers"
-settings = {{ recommendation_url = "{elsewhere}" }}
-
-[campaigns.daily-enrich]
-source = "crm"
-lane = "care"
-plugin = "{enrich}"
-kv_namespace = "customers"
-"#,
-        offer = plugin("personal-offer"),
-        enrich = plugin("daily-enrich"),
-        allowed_port = recommendations.addr.port(),
-        allowed = recommendations.url(),
-        elsewhere = elsewhere.url(),
-    )
-}
-
-fn catalog() -> Value {
-    json!({ "candidates": [
-        { "id": "espresso-kit", "title": "Espresso starter kit", "category": "coffee", "price": 49.0, "base_score": 1.0 },
-        { "id": "grinder-pro", "title": "Pro burr grinder", "category": "coffee", "price": 249.0, "base_score": 0.5 },
-        { "id": "tea-sampler", "title": "Tea sampler", "category": "tea", "price": 19.0, "discount_pct": 20.0, "base_score": 0.8 },
-        { "id": "whisky-tasting", "title": "Whisky tasting", "category": "spirits", "price": 89.0, "min_age": 18, "countries": ["DE"], "base_score": 0.7 }
-    ]})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_offer_depends_on_the_profile_and_the_allowlist() {
-    let mut recommendations = Recorder::start(catalog()).await;
-    let mut elsewhere = Recorder::start(catalog()).await;
-    let gateway = Gateway::start(&offer_config(&recommendations, &elsewhere)).await;
+    let mut recommendations = Recorder::start(offer_catalog()).await;
+    let mut elsewhere = Recorder::start(offer_catalog()).await;
+    let gateway = Gateway::start(&offer_toml("personal-offer", &recommendations, &elsewhere)).await;
 
     let enrich = gateway
         .post_json(
@@ -223,8 +174,13 @@ async fn personal_offer_depends_on_the_profile_and_the_allowlist() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daily_enrich_merges_records_into_profiles() {
-    let recommendations = Recorder::start(catalog()).await;
-    let gateway = Gateway::start(&offer_config(&recommendations, &recommendations)).await;
+    let recommendations = Recorder::start(offer_catalog()).await;
+    let gateway = Gateway::start(&offer_toml(
+        "personal-offer",
+        &recommendations,
+        &recommendations,
+    ))
+    .await;
 
     let first = gateway
         .post_json(

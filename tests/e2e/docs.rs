@@ -1,20 +1,39 @@
-//! The SDK tutorial shows the `welcome` plugin verbatim, so what authors
-//! read is code that builds.
+//! Each tutorial shows its plugin verbatim, so what authors read is code
+//! that builds: the SDK tutorial the `welcome` plugin, the JavaScript and
+//! Python tutorials their `personal-offer` example.
+
+/// The first `language` code block of tutorial `readme` equals `source`
+/// (both relative to the repository root).
+fn assert_shows_verbatim(readme: &str, language: &str, source: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |path: &str| {
+        std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let text = read(readme);
+    let shown = text
+        .split(&format!("```{language}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap_or_else(|| panic!("no {language} code block in {readme}"));
+    assert_eq!(shown, read(source), "{readme} and {source} differ");
+}
 
 #[test]
 fn the_sdk_tutorial_shows_the_welcome_plugin_verbatim() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let readme = std::fs::read_to_string(root.join("plugin-sdk/README.md")).expect("sdk README");
-    let code =
-        std::fs::read_to_string(root.join("plugins/welcome/src/lib.rs")).expect("welcome plugin");
-    let shown = readme
-        .split("```rust\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("a rust code block in the README");
-    assert_eq!(
-        shown, code,
-        "plugin-sdk/README.md and plugins/welcome/src/lib.rs differ"
+    assert_shows_verbatim("plugin-sdk/README.md", "rust", "plugins/welcome/src/lib.rs");
+}
+
+#[test]
+fn the_javascript_tutorial_shows_its_example_verbatim() {
+    assert_shows_verbatim("plugins/js/README.md", "js", "plugins/js/personal-offer.js");
+}
+
+#[test]
+fn the_python_tutorial_shows_its_example_verbatim() {
+    assert_shows_verbatim(
+        "plugins/py/README.md",
+        "python",
+        "plugins/py/personal_offer.py",
     );
 }
 

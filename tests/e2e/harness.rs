@@ -18,13 +18,24 @@ use tokio::sync::mpsc;
 /// enough for a loaded 2-core CI machine, short enough to fail clearly.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// How long a gateway may take to start: it compiles its campaigns' plugins
+/// first, and a JavaScript or Python component (a JS engine or CPython
+/// inside, 12–18 MB) takes 10 s to minutes at the compile threads' low
+/// priority on a busy 2-core machine.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(300);
+
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 
-/// Where `scripts/setup.sh` puts the plugins.
+/// Where `scripts/setup.sh` puts the plugins: `name` is a Rust plugin's
+/// crate, or `js/NAME` or `py/NAME` for an example in `plugins/js` or
+/// `plugins/py`.
 pub fn plugin(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/target/wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/target");
+    let (dir, name) = match name.split_once('/') {
+        Some((language, name)) => (built.join(language), name),
+        None => (built.join("wasm32-wasip2/release"), name),
+    };
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
     assert!(
         path.exists(),
         "{} is missing: run scripts/setup.sh to build the plugins",
@@ -191,7 +202,7 @@ impl Gateway {
         launch: Launch<'_>,
     ) -> Gateway {
         let command = serve_command(dir.path(), campaigns_toml, &launch);
-        let server = match Server::spawn(command, &["ingress", "admin"], PATIENCE).await {
+        let server = match Server::spawn(command, &["ingress", "admin"], STARTUP_PATIENCE).await {
             Ok(server) => server,
             Err(e) => {
                 let log =
@@ -609,4 +620,59 @@ settings = {{ url = "http://{never}/" }}
 "#,
         hang = plugin("hang"),
     )
+}
+
+/// The `personal-offer` campaign (plugin `offer_plugin`, a name for
+/// [`plugin`]) on source `offers`, asking `recommendations`; the same plugin
+/// as `offer-elsewhere` on source `offers-elsewhere`, pointed at `elsewhere`,
+/// which is not on its allowlist; and `daily-enrich` on source `crm` writing
+/// the profiles both read, all in KV namespace `customers`.
+pub fn offer_toml(offer_plugin: &str, recommendations: &Recorder, elsewhere: &Recorder) -> String {
+    format!(
+        r#"
+[sources.offers]
+[sources.offers-elsewhere]
+[sources.crm]
+
+[campaigns.personal-offer]
+source = "offers"
+lane = "segmentation"
+mode = "sync"
+plugin = "{offer}"
+allowed_hosts = ["127.0.0.1:{allowed_port}"]
+kv_namespace = "customers"
+settings = {{ recommendation_url = "{allowed}" }}
+
+# Same plugin, pointed at a host that is not on its allowlist.
+[campaigns.offer-elsewhere]
+source = "offers-elsewhere"
+lane = "segmentation"
+mode = "sync"
+plugin = "{offer}"
+allowed_hosts = ["127.0.0.1:{allowed_port}"]
+kv_namespace = "customers"
+settings = {{ recommendation_url = "{elsewhere}" }}
+
+[campaigns.daily-enrich]
+source = "crm"
+lane = "care"
+plugin = "{enrich}"
+kv_namespace = "customers"
+"#,
+        offer = plugin(offer_plugin),
+        enrich = plugin("daily-enrich"),
+        allowed_port = recommendations.addr.port(),
+        allowed = recommendations.url(),
+        elsewhere = elsewhere.url(),
+    )
+}
+
+/// What the recommendation service answers `offer_toml`'s campaigns.
+pub fn offer_catalog() -> Value {
+    json!({ "candidates": [
+        { "id": "espresso-kit", "title": "Espresso starter kit", "category": "coffee", "price": 49.0, "base_score": 1.0 },
+        { "id": "grinder-pro", "title": "Pro burr grinder", "category": "coffee", "price": 249.0, "base_score": 0.5 },
+        { "id": "tea-sampler", "title": "Tea sampler", "category": "tea", "price": 19.0, "discount_pct": 20.0, "base_score": 0.8 },
+        { "id": "whisky-tasting", "title": "Whisky tasting", "category": "spirits", "price": 89.0, "min_age": 18, "countries": ["DE"], "base_score": 0.7 }
+    ]})
 }

@@ -15,6 +15,7 @@ mod harness;
 mod hostile;
 mod kv;
 mod lanes;
+mod languages;
 mod later;
 mod limits;
 mod metrics;

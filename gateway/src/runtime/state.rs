@@ -64,7 +64,7 @@ impl PluginState {
 
     /// Log what the guest printed, line by line, with its campaign, then
     /// one line per stream that went over its budget; keep stderr for
-    /// [`PluginState::panic_message`].
+    /// [`PluginState::stderr`].
     pub fn flush_guest_output(&mut self) {
         let (stdout, stdout_dropped) = self.stdout.take();
         let (stderr, stderr_dropped) = self.stderr.take();
@@ -113,11 +113,10 @@ impl PluginState {
         }
     }
 
-    /// The message of a Rust panic the guest printed, if any.
-    pub fn panic_message(&self) -> Option<String> {
-        let text = String::from_utf8_lossy(&self.stderr_text);
-        let start = text.find("panicked at")?;
-        Some(text[start..].lines().take(2).collect::<Vec<_>>().join(" "))
+    /// What the guest wrote to stderr during the run (up to the capture
+    /// limit), once [`PluginState::flush_guest_output`] has run.
+    pub fn stderr(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.stderr_text)
     }
 }
 
