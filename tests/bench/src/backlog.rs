@@ -87,10 +87,20 @@ impl BacklogReport {
 }
 
 pub async fn run(options: &BenchOptions) -> Result<BacklogReport, BenchError> {
-    let (target, small, drain_window) = if options.smoke {
-        (2_000, 200, Duration::from_secs(1))
+    let (target, small, drain_window, ceiling_window) = if options.smoke {
+        (
+            2_000,
+            200,
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+        )
     } else {
-        (1_000_000, 1_000, Duration::from_secs(10))
+        (
+            1_000_000,
+            1_000,
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        )
     };
     let config = format!(
         r#"
@@ -127,7 +137,7 @@ plugin = {trivial}
     let admin = format!("http://{}", gateway.addr("admin"));
     let body = Bytes::from_static(br#"{"customer_id": "c-1", "event": "page_view"}"#);
     let client = reqwest::Client::new();
-    let ceiling = Ceiling::measure(body.clone(), BURST_CONNECTIONS, Duration::from_secs(1)).await?;
+    let ceiling = Ceiling::measure(body.clone(), BURST_CONNECTIONS, ceiling_window).await?;
 
     for _ in 0..small {
         let sent = client.post(&url).body(body.clone()).send().await;

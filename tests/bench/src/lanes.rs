@@ -2,7 +2,9 @@
 //!
 //! One invocation runs four scenarios against the same machine state:
 //! 1. **floor** — a bare hyper server (its own process) at the highest rate
-//!    it sustains (closed loop): the physical limit of this machine;
+//!    the generator drives it to (closed loop): the physical limit of this
+//!    machine, and the generator's ceiling that the trivial figure is judged
+//!    against (see [`crate::ceiling`]);
 //! 2. **trivial** — the real gateway with a speed campaign whose plugin only
 //!    responds, under the same closed-loop load;
 //! 3. **speed idle** — `login-code` at a fixed open-loop rate, nothing else;
