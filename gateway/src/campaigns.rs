@@ -261,6 +261,11 @@ impl Campaigns {
             .prepare_all(new, |name| self.get(name))
             .map_err(|(name, error)| match error {
                 StartError::Versions(store) => ReloadError::Versions(store),
+                StartError::Load(LoadError::UndeclaredSetting { key, declared, .. }) => invalid(
+                    format!("campaigns.{name}.settings.{key}"),
+                    format!("a setting its plugin reads, one of: {declared} (a typo?)"),
+                )
+                .into(),
                 other => invalid(format!("campaigns.{name}.plugin"), other.to_string()).into(),
             })?;
         let mut loaded: Vec<(LoadedCampaign, bool)> = Vec::new();
@@ -457,13 +462,21 @@ impl Campaigns {
         })
     }
 
+    /// Compile `bytes` for a deploy or rollback to `campaign`, refusing a
+    /// component that does not read a setting the campaign sets.
     fn compile(&self, campaign: &str, bytes: &[u8], digest: &str) -> Result<Compiled, DeployError> {
-        self.compiler
+        let invalid = |reason: String| DeployError::Invalid {
+            campaign: campaign.into(),
+            reason,
+        };
+        let compiled = self
+            .compiler
             .compile(&self.runtime, bytes, digest)
-            .map_err(|reason| DeployError::Invalid {
-                campaign: campaign.into(),
-                reason,
-            })
+            .map_err(invalid)?;
+        let config = self.change_target(campaign)?.config;
+        LoadError::check_settings(campaign, &config, &compiled)
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(compiled)
     }
 
     /// Compile every campaign of `config` at the version [`choose`] picks;
@@ -537,6 +550,7 @@ impl Campaigns {
                 self.compile_named(name, &bytes, &version.digest, source)?
             }
         };
+        LoadError::check_settings(name, campaign, &compiled)?;
         let version = match choice.keep {
             Some(version) => PreparedVersion::Stored(version),
             None => PreparedVersion::FromConfig { bytes: configured },

@@ -122,3 +122,34 @@ impl Error {
         Error::Internal(message.into())
     }
 }
+
+/// Declare every setting the plugin reads, so the gateway refuses a
+/// campaign config that sets any other (a typo, most likely) instead of
+/// running with it ignored. Call it once, at the top level of the plugin
+/// crate: `hooklane_sdk::settings!("discount", "destination");` (no keys:
+/// the plugin reads no settings). Without it, any settings are accepted.
+#[macro_export]
+macro_rules! settings {
+    ($($key:literal),* $(,)?) => {
+        const _: () = {
+            const KEYS: &str = concat!($($key, "\n"),*);
+            // A custom section the gateway reads when it loads the component.
+            #[used]
+            #[link_section = "hooklane-settings"]
+            static DECLARED: [u8; KEYS.len()] = $crate::__settings_section(KEYS);
+        };
+    };
+}
+
+/// The bytes of [`settings!`]'s custom section.
+#[doc(hidden)]
+pub const fn __settings_section<const N: usize>(keys: &str) -> [u8; N] {
+    let bytes = keys.as_bytes();
+    let mut section = [0; N];
+    let mut i = 0;
+    while i < N {
+        section[i] = bytes[i];
+        i += 1;
+    }
+    section
+}

@@ -73,3 +73,21 @@ fn syntax_errors_name_file_and_line() {
         "{output}"
     );
 }
+
+#[test]
+fn a_setting_the_plugin_declares_it_does_not_read_is_refused() {
+    let config = |key: &str| {
+        format!(
+            "[sources.s]\n[campaigns.cart]\nsource = \"s\"\nlane = \"care\"\nplugin = \"{}\"\nemits = [\"cart\"]\nsettings = {{ {key} = \"2\" }}\n",
+            plugin("abandoned-cart")
+        )
+    };
+    let (ok, output) = check_config(&config("remind_after"));
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("campaign `cart`: settings.remind_after is not read by its plugin, which declares only: self, remind_after_s, destination (a typo?)"),
+        "{output}"
+    );
+    let (ok, output) = check_config(&config("remind_after_s"));
+    assert!(ok, "{output}");
+}

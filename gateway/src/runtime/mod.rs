@@ -63,6 +63,32 @@ pub enum LoadError {
         path: String,
         reason: String,
     },
+    /// The config sets a setting the component declares it does not read.
+    #[error("campaign `{campaign}`: settings.{key} is not read by its plugin, which declares only: {declared} (a typo?)")]
+    UndeclaredSetting {
+        campaign: String,
+        key: String,
+        declared: String,
+    },
+}
+
+impl LoadError {
+    /// Refuse `compiled` for campaign `name` if `campaign` sets a setting
+    /// the component declares it does not read.
+    pub fn check_settings(
+        name: &str,
+        campaign: &CampaignConfig,
+        compiled: &Compiled,
+    ) -> Result<(), LoadError> {
+        match compiled.undeclared_setting(campaign.settings.keys()) {
+            Some((key, declared)) => Err(LoadError::UndeclaredSetting {
+                campaign: name.into(),
+                key: key.into(),
+                declared,
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The engine, the linker and the epoch ticker, shared by all plugins.
@@ -171,6 +197,7 @@ impl Runtime {
                     path: campaign.plugin.display().to_string(),
                     reason,
                 })?;
+        LoadError::check_settings(name, campaign, &compiled)?;
         Ok(self.plugin(&compiled, name, campaign, limits, "local"))
     }
 
@@ -226,6 +253,7 @@ impl Runtime {
         Ok(Compiled {
             pre,
             digest: digest.into(),
+            settings: declared_settings(bytes).map(Into::into),
         })
     }
 
@@ -313,6 +341,39 @@ pub struct Compiled {
     pre: CampaignPre<PluginState>,
     /// Hex SHA-256 of the component.
     pub digest: Arc<str>,
+    /// The settings it declares it reads (`hooklane_sdk::settings!`); none
+    /// declared: any are accepted.
+    pub settings: Option<Arc<[String]>>,
+}
+
+impl Compiled {
+    /// The first of `settings` the component declares it does not read,
+    /// with what it does declare.
+    pub fn undeclared_setting<'a>(
+        &self,
+        mut settings: impl Iterator<Item = &'a String>,
+    ) -> Option<(&'a str, String)> {
+        let declared = self.settings.as_ref()?;
+        let unknown = settings.find(|key| !declared.contains(key))?;
+        Some((unknown.as_str(), declared.join(", ")))
+    }
+}
+
+/// The settings the `hooklane-settings` custom section of `bytes` (or of a
+/// module inside it) declares, one per line.
+fn declared_settings(bytes: &[u8]) -> Option<Vec<String>> {
+    wasmparser::Parser::new(0)
+        .parse_all(bytes)
+        .map_while(Result::ok)
+        .find_map(|payload| match payload {
+            wasmparser::Payload::CustomSection(section)
+                if section.name() == "hooklane-settings" =>
+            {
+                let keys = std::str::from_utf8(section.data()).ok()?;
+                Some(keys.lines().map(str::to_owned).collect())
+            }
+            _ => None,
+        })
 }
 
 impl Drop for Runtime {

@@ -76,3 +76,4 @@ fn remind_after_s() -> Result<u64, Error> {
 }
 
 hooklane_sdk::export!(AbandonedCart);
+hooklane_sdk::settings!("self", "remind_after_s", "destination");
