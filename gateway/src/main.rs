@@ -137,6 +137,18 @@ enum PluginAction {
         /// A host the plugin may fetch from; repeat for more.
         #[arg(long = "allow-host")]
         allowed_hosts: Vec<String>,
+        /// Keep going: run again whenever the plugin, the events, the
+        /// config or a `--watch-path` changes (after `--build`, if given).
+        #[arg(long)]
+        watch: bool,
+        /// A file or folder (e.g. the plugin's `src/`) whose changes rerun
+        /// the test under `--watch`; repeat for more.
+        #[arg(long = "watch-path", requires = "watch")]
+        watch_paths: Vec<PathBuf>,
+        /// A shell command that rebuilds the plugin, run before each rerun
+        /// under `--watch` (e.g. `cargo build --release --target wasm32-wasip2`).
+        #[arg(long, requires = "watch")]
+        build: Option<String>,
     },
 }
 
@@ -297,6 +309,9 @@ fn main() -> ExitCode {
                     lane,
                     settings,
                     allowed_hosts,
+                    watch,
+                    watch_paths,
+                    build,
                 },
         } => {
             let options = hooklane::plugin_test::TestOptions {
@@ -312,7 +327,11 @@ fn main() -> ExitCode {
                 settings,
                 allowed_hosts,
             };
-            runtime(None).and_then(|rt| rt.block_on(plugin_test(options)))
+            let watching = watch.then_some(hooklane::plugin_test::Watch {
+                paths: watch_paths,
+                build,
+            });
+            runtime(None).and_then(|rt| rt.block_on(plugin_test(options, watching)))
         }
         Command::Destinations {
             admin,
@@ -418,9 +437,16 @@ async fn check_config(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn plugin_test(options: hooklane::plugin_test::TestOptions) -> anyhow::Result<()> {
-    let failed = hooklane::plugin_test::run(&options, |report| println!("{report}")).await?;
-    anyhow::ensure!(failed == 0, "{failed} event(s) failed");
+async fn plugin_test(
+    options: hooklane::plugin_test::TestOptions,
+    watch: Option<hooklane::plugin_test::Watch>,
+) -> anyhow::Result<()> {
+    let Some(watch) = watch else {
+        let failed = hooklane::plugin_test::run(&options, |report| println!("{report}")).await?;
+        anyhow::ensure!(failed == 0, "{failed} event(s) failed");
+        return Ok(());
+    };
+    hooklane::plugin_test::watch(&options, &watch, |report| println!("{report}")).await;
     Ok(())
 }
 

@@ -289,6 +289,86 @@ fn made_up_config(plugin: &Path, options: &TestOptions) -> Result<Config, TestEr
     Config::parse(&text, Path::new("(plugin test)"), Path::new(".")).map_err(setup)
 }
 
+/// What `--watch` looks at besides the plugin, events and config files,
+/// and how to rebuild the plugin.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    pub paths: Vec<PathBuf>,
+    /// A shell command run before each rerun.
+    pub build: Option<String>,
+}
+
+/// How often `--watch` looks at the files' modification times: polling
+/// keeps it dependency-free and works on every file system, and a person
+/// saving a file does not notice a quarter of a second.
+const WATCH_POLL: Duration = Duration::from_millis(250);
+
+/// Run the test, then again whenever a watched file changes (rebuilding
+/// first), until the process is stopped. Each run ends with a line
+/// `{"run": N, "failed": F}` (or `"error"` when the run could not start).
+pub async fn watch(options: &TestOptions, watch: &Watch, mut report: impl FnMut(&Value)) {
+    let mut paths: Vec<PathBuf> = watch.paths.clone();
+    paths.extend(options.plugin.iter().cloned());
+    paths.push(options.events.clone());
+    paths.extend(options.config.iter().cloned());
+    let mut seen = newest_change(&paths);
+    for run_number in 1.. {
+        let ended = match build(watch.build.as_deref()) {
+            Err(error) => json!({ "run": run_number, "error": error }),
+            Ok(()) => match run(options, &mut report).await {
+                Ok(failed) => json!({ "run": run_number, "failed": failed }),
+                Err(error) => json!({ "run": run_number, "error": error.to_string() }),
+            },
+        };
+        report(&ended);
+        loop {
+            tokio::time::sleep(WATCH_POLL).await;
+            let now = newest_change(&paths);
+            if now != seen {
+                seen = now;
+                break;
+            }
+        }
+    }
+}
+
+/// Run the `--build` command, if any; its output goes to stderr.
+fn build(command: Option<&str>) -> Result<(), String> {
+    let Some(command) = command else {
+        return Ok(());
+    };
+    let status = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stdout(std::process::Stdio::inherit())
+        .status()
+        .map_err(|e| format!("cannot run the build command `{command}`: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("the build command `{command}` failed ({status})"))
+}
+
+/// The latest modification time under `paths` (files, and folders walked),
+/// with how many files were seen: a deleted file changes it too.
+fn newest_change(paths: &[PathBuf]) -> (Option<std::time::SystemTime>, usize) {
+    let mut newest = None;
+    let mut files = 0;
+    let mut pending: Vec<PathBuf> = paths.to_vec();
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(&path).into_iter().flatten().flatten();
+            pending.extend(entries.map(|entry| entry.path()));
+            continue;
+        }
+        files += 1;
+        newest = newest.max(meta.modified().ok());
+    }
+    (newest, files)
+}
+
 fn to_event(recorded: RecordedEvent) -> Result<Event, String> {
     let mut headers = Vec::with_capacity(recorded.headers.len());
     for (name, value) in recorded.headers {

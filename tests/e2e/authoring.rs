@@ -212,3 +212,53 @@ fn check_config_and_plugin_test_compile_each_component_once_through_the_cache() 
     let tested = compiles(&test);
     assert!(!tested.is_empty() && compiled(&tested) == 0, "{tested:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_test_watch_rebuilds_and_reruns_when_the_events_change() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"body\": {\"n\": 1}}\n").expect("write events");
+    let builds = dir.path().join("builds");
+    let build = format!("echo built >> {}", builds.display());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hooklane"))
+        .args([
+            "plugin",
+            "test",
+            &plugin("relay"),
+            "--watch",
+            "--build",
+            &build,
+        ])
+        .arg("--events")
+        .arg(&events)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run hooklane plugin test --watch");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // The delivered bodies of one run, until its closing line.
+    let mut next_run = async || -> (Value, Vec<String>) {
+        let mut bodies = Vec::new();
+        loop {
+            let line = lines.next_line().await.expect("read").expect("a line");
+            let report: Value = serde_json::from_str(&line).expect("JSON");
+            if report.get("run").is_some() {
+                return (report, bodies);
+            }
+            let body = &report["actions"][0]["deliver"]["body"];
+            bodies.push(body.as_str().expect("body").to_owned());
+        }
+    };
+    let (first, bodies) = crate::harness::within("the first run", next_run()).await;
+    assert_eq!(first, serde_json::json!({ "run": 1, "failed": 0 }));
+    assert_eq!(bodies, [r#"{"n":1}"#]);
+
+    std::fs::write(&events, "{\"body\": {\"n\": 2}}\n").expect("rewrite events");
+    let (second, bodies) = crate::harness::within("a rerun", next_run()).await;
+    assert_eq!(second["run"], 2);
+    assert_eq!(bodies, [r#"{"n":2}"#]);
+    let built = std::fs::read_to_string(&builds).expect("builds");
+    assert_eq!(built.lines().count(), 2, "built before each run");
+}
