@@ -1,7 +1,10 @@
 //! Runtime micro-benchmark: the cost of running one event in a fresh
 //! instance (new Store + instantiate + call + drop) of the trivial plugin,
 //! with the pooling allocator beside the on-demand one, and fresh-instance
-//! calls per second on 1 and 2 threads.
+//! calls per second on 1 and 2 threads; then the `personal-offer` example
+//! in Rust, JavaScript and Python side by side, a fresh instance per event
+//! with its KV reads and write and a loopback call to a recommendation
+//! service.
 //!
 //! Run: `cargo bench --bench runtime` (after `scripts/setup.sh`). Prints a
 //! table and writes `target/bench/runtime.json`.
@@ -56,9 +59,16 @@ fn main() {
             "calls_per_s_2_threads": two,
         }));
     }
+    let offers = offers(&plugins.join("../.."), data.path());
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).expect("bench dir");
-    let report = json!({ "benchmark": "runtime", "runs": LATENCY_RUNS, "results": results });
+    let report = json!({
+        "benchmark": "runtime",
+        "runs": LATENCY_RUNS,
+        "results": results,
+        "personal_offer_runs": OFFER_RUNS,
+        "personal_offer": offers,
+    });
     std::fs::write(
         out.join("runtime.json"),
         serde_json::to_string_pretty(&report).unwrap(),
@@ -69,41 +79,109 @@ fn main() {
 
 /// The runtime (which owns the epoch ticker) and the trivial plugin on it.
 fn load(plugins: &Path, data: &Path, allocator: &str) -> (Runtime, Arc<Plugin>) {
-    let toml = format!(
-        r#"
-[runtime]
-allocator = "{allocator}"
-[sources.bench]
-[campaigns.trivial]
-source = "bench"
-lane = "speed"
-plugin = "{}"
-"#,
+    let campaign = format!(
+        "[runtime]\nallocator = \"{allocator}\"\n[campaigns.bench]\nlane = \"speed\"\nplugin = \"{}\"\n",
         plugins.join("trivial.wasm").display()
     );
+    load_campaign(&campaign, &data.join(allocator))
+}
+
+/// The runtime and the plugin of campaign `bench` in `toml` (to which this
+/// adds its source), its KV store in `data`.
+fn load_campaign(toml: &str, data: &Path) -> (Runtime, Arc<Plugin>) {
+    let toml = format!("[sources.bench]\n{toml}source = \"bench\"\n");
     let config =
         Config::parse(&toml, Path::new("bench.toml"), Path::new(".")).expect("bench config");
-    let store = EmbeddedStore::open(
-        &data.join(allocator),
-        true,
-        StoreConfig::default().kv_quota(),
-    )
-    .expect("store");
+    let store = EmbeddedStore::open(data, true, StoreConfig::default().kv_quota()).expect("store");
     let services = HostServices::new(Arc::new(store)).expect("services");
     let runtime = Runtime::new(&config.runtime, 64, services, None).expect("runtime");
-    let campaign = &config.campaigns["trivial"];
+    let campaign = &config.campaigns["bench"];
     let limits = campaign.limits(&config.lanes);
-    let plugin = runtime.load("trivial", campaign, &limits).expect("plugin");
+    let plugin = runtime.load("bench", campaign, &limits).expect("plugin");
     (runtime, Arc::new(plugin))
 }
 
 fn event() -> Event {
+    event_with(b"{}")
+}
+
+fn event_with(body: &'static [u8]) -> Event {
     Event::new(
         "bench".into(),
         vec![],
-        bytes::Bytes::from_static(b"{}"),
+        bytes::Bytes::from_static(body),
         None,
     )
+}
+
+/// Events per language for the personal-offer rows.
+const OFFER_RUNS: usize = 300;
+
+/// `personal-offer` in each language the project builds it in: median and
+/// p99 of a fresh instance per event, beside each other in one run.
+fn offers(plugins: &Path, data: &Path) -> Vec<serde_json::Value> {
+    let service = recommendation_service();
+    println!(
+        "\npersonal-offer, fresh instance per event ({OFFER_RUNS} runs, one loopback call each)"
+    );
+    println!("{:<12} {:>10} {:>10}", "language", "median", "p99");
+    let mut rows = Vec::new();
+    for (language, component) in [
+        ("rust", "wasm32-wasip2/release/personal_offer.wasm"),
+        ("javascript", "js/personal_offer.wasm"),
+        ("python", "py/personal_offer.wasm"),
+    ] {
+        let component = plugins.join(component);
+        if !component.exists() {
+            println!(
+                "{language:<12} skipped: {} is not built (scripts/setup.sh)",
+                component.display()
+            );
+            continue;
+        }
+        let campaign = format!(
+            "[campaigns.bench]\nlane = \"segmentation\"\nmode = \"sync\"\nplugin = \"{}\"\nmemory_mb = 32\ndeadline_ms = 5000\nallowed_hosts = [\"{}\"]\nsettings = {{ recommendation_url = \"http://{}/\" }}\n",
+            component.display(),
+            service,
+            service
+        );
+        let (_runtime, plugin) = load_campaign(&campaign, &data.join(language));
+        let (median, p99) = measure(
+            &plugin,
+            &event_with(br#"{"customer_id": "c-1"}"#),
+            20,
+            OFFER_RUNS,
+        );
+        println!(
+            "{language:<12} {:>8.2}ms {:>8.2}ms",
+            millis(median),
+            millis(p99)
+        );
+        rows.push(
+            json!({ "language": language, "median_ms": millis(median), "p99_ms": millis(p99) }),
+        );
+    }
+    rows
+}
+
+/// A recommendation service on loopback, answering every POST with the
+/// same candidates; its address.
+fn recommendation_service() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        current_thread().block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let candidates = json!({ "candidates": [
+                { "id": "espresso-kit", "title": "Espresso starter kit", "category": "coffee", "price": 49.0, "base_score": 1.0 },
+                { "id": "tea-sampler", "title": "Tea sampler", "category": "tea", "price": 19.0, "base_score": 0.8 }
+            ]});
+            let app = axum::Router::new().fallback(move || async move { axum::Json(candidates) });
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    addr
 }
 
 fn current_thread() -> tokio::runtime::Runtime {
@@ -114,22 +192,26 @@ fn current_thread() -> tokio::runtime::Runtime {
 }
 
 fn latency(plugin: &Plugin) -> (Duration, Duration) {
+    measure(plugin, &event(), WARMUP_RUNS, LATENCY_RUNS)
+}
+
+/// Median and p99 of `runs` runs of `event`, after `warmup` runs.
+fn measure(plugin: &Plugin, event: &Event, warmup: usize, runs: usize) -> (Duration, Duration) {
     let rt = current_thread();
-    let event = event();
     rt.block_on(async {
-        for _ in 0..WARMUP_RUNS {
+        for _ in 0..warmup {
             plugin
-                .handle(&event, DEADLINE)
+                .handle(event, DEADLINE)
                 .await
-                .expect("trivial plugin runs");
+                .expect("the plugin runs");
         }
-        let mut samples = Vec::with_capacity(LATENCY_RUNS);
-        for _ in 0..LATENCY_RUNS {
+        let mut samples = Vec::with_capacity(runs);
+        for _ in 0..runs {
             let started = Instant::now();
             plugin
-                .handle(&event, DEADLINE)
+                .handle(event, DEADLINE)
                 .await
-                .expect("trivial plugin runs");
+                .expect("the plugin runs");
             samples.push(started.elapsed());
         }
         samples.sort();
@@ -175,4 +257,8 @@ fn throughput(plugin: &Arc<Plugin>, threads: usize) -> f64 {
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
