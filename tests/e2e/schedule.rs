@@ -96,3 +96,46 @@ async fn a_schedule_on_a_sync_campaign_is_refused_with_its_key() {
         "{stderr}"
     );
 }
+
+/// The scheduled care example in Python: at every slot it pages through the
+/// profiles `daily-enrich` keeps (kv `list`), asks an enrichment service
+/// about them, and merges its answer in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_daily_enrichment_enriches_profiles_on_its_schedule() {
+    let enrichment = Recorder::start(json!({ "attributes": { "c-1": { "tier": "gold" } } })).await;
+    let config = format!(
+        r#"
+[sources.crm]
+[sources.nightly]
+[campaigns.daily-enrich]
+source = "crm"
+lane = "care"
+plugin = "{enrich}"
+kv_namespace = "customers"
+[campaigns.daily-enrichment]
+source = "nightly"
+lane = "care"
+plugin = "{enrichment}"
+kv_namespace = "customers"
+memory_mb = 32
+allowed_hosts = ["{host}"]
+settings = {{ enrichment_url = "{url}" }}
+schedule = {{ cron = "* * * * * *", catch_up = "none" }}
+"#,
+        enrich = crate::harness::plugin("daily-enrich"),
+        enrichment = crate::harness::plugin("py/daily-enrichment"),
+        host = enrichment.addr,
+        url = enrichment.url(),
+    );
+    let gateway = Gateway::start(&config).await;
+    let record = json!({ "customer_id": "c-1", "attributes": { "city": "Berlin" } });
+    assert_eq!(gateway.post_json("crm", record).await.status, 202);
+    let profile = gateway
+        .kv_eventually("customers", "profile:c-1", |p| p["tier"] == "gold")
+        .await;
+    assert_eq!(profile["city"], "Berlin", "{profile}");
+    assert!(
+        profile["enriched_at"].as_str().unwrap().contains("[UTC]"),
+        "{profile}"
+    );
+}
