@@ -91,3 +91,37 @@ fn a_setting_the_plugin_declares_it_does_not_read_is_refused() {
     let (ok, output) = check_config(&config("remind_after_s"));
     assert!(ok, "{output}");
 }
+
+/// A deploy of a version that declares its settings, to a campaign whose
+/// config sets another, is refused; the running version stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_whose_plugin_does_not_read_a_configured_setting_is_refused() {
+    let sink = crate::harness::Recorder::start(serde_json::json!({})).await;
+    let config = crate::harness::care_forwarder_toml(
+        "relay",
+        &sink,
+        "",
+        "settings = { destination = \"sink\", remind_after = \"2\" }",
+    );
+    let gateway = crate::harness::Gateway::start(&config).await;
+    let cart = std::fs::read(plugin("abandoned-cart")).expect("component");
+    let refused = gateway
+        .admin_with(reqwest::Method::POST, "/v1/campaigns/relay/versions", cart)
+        .await;
+    assert_eq!(refused.status, 422);
+    let answer = refused.json();
+    assert_eq!(answer["error"], "invalid_plugin", "{answer}");
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("settings.remind_after is not read by its plugin"),
+        "{detail}"
+    );
+    let versions = gateway
+        .admin(reqwest::Method::GET, "/v1/campaigns/relay/versions")
+        .await;
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        1,
+        "nothing stored: {versions}"
+    );
+}
