@@ -69,8 +69,9 @@ pub fn plan(
     outcome.kv_expected.extend(kv_expected);
     let now = now_ms();
     let at_once = actions.into_iter().map(|action| (action, 0));
-    let delayed =
-        (later.into_iter()).map(|(action, delay)| (action, now + delay.as_millis() as u64));
+    let delayed = later
+        .into_iter()
+        .map(|(action, delay)| (action, now + delay.as_millis() as u64));
     let mut reply = None;
     for (index, (action, not_before_ms)) in at_once.chain(delayed).enumerate() {
         match action {

@@ -329,9 +329,9 @@ impl Campaigns {
         campaign: &str,
         bytes: Bytes,
     ) -> Result<Version, DeployError> {
-        self.change(campaign, move |campaigns, name| {
-            let digest = runtime::digest(&bytes);
-            let compiled = campaigns.compile(name, &bytes, &digest)?;
+        self.change(campaign, move |campaigns, target| {
+            let (name, digest) = (&*target.name, runtime::digest(&bytes));
+            let compiled = campaigns.compile(target, &bytes, &digest)?;
             let stored = campaigns
                 .versions
                 .store(name, &bytes, &digest, Origin::Deploy)?;
@@ -346,14 +346,15 @@ impl Campaigns {
         campaign: &str,
         version: u32,
     ) -> Result<Version, DeployError> {
-        self.change(campaign, move |campaigns, name| {
+        self.change(campaign, move |campaigns, target| {
+            let name = &*target.name;
             let history = campaigns.versions.history(name)?;
             let chosen = history.get(version).ok_or_else(|| VersionError::Unknown {
                 campaign: name.into(),
                 version,
             })?;
             let bytes = campaigns.versions.read(&chosen.digest)?;
-            Ok((campaigns.compile(name, &bytes, &chosen.digest)?, version))
+            Ok((campaigns.compile(target, &bytes, &chosen.digest)?, version))
         })
         .await
     }
@@ -380,11 +381,13 @@ impl Campaigns {
     async fn change(
         self: &Arc<Self>,
         campaign: &str,
-        pick: impl FnOnce(&Campaigns, &str) -> Result<(Compiled, u32), DeployError> + Send + 'static,
+        pick: impl FnOnce(&Campaigns, &ChangeTarget) -> Result<(Compiled, u32), DeployError>
+            + Send
+            + 'static,
     ) -> Result<Version, DeployError> {
         self.with_change_lock(campaign, move |campaigns, current| {
             let started = Instant::now();
-            let (compiled, number) = pick(campaigns, &current.name)?;
+            let (compiled, number) = pick(campaigns, &current)?;
             let version = campaigns.versions.activate(&current.name, number, false)?;
             let plugin = campaigns.runtime.plugin(
                 &compiled,
@@ -462,19 +465,23 @@ impl Campaigns {
         })
     }
 
-    /// Compile `bytes` for a deploy or rollback to `campaign`, refusing a
+    /// Compile `bytes` for a deploy or rollback to `target`, refusing a
     /// component that does not read a setting the campaign sets.
-    fn compile(&self, campaign: &str, bytes: &[u8], digest: &str) -> Result<Compiled, DeployError> {
+    fn compile(
+        &self,
+        target: &ChangeTarget,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Compiled, DeployError> {
         let invalid = |reason: String| DeployError::Invalid {
-            campaign: campaign.into(),
+            campaign: target.name.to_string(),
             reason,
         };
         let compiled = self
             .compiler
             .compile(&self.runtime, bytes, digest)
             .map_err(invalid)?;
-        let config = self.change_target(campaign)?.config;
-        LoadError::check_settings(campaign, &config, &compiled)
+        LoadError::check_settings(&target.name, &target.config, &compiled)
             .map_err(|e| invalid(e.to_string()))?;
         Ok(compiled)
     }

@@ -457,8 +457,8 @@ impl Gateway {
     fn admit_emits(&self, emitted: &[NewWebhook]) -> Result<(), RunError> {
         for webhook in emitted {
             let depth = webhook.event.emit_depth();
-            let target = webhook.campaigns.join(", ");
             if depth > self.max_emit_depth {
+                let target = webhook.campaigns.join(", ");
                 return Err(PluginFailure::EmitTooDeep(format!(
                     "its emit to `{target}` would be {depth} emits away from the webhook that started the chain, beyond max_emit_depth ({}): an emit cycle?",
                     self.max_emit_depth

@@ -33,6 +33,12 @@ pub const KV_QUOTA: KvQuota = KvQuota {
 
 const LEASE: Duration = Duration::from_secs(60);
 
+/// A webhook for `campaigns` with dedup key `key` (remembered a minute):
+/// what the backends' own tests store.
+pub(crate) fn keyed_webhook(campaigns: &[&str], key: Option<&str>) -> NewWebhook {
+    webhook(campaigns, key.map(|key| (key, Duration::from_secs(60))))
+}
+
 fn webhook(campaigns: &[&str], dedup: Option<(&str, Duration)>) -> NewWebhook {
     NewWebhook {
         event: Event::new("src".into(), vec![], Bytes::from_static(b"{}"), None),

@@ -903,8 +903,7 @@ fn all<T: DeserializeOwned>(table: &redb::ReadOnlyTable<u64, &[u8]>) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
-    use crate::store::{Attempt, Dedup};
+    use crate::store::Attempt;
 
     impl EmbeddedStore {
         /// Every stored event and delivery, leased or not.
@@ -932,17 +931,7 @@ mod tests {
 
     crate::store::conformance::conformance_tests!(super::open_as_traits);
 
-    fn webhook(campaigns: &[&str], dedup: Option<&str>) -> NewWebhook {
-        NewWebhook {
-            event: Event::new("src".into(), vec![], bytes::Bytes::from_static(b"{}"), None),
-            campaigns: campaigns.iter().map(|c| c.to_string()).collect(),
-            dedup: dedup.map(|key| Dedup {
-                key: key.into(),
-                window: Duration::from_secs(60),
-            }),
-            not_before_ms: 0,
-        }
-    }
+    use crate::store::conformance::keyed_webhook as webhook;
 
     #[tokio::test]
     async fn kv_namespaces_ttl_and_reopen() {

@@ -1554,17 +1554,7 @@ mod tests {
 
     crate::store::conformance::conformance_tests!(super::open_as_traits);
 
-    fn webhook(campaigns: &[&str], dedup: Option<&str>) -> NewWebhook {
-        NewWebhook {
-            event: crate::event::Event::new("src".into(), vec![], Bytes::from_static(b"{}"), None),
-            campaigns: campaigns.iter().map(|c| c.to_string()).collect(),
-            dedup: dedup.map(|key| crate::store::Dedup {
-                key: key.into(),
-                window: Duration::from_secs(60),
-            }),
-            not_before_ms: 0,
-        }
-    }
+    use crate::store::conformance::keyed_webhook as webhook;
 
     /// Poll `done` every 10 ms for at most 15 s.
     async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
