@@ -255,7 +255,7 @@ async fn versions(
     State(admin): State<Arc<Admin>>,
     Path(campaign): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let history = admin.gateway.campaigns().versions(&campaign)?;
+    let history = admin.gateway.campaigns().versions(&campaign).await?;
     let listed: Vec<Value> = history
         .versions
         .iter()

@@ -88,7 +88,7 @@ impl Campaigns {
     /// [`choose`]) and record the versions its config named.
     pub fn load(config: &Config, runtime: Runtime) -> Result<Campaigns, StartError> {
         let compiler = Compiler::new(config.lanes.care.nice)?;
-        let versions = PluginVersions::open(config.data_dir.join("plugins"))?;
+        let versions = PluginVersions::open(config)?;
         let campaigns = Campaigns {
             loaded: DashMap::new(),
             unavailable: DashMap::new(),
@@ -184,9 +184,59 @@ impl Campaigns {
     }
 
     /// The stored versions of a loaded campaign.
-    pub fn versions(&self, campaign: &str) -> Result<History, DeployError> {
+    pub async fn versions(&self, campaign: &str) -> Result<History, DeployError> {
         self.change_target(campaign)?;
-        Ok(self.versions.history(campaign)?)
+        let (versions, campaign) = (self.versions.clone(), campaign.to_owned());
+        // A shared shelf answers over the network: off the async threads.
+        let history = tokio::task::spawn_blocking(move || versions.history(&campaign));
+        Ok(history.await.expect("reading a history does not panic")?)
+    }
+
+    /// From now on, run whatever version another node makes active (a
+    /// deploy, rollback or reload through its admin API), when the shelf
+    /// is shared. Follows until the campaigns are dropped.
+    pub fn follow_other_nodes(self: &Arc<Self>) {
+        let Some(mut changes) = self.versions.watch() else {
+            return;
+        };
+        let campaigns = Arc::downgrade(self);
+        tokio::runtime::Handle::current().spawn(async move {
+            while let Some(campaign) = changes.recv().await {
+                let Some(campaigns) = campaigns.upgrade() else {
+                    return;
+                };
+                campaigns.follow(&campaign).await;
+            }
+        });
+    }
+
+    /// Run the version `campaign`'s stored history makes active, if this
+    /// node runs another. A version it cannot run (it does not read a
+    /// setting this node's config sets, say) is logged, and the one
+    /// running stays.
+    async fn follow(self: &Arc<Self>, campaign: &str) {
+        if !self.is_configured(campaign) {
+            return;
+        }
+        let switched = self
+            .with_change_lock(campaign, |campaigns, target| {
+                let started = Instant::now();
+                let history = campaigns.versions.history(&target.name)?;
+                let Some(active) = history.active() else {
+                    return Ok(None);
+                };
+                if target.running.as_ref() == Some(active) {
+                    return Ok(None);
+                }
+                let bytes = campaigns.versions.read(&active.digest)?;
+                let compiled = campaigns.compile(&target, &bytes, &active.digest)?;
+                campaigns.swap_in(&target, &compiled, active.clone(), started, "another node");
+                Ok(Some(()))
+            })
+            .await;
+        if let Err(error) = switched {
+            tracing::error!(%campaign, %error, "Cannot run the version another node made active; the running one stays");
+        }
     }
 
     /// Read the config file again and apply it without a restart: sources,
@@ -389,37 +439,50 @@ impl Campaigns {
             let started = Instant::now();
             let (compiled, number) = pick(campaigns, &current)?;
             let version = campaigns.versions.activate(&current.name, number, false)?;
-            let plugin = campaigns.runtime.plugin(
-                &compiled,
-                &current.name,
-                &current.config,
-                &current.limits,
-                &version.label(),
-            );
-            let loaded = LoadedCampaign {
-                name: current.name.clone(),
-                config: current.config.clone(),
-                limits: current.limits,
-                version: version.clone(),
-                plugin,
-            };
-            campaigns
-                .loaded
-                .insert(current.name.to_string(), Arc::new(loaded));
-            campaigns.unavailable.remove(&*current.name);
-            let previous = current.running.as_ref().map(Version::label);
-            tracing::info!(
-                campaign = %current.name,
-                lane = %current.config.lane,
-                version = %version.label(),
-                previous = previous.as_deref().unwrap_or("none (unavailable)"),
-                digest = %&version.digest[..12],
-                ms = started.elapsed().as_secs_f64() * 1e3,
-                "Switched plugin version"
-            );
+            campaigns.swap_in(&current, &compiled, version.clone(), started, "this node");
             Ok(version)
         })
         .await
+    }
+
+    /// Make `compiled` (stored as `version`) the plugin `target` runs.
+    /// Events already running finish on the version they started with.
+    fn swap_in(
+        &self,
+        target: &ChangeTarget,
+        compiled: &Compiled,
+        version: Version,
+        started: Instant,
+        changed_by: &str,
+    ) {
+        let plugin = self.runtime.plugin(
+            compiled,
+            &target.name,
+            &target.config,
+            &target.limits,
+            &version.label(),
+        );
+        let previous = target.running.as_ref().map(Version::label);
+        tracing::info!(
+            campaign = %target.name,
+            lane = %target.config.lane,
+            version = %version.label(),
+            previous = previous.as_deref().unwrap_or("none (unavailable)"),
+            digest = %&version.digest[..12],
+            changed_by,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "Switched plugin version"
+        );
+        let loaded = LoadedCampaign {
+            name: target.name.clone(),
+            config: target.config.clone(),
+            limits: target.limits,
+            version,
+            plugin,
+        };
+        self.loaded
+            .insert(target.name.to_string(), Arc::new(loaded));
+        self.unavailable.remove(&*target.name);
     }
 
     /// Run `work` on `campaign` (loaded, or unavailable: a deploy or a

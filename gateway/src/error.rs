@@ -126,7 +126,7 @@ impl From<DeployError> for ApiError {
             DeployError::Versions(VersionError::Corrupt { .. }) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_history")
             }
-            DeployError::Versions(VersionError::Io { .. }) => {
+            DeployError::Versions(VersionError::Io { .. } | VersionError::Unavailable(_)) => {
                 return ApiError::store_unavailable(error.to_string())
             }
             DeployError::Versions(

@@ -85,8 +85,10 @@ impl Gateway {
             &config.destinations,
             &config.base_dir,
         )?;
+        let campaigns = Arc::new(campaigns);
+        campaigns.follow_other_nodes();
         Ok(Arc::new(Gateway {
-            campaigns: Arc::new(campaigns),
+            campaigns,
             lanes: Lanes::start(&config.lanes, tokio::runtime::Handle::current())?,
             lane_configs: config.lanes.clone(),
             wakers: Wakers::default(),

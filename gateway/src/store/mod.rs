@@ -26,22 +26,15 @@ pub type Stores = (Arc<dyn KvStore>, Arc<dyn EventQueue>);
 /// queue. Connecting to NATS awaits: call it where blocking is allowed
 /// (`block_in_place`) on the runtime the store is to run on.
 pub fn open(config: &Config) -> Result<Stores, StoreError> {
-    let quota = config.store.kv_quota();
     match config.store.backend {
         StoreBackend::Embedded => {
+            let quota = config.store.kv_quota();
             let store = embedded::EmbeddedStore::open(&config.data_dir, config.store.fsync, quota)?;
             let store = Arc::new(store);
             Ok((store.clone(), store))
         }
         StoreBackend::Nats => {
-            let settings = &config.store.nats;
-            let options = nats::NatsOptions {
-                servers: settings.servers.clone(),
-                credentials_file: settings.credentials_file.clone(),
-                stream_prefix: settings.stream_prefix.clone(),
-                replicas: settings.replicas,
-                quota,
-            };
+            let options = nats::NatsOptions::new(&config.store);
             let opening = nats::NatsStore::open(&options, &config.data_dir);
             let store = Arc::new(tokio::runtime::Handle::current().block_on(opening)?);
             Ok((store.clone(), store))

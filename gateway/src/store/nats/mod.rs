@@ -96,8 +96,10 @@ use super::{
     KvExpectation, KvQuota, KvStore, KvUsage, NewDelivery, NewWebhook, Outcome, Pulled,
     QueuedDelivery, QueuedEvent, StoreError,
 };
+use crate::config::StoreConfig;
 use crate::event::now_ms;
-use names::{token, untoken, Names};
+use names::Names;
+pub(crate) use names::{token, untoken};
 
 /// How often the backlog counts and disk usage are read from the server.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -130,6 +132,20 @@ pub struct NatsOptions {
     /// Replicas of every stream: 1 on one server, 3 on a cluster.
     pub replicas: usize,
     pub quota: KvQuota,
+}
+
+impl NatsOptions {
+    /// The options `[store]` and `[store.nats]` set.
+    pub fn new(store: &StoreConfig) -> Self {
+        let settings = &store.nats;
+        NatsOptions {
+            servers: settings.servers.clone(),
+            credentials_file: settings.credentials_file.clone(),
+            stream_prefix: settings.stream_prefix.clone(),
+            replicas: settings.replicas,
+            quota: store.kv_quota(),
+        }
+    }
 }
 
 /// The JetStream store; share it behind an `Arc`.
@@ -282,41 +298,9 @@ impl NatsStore {
     /// `data_dir` held.
     pub async fn open(options: &NatsOptions, data_dir: &Path) -> Result<Self, StoreError> {
         let servers = options.servers.join(",");
-        let unreachable = |e: &dyn Display| {
-            StoreError::Unavailable(format!("cannot connect to NATS at {servers}: {e}"))
-        };
         let reconnected = Arc::new(tokio::sync::Notify::new());
         let on_connect = reconnected.clone();
-        let mut connect = async_nats::ConnectOptions::new()
-            .name("hooklane")
-            .event_callback(move |event| {
-                if matches!(event, async_nats::Event::Connected) {
-                    on_connect.notify_one();
-                }
-                std::future::ready(())
-            })
-            .connection_timeout(REQUEST_TIMEOUT)
-            .request_timeout(Some(REQUEST_TIMEOUT))
-            .max_reconnects(None)
-            // Back within a second of the server: the default backs off to 4 s.
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis(100 * attempts as u64).min(Duration::from_secs(1))
-            });
-        if let Some(file) = &options.credentials_file {
-            connect = connect.credentials_file(file).await.map_err(|e| {
-                StoreError::Backend(format!(
-                    "cannot read NATS credentials {}: {e}",
-                    file.display()
-                ))
-            })?;
-        }
-        let client = connect
-            .connect(options.servers.as_slice())
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(REQUEST_TIMEOUT)
-            .build(client.clone());
+        let (client, js) = connect(options, "hooklane", move || on_connect.notify_one()).await?;
         let names = Names {
             prefix: options.stream_prefix.clone(),
         };
@@ -438,6 +422,50 @@ async fn renew_on_reconnect(inner: Weak<Inner>, reconnected: Arc<tokio::sync::No
             inner.signal(reply, AckKind::Nak(nak));
         }
     }
+}
+
+/// A client connected to `options.servers` as `name`, reconnecting for
+/// ever, and its JetStream context; `on_connect` is called on every
+/// (re)connection.
+pub(crate) async fn connect(
+    options: &NatsOptions,
+    name: &str,
+    on_connect: impl Fn() + Send + Sync + 'static,
+) -> Result<(Client, jetstream::Context), StoreError> {
+    let mut connect = async_nats::ConnectOptions::new()
+        .name(name)
+        .event_callback(move |event| {
+            if matches!(event, async_nats::Event::Connected) {
+                on_connect();
+            }
+            std::future::ready(())
+        })
+        .connection_timeout(REQUEST_TIMEOUT)
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .max_reconnects(None)
+        // Back within a second of the server: the default backs off to 4 s.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(100 * attempts as u64).min(Duration::from_secs(1))
+        });
+    if let Some(file) = &options.credentials_file {
+        connect = connect.credentials_file(file).await.map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot read NATS credentials {}: {e}",
+                file.display()
+            ))
+        })?;
+    }
+    let client = connect
+        .connect(options.servers.as_slice())
+        .await
+        .map_err(|e| {
+            let servers = options.servers.join(",");
+            StoreError::Unavailable(format!("cannot connect to NATS at {servers}: {e}"))
+        })?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(REQUEST_TIMEOUT)
+        .build(client.clone());
+    Ok((client, js))
 }
 
 /// Create stream `config.name`, or update it to `config` if it exists.

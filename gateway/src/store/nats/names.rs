@@ -7,7 +7,7 @@
 /// and a KV key: ASCII letters, digits and `-` stay; every other byte,
 /// `_` included, becomes `_` and two hex digits, so the mapping is one to
 /// one and reversible. The empty name is `_` alone.
-pub(super) fn token(name: &str) -> String {
+pub(crate) fn token(name: &str) -> String {
     if name.is_empty() {
         return "_".into();
     }
@@ -23,7 +23,7 @@ pub(super) fn token(name: &str) -> String {
 }
 
 /// The name [`token`] made `token` from; `None` for what it never makes.
-pub(super) fn untoken(token: &str) -> Option<String> {
+pub(crate) fn untoken(token: &str) -> Option<String> {
     if token == "_" {
         return Some(String::new());
     }

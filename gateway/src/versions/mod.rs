@@ -3,20 +3,27 @@
 //! with the active one recorded, so a deploy or a rollback survives a
 //! restart and any earlier version can come back.
 //!
-//! On disk, under `data_dir/plugins/`: `blobs/<sha256>.wasm` holds each
-//! component once, and `<campaign>.json` a campaign's history. Both are
-//! written to a temporary name, synced and renamed, so a crash leaves the
-//! old or the new file, never half of one. A blob is checked against its
-//! name whenever it is read. Must never compile anything:
-//! the runtime does that before a version is stored.
+//! Each component is kept once under its SHA-256 and checked against it
+//! whenever it is read; a campaign's history is a JSON document changed
+//! only by compare-and-swap, so nodes sharing a [`Shelf`] never overwrite
+//! each other's change. Shelves: [`files`] (the data directory, one node)
+//! and [`nats`] (JetStream KV and Object Store, watched by every node, so a
+//! deploy made on one node runs on all). Must never compile anything: the
+//! runtime does that before a version is stored.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+pub mod files;
+pub mod nats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
+use crate::config::{Config, StoreBackend};
 use crate::event::now_ms;
+use crate::store::nats::NatsOptions;
 
 /// Where a version came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,16 +103,19 @@ pub enum VersionError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a version history: {source}")]
+    /// The shared shelf cannot be reached or refused the request.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{place}: not a version history: {source}")]
     Corrupt {
-        path: PathBuf,
+        place: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path}: the stored component is missing")]
-    MissingBlob { path: PathBuf },
-    #[error("{path}: the stored component does not match its SHA-256 name (its content hashes to {found}): it was changed after it was stored")]
-    TamperedBlob { path: PathBuf, found: String },
+    #[error("{place}: the stored component is missing")]
+    MissingBlob { place: String },
+    #[error("{place}: the stored component does not match its SHA-256 name (its content hashes to {found}): it was changed after it was stored")]
+    TamperedBlob { place: String, found: String },
 }
 
 impl VersionError {
@@ -119,43 +129,127 @@ impl VersionError {
     }
 }
 
-/// The stored versions of every campaign (`data_dir/plugins`).
+/// Where histories and components are kept. A history is an opaque
+/// document with a revision; [`Shelf::save`] writes it only over the
+/// revision it was read at, so concurrent changes retry instead of losing
+/// one another. Blocking: call it off the async threads.
+pub trait Shelf: Send + Sync + 'static {
+    /// `campaign`'s history document and its revision; `None` before the
+    /// first save.
+    fn load(&self, campaign: &str) -> Result<Option<(Vec<u8>, Revision)>, VersionError>;
+    /// Write `document` if the stored one is still at `expected` (`None`:
+    /// there is none yet); `false` if another writer came first.
+    fn save(
+        &self,
+        campaign: &str,
+        document: &[u8],
+        expected: Option<Revision>,
+    ) -> Result<bool, VersionError>;
+    /// Every campaign with a history.
+    fn campaigns(&self) -> Result<Vec<String>, VersionError>;
+    /// The component stored under `digest`, unchecked; `None` if missing.
+    fn read_blob(&self, digest: &str) -> Result<Option<Vec<u8>>, VersionError>;
+    fn write_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), VersionError>;
+    fn delete_blob(&self, digest: &str) -> Result<(), VersionError>;
+    /// How errors name a component's place.
+    fn blob_place(&self, digest: &str) -> String;
+    /// How errors name a history's place.
+    fn history_place(&self, campaign: &str) -> String;
+    /// The names of campaigns whose history another node may have changed,
+    /// as they change; `None` on a shelf only this node writes.
+    fn watch(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        None
+    }
+}
+
+/// A history's revision on its shelf.
+pub type Revision = u64;
+
+/// The stored versions of every campaign.
+#[derive(Clone)]
 pub struct PluginVersions {
-    dir: PathBuf,
+    shelf: Arc<dyn Shelf>,
 }
 
 impl PluginVersions {
-    pub fn open(dir: PathBuf) -> Result<Self, VersionError> {
-        let blobs = dir.join("blobs");
-        std::fs::create_dir_all(&blobs).map_err(io_error(&blobs))?;
-        Ok(PluginVersions { dir })
+    pub fn new(shelf: Arc<dyn Shelf>) -> Self {
+        PluginVersions { shelf }
+    }
+
+    /// The shelf `[store] backend` names: the data directory's for the
+    /// embedded store, the shared one on NATS. Call it where blocking is
+    /// allowed, on the runtime the NATS client is to run on.
+    pub fn open(config: &Config) -> Result<Self, VersionError> {
+        let shelf: Arc<dyn Shelf> = match config.store.backend {
+            StoreBackend::Embedded => {
+                Arc::new(files::FileShelf::open(config.data_dir.join("plugins"))?)
+            }
+            StoreBackend::Nats => {
+                let options = NatsOptions::new(&config.store);
+                let opening = nats::NatsShelf::open(&options);
+                Arc::new(tokio::runtime::Handle::current().block_on(opening)?)
+            }
+        };
+        Ok(PluginVersions::new(shelf))
+    }
+
+    /// See [`Shelf::watch`].
+    pub fn watch(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.shelf.watch()
     }
 
     /// `campaign`'s history; empty if it has none yet.
     pub fn history(&self, campaign: &str) -> Result<History, VersionError> {
-        let path = self.history_path(campaign);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| VersionError::Corrupt { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(History::default()),
-            Err(source) => Err(VersionError::Io { path, source }),
+        Ok(self.load(campaign)?.0)
+    }
+
+    fn load(&self, campaign: &str) -> Result<(History, Option<Revision>), VersionError> {
+        match self.shelf.load(campaign)? {
+            None => Ok((History::default(), None)),
+            Some((bytes, revision)) => serde_json::from_slice(&bytes)
+                .map(|history| (history, Some(revision)))
+                .map_err(|source| VersionError::Corrupt {
+                    place: self.shelf.history_place(campaign),
+                    source,
+                }),
+        }
+    }
+
+    /// Apply `change` to `campaign`'s history and save it, again on the
+    /// newest history whenever another writer saved first. `change` says
+    /// whether there is anything to save.
+    fn modify<T>(
+        &self,
+        campaign: &str,
+        mut change: impl FnMut(&mut History) -> Result<(T, bool), VersionError>,
+    ) -> Result<T, VersionError> {
+        loop {
+            let (mut history, revision) = self.load(campaign)?;
+            let (answer, changed) = change(&mut history)?;
+            if !changed {
+                return Ok(answer);
+            }
+            let json = serde_json::to_vec_pretty(&history).expect("a history serialises");
+            if self.shelf.save(campaign, &json, revision)? {
+                return Ok(answer);
+            }
         }
     }
 
     /// The component stored under `digest`.
     /// Checked against its name: a changed or missing blob is an error.
     pub fn read(&self, digest: &str) -> Result<Vec<u8>, VersionError> {
-        let path = self.blob_path(digest);
-        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => VersionError::MissingBlob { path: path.clone() },
-            _ => VersionError::Io {
-                path: path.clone(),
-                source,
-            },
-        })?;
+        let place = || self.shelf.blob_place(digest);
+        let bytes = self
+            .shelf
+            .read_blob(digest)?
+            .ok_or_else(|| VersionError::MissingBlob { place: place() })?;
         let found = hex::encode(Sha256::digest(&bytes));
         if found != digest {
-            return Err(VersionError::TamperedBlob { path, found });
+            return Err(VersionError::TamperedBlob {
+                place: place(),
+                found,
+            });
         }
         Ok(bytes)
     }
@@ -170,25 +264,26 @@ impl PluginVersions {
         digest: &str,
         origin: Origin,
     ) -> Result<Version, VersionError> {
-        let mut history = self.history(campaign)?;
-        if let Some(known) = history.by_digest(digest) {
-            return Ok(known.clone());
-        }
-        // Written again if it is missing or was changed.
+        // Written first, and again if it is missing or was changed: a
+        // history never names a component that is not there.
         if self.read(digest).is_err() {
-            write_atomically(&self.blob_path(digest), bytes)?;
+            self.shelf.write_blob(digest, bytes)?;
         }
-        let version = Version {
-            version: history.next_number(),
-            digest: digest.into(),
-            size_bytes: bytes.len() as u64,
-            stored_at_ms: now_ms(),
-            origin,
-        };
-        history.last_number = version.version;
-        history.versions.push(version.clone());
-        self.save(campaign, &history)?;
-        Ok(version)
+        self.modify(campaign, |history| {
+            if let Some(known) = history.by_digest(digest) {
+                return Ok((known.clone(), false));
+            }
+            let version = Version {
+                version: history.next_number(),
+                digest: digest.into(),
+                size_bytes: bytes.len() as u64,
+                stored_at_ms: now_ms(),
+                origin,
+            };
+            history.last_number = version.version;
+            history.versions.push(version.clone());
+            Ok((version, true))
+        })
     }
 
     /// Record stored `version` as the one `campaign` runs; `from_config`
@@ -199,20 +294,24 @@ impl PluginVersions {
         version: u32,
         from_config: bool,
     ) -> Result<Version, VersionError> {
-        let mut history = self.history(campaign)?;
-        let chosen = history
-            .get(version)
-            .cloned()
-            .ok_or_else(|| VersionError::Unknown {
-                campaign: campaign.into(),
-                version,
-            })?;
-        history.active = version;
-        if from_config {
-            history.config_digest = Some(chosen.digest.clone());
-        }
-        self.save(campaign, &history)?;
-        Ok(chosen)
+        self.modify(campaign, |history| {
+            let chosen = history
+                .get(version)
+                .cloned()
+                .ok_or_else(|| VersionError::Unknown {
+                    campaign: campaign.into(),
+                    version,
+                })?;
+            let config_digest = match from_config {
+                true => Some(chosen.digest.clone()),
+                false => history.config_digest.clone(),
+            };
+            // Saving an unchanged history would wake every watching node.
+            let changed = history.active != version || history.config_digest != config_digest;
+            history.active = version;
+            history.config_digest = config_digest;
+            Ok((chosen, changed))
+        })
     }
 
     /// Forget stored `version` of `campaign` (never the active one). The
@@ -220,114 +319,78 @@ impl PluginVersions {
     /// campaign, is the same component; the digest of a deleted component
     /// is returned, so its compiled form can go as well.
     pub fn delete(&self, campaign: &str, version: u32) -> Result<Option<String>, VersionError> {
-        let mut history = self.history(campaign)?;
-        if version == history.active {
-            return Err(VersionError::Active {
+        let digest = (self.history(campaign)?.get(version))
+            .map(|v| v.digest.clone())
+            .ok_or_else(|| VersionError::Unknown {
                 campaign: campaign.into(),
                 version,
-            });
-        }
-        let unknown = || VersionError::Unknown {
-            campaign: campaign.into(),
-            version,
-        };
-        let index = history
-            .versions
-            .iter()
-            .position(|v| v.version == version)
-            .ok_or_else(unknown)?;
-        let gone = history.versions.remove(index);
+            })?;
         // A history holds each component once, so only other campaigns can
         // still use it. Decided before anything changes, so a history that
         // cannot be read refuses the delete instead of orphaning a component.
-        let still_used = self.is_referenced_elsewhere(&gone.digest, campaign)?;
-        self.save(campaign, &history)?;
+        let still_used = self.is_referenced_elsewhere(&digest, campaign)?;
+        self.modify(campaign, |history| {
+            if version == history.active {
+                return Err(VersionError::Active {
+                    campaign: campaign.into(),
+                    version,
+                });
+            }
+            let index = (history.versions.iter())
+                .position(|v| v.version == version)
+                .ok_or_else(|| VersionError::Unknown {
+                    campaign: campaign.into(),
+                    version,
+                })?;
+            history.versions.remove(index);
+            Ok(((), true))
+        })?;
         if still_used {
             return Ok(None);
         }
-        let blob = self.blob_path(&gone.digest);
-        if let Err(error) = std::fs::remove_file(&blob) {
-            // The version is gone either way; only disk space is at stake.
-            tracing::warn!(path = %blob.display(), %error, "Could not delete an unused component");
+        if let Err(error) = self.shelf.delete_blob(&digest) {
+            // The version is gone either way; only space is at stake.
+            tracing::warn!(%digest, %error, "Could not delete an unused component");
         }
-        Ok(Some(gone.digest))
+        Ok(Some(digest))
     }
 
     /// Whether a campaign other than `except` still names component
     /// `digest`.
     fn is_referenced_elsewhere(&self, digest: &str, except: &str) -> Result<bool, VersionError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(io_error(&self.dir))?;
-        for entry in entries {
-            let path = entry.map_err(io_error(&self.dir))?.path();
-            let Some(campaign) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-            else {
-                continue;
-            };
-            if campaign != except && self.history(campaign)?.by_digest(digest).is_some() {
+        for campaign in self.shelf.campaigns()? {
+            if campaign != except && self.history(&campaign)?.by_digest(digest).is_some() {
                 return Ok(true);
             }
         }
         Ok(false)
     }
-
-    fn save(&self, campaign: &str, history: &History) -> Result<(), VersionError> {
-        let json = serde_json::to_vec_pretty(history).expect("a history serialises");
-        write_atomically(&self.history_path(campaign), &json)
-    }
-
-    fn history_path(&self, campaign: &str) -> PathBuf {
-        // Campaign names are plain (letters, digits, `-`, `_`): see config.
-        self.dir.join(format!("{campaign}.json"))
-    }
-
-    fn blob_path(&self, digest: &str) -> PathBuf {
-        self.dir.join("blobs").join(format!("{digest}.wasm"))
-    }
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> VersionError + '_ {
-    move |source| VersionError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-/// Write a uniquely named temporary file, sync it, rename it over `path`
-/// and sync the directory: after a crash the file is either the old one or
-/// the whole new one, and campaigns loading in parallel that store the same
-/// component never write into each other's temporary file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), VersionError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let write = || -> std::io::Result<()> {
-        let mut file = tempfile::NamedTempFile::new_in(dir)?;
-        file.write_all(bytes)?;
-        file.as_file().sync_all()?;
-        file.persist(path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(io_error(path))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sha(bytes: &[u8]) -> String {
+    pub(crate) fn sha(bytes: &[u8]) -> String {
         hex::encode(Sha256::digest(bytes))
+    }
+
+    fn on_files(dir: &std::path::Path) -> PluginVersions {
+        let shelf = files::FileShelf::open(dir.join("plugins")).unwrap();
+        PluginVersions::new(Arc::new(shelf))
     }
 
     #[test]
     fn a_changed_or_missing_blob_is_refused_and_stored_again() {
         let dir = tempfile::tempdir().unwrap();
-        let versions = PluginVersions::open(dir.path().join("plugins")).unwrap();
+        let versions = on_files(dir.path());
         let digest = sha(b"one");
         versions
             .store("a", b"one", &digest, Origin::Config)
             .unwrap();
-        let blob = versions.blob_path(&digest);
+        let blob = files::FileShelf::open(dir.path().join("plugins"))
+            .unwrap()
+            .blob_path(&digest);
         std::fs::write(&blob, b"evil").unwrap();
         let changed = versions.read(&digest).unwrap_err();
         assert!(
@@ -349,7 +412,18 @@ mod tests {
     #[test]
     fn versions_are_numbered_deduplicated_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let versions = PluginVersions::open(dir.path().join("plugins")).unwrap();
+        numbered_deduplicated_and_kept(|| on_files(dir.path()));
+    }
+
+    #[test]
+    fn deleting_a_version_keeps_the_active_one_and_shared_components() {
+        let dir = tempfile::tempdir().unwrap();
+        deleting_keeps_the_active_version_and_shared_components(on_files(dir.path()));
+    }
+
+    /// What every shelf must do; `open` opens the same shelf again.
+    pub(crate) fn numbered_deduplicated_and_kept(open: impl Fn() -> PluginVersions) {
+        let versions = open();
         assert_eq!(versions.history("welcome").unwrap().active, 0);
 
         let v1 = versions
@@ -372,7 +446,7 @@ mod tests {
         versions.activate("welcome", 1, true).unwrap();
         versions.activate("welcome", 2, false).unwrap();
 
-        let reopened = PluginVersions::open(dir.path().join("plugins")).unwrap();
+        let reopened = open();
         let history = reopened.history("welcome").unwrap();
         assert_eq!(history.active, 2);
         assert_eq!(history.versions.len(), 2);
@@ -389,10 +463,9 @@ mod tests {
         assert!(reopened.history("other").unwrap().versions.is_empty());
     }
 
-    #[test]
-    fn deleting_a_version_keeps_the_active_one_and_shared_components() {
-        let dir = tempfile::tempdir().unwrap();
-        let versions = PluginVersions::open(dir.path().join("plugins")).unwrap();
+    pub(crate) fn deleting_keeps_the_active_version_and_shared_components(
+        versions: PluginVersions,
+    ) {
         for (campaign, bytes, digest) in [
             ("a", b"one", &sha(b"one")),
             ("a", b"two", &sha(b"two")),
