@@ -41,14 +41,14 @@ fn answered(body: &[u8]) -> Answered {
     }
 }
 
-async fn rollback(gateway: &Gateway, version: u32) -> crate::harness::Reply {
+pub(crate) async fn rollback(gateway: &Gateway, version: u32) -> crate::harness::Reply {
     let body = json!({ "version": version }).to_string();
     gateway
         .admin_with(Method::POST, "/v1/campaigns/greet/rollback", body)
         .await
 }
 
-fn burn() -> Vec<u8> {
+pub(crate) fn burn() -> Vec<u8> {
     std::fs::read(plugin("burn")).expect("burn.wasm")
 }
 

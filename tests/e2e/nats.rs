@@ -1,17 +1,20 @@
 //! The gateway on the NATS JetStream store, end to end, against a real
 //! nats-server that the test starts: a broker that dies (`kill -9`) and
-//! comes back, and three gateway nodes sharing it, one of which dies.
+//! comes back, three gateway nodes sharing it, one of which dies, and plugin
+//! versions deployed through one node running on all.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hooklane::store::nats::test_server::NatsServer;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+use crate::deploy::{burn, greet_toml, rollback, who_answers, Answered};
 use crate::faults::readyz;
 use crate::harness::{
     care_forwarder_toml, until_all_delivered, until_all_delivered_within, within, Gateway, Recorder,
@@ -152,4 +155,57 @@ async fn three_nodes_share_the_queue_and_a_node_death_loses_nothing() {
     // What the dead node held comes back when its leases run out: the
     // lane's deadline plus the gateway's 60 s lease margin.
     until_all_delivered_within(&mut sink, &acknowledged, Duration::from_secs(150)).await;
+}
+
+/// Ask `node` until `greet` answers as `wanted`; how long that took.
+async fn until_answers(node: &Gateway, wanted: Answered) -> Duration {
+    let started = Instant::now();
+    within("the version to reach the node", async {
+        while who_answers(node).await != wanted {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_or_rollback_through_one_node_runs_on_every_node() {
+    let broker_dir = tempfile::tempdir().expect("temp dir");
+    let broker = tokio::task::block_in_place(|| NatsServer::start(broker_dir.path()));
+    let config = format!(
+        "[store]\nbackend = \"nats\"\n[store.nats]\nservers = [\"{}\"]\n{}",
+        broker.url,
+        greet_toml()
+    );
+    let a = Gateway::start(&config).await;
+    let mut b = Gateway::start(&config).await;
+    assert_eq!(who_answers(&b).await, Answered::Trivial);
+
+    let deployed = a
+        .admin_with(Method::POST, "/v1/campaigns/greet/versions", burn())
+        .await;
+    assert_eq!(deployed.status, StatusCode::CREATED, "{:?}", deployed.body);
+    let took = until_answers(&b, Answered::Burn).await;
+    eprintln!("a deploy through A ran on B after {took:?}");
+    assert!(
+        b.log().contains("another node"),
+        "B logs whose change it runs"
+    );
+    let on_b = b.admin(Method::GET, "/v1/campaigns/greet/versions").await;
+    assert_eq!(on_b["active"], 2, "B lists the shared history: {on_b}");
+    assert_eq!(on_b["versions"][1]["origin"], "deploy");
+
+    let back = rollback(&b, 1).await;
+    assert_eq!(back.status, StatusCode::OK, "{:?}", back.body);
+    let took = until_answers(&a, Answered::Trivial).await;
+    eprintln!("a rollback through B ran on A after {took:?}");
+
+    // A node that is down while the version changes runs it when it is back.
+    let b_dir = b.kill().await;
+    let forward = rollback(&a, 2).await;
+    assert_eq!(forward.status, StatusCode::OK, "{:?}", forward.body);
+    b = Gateway::start_in(b_dir, &config, &[]).await;
+    assert_eq!(who_answers(&b).await, Answered::Burn);
+    assert!(b.is_running());
 }
