@@ -152,9 +152,15 @@ async fn three_nodes_share_the_queue_and_a_node_death_loses_nothing() {
     let _dir = nodes.remove(0).kill().await;
     flood.until_more_acknowledged(300).await;
     let acknowledged = flood.stop().await;
-    // What the dead node held comes back when its leases run out: the
-    // lane's deadline plus the gateway's 60 s lease margin.
-    until_all_delivered_within(&mut sink, &acknowledged, Duration::from_secs(150)).await;
+    // What the dead node held goes to the others when the server's lease on
+    // it runs out (10 s; it was 60 s and more before nodes renewed short
+    // leases), so all of it is delivered well within 40 s.
+    let started = Instant::now();
+    until_all_delivered_within(&mut sink, &acknowledged, Duration::from_secs(40)).await;
+    eprintln!(
+        "the dead node's work was delivered {:?} after the flood",
+        started.elapsed()
+    );
 }
 
 /// Ask `node` until `greet` answers as `wanted`; how long that took.

@@ -24,13 +24,16 @@
 //!   once nak'd with the lease as its delay, which on JetStream keeps it
 //!   pending (handed to no one) for exactly that long and then redelivers
 //!   it: a per-item `AckWait`. [`EventQueue::in_progress`] is the same nak.
-//!   After a reconnect every lease is nak'd again with what is left of it
-//!   (a nak may have been lost with the connection).
+//!   The server is asked for at most [`SERVER_LEASE`] at a time and the
+//!   node renews every lease it holds every [`RENEW_EVERY`] until the
+//!   lease's end, so the items of a node that dies go to another within
+//!   `SERVER_LEASE`; after a reconnect every lease is renewed at once (a
+//!   nak may have been lost with the connection).
 //!   A store that is dropped writes the ack subjects of its leases to
 //!   `leases.nak` in its data directory and naks them when it opens
 //!   again, so a reopen forgets its leases at once; a node that dies (or
-//!   exits without dropping its store) leaves them to run out, within a
-//!   lease (the lane's deadline plus a margin).
+//!   exits without dropping its store) leaves them to run out, within
+//!   [`SERVER_LEASE`].
 //! - **due times**: a retry republishes the item with its attempts and
 //!   `not_before_ms` (message id `r.<seq>.<attempts>`, so a repeat is
 //!   dropped by the duplicate window), then acks the old message. A pull
@@ -108,7 +111,11 @@ const REFRESH: Duration = Duration::from_secs(1);
 const STALE: Duration = Duration::from_secs(5);
 /// How long a fetched message is held before the lease nak sets its real
 /// lease (and the lease of a nak that got lost).
-const ACK_WAIT: Duration = Duration::from_secs(30);
+const ACK_WAIT: Duration = SERVER_LEASE;
+/// The most the server holds a leased item for this node at a time; the
+/// node renews it every [`RENEW_EVERY`] while the item's lease lasts.
+const SERVER_LEASE: Duration = Duration::from_secs(10);
+const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// The window in which JetStream drops a message id it has seen.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a JetStream request may take before it counts as failed.
@@ -351,7 +358,7 @@ impl NatsStore {
         inner.refresh().await?;
         let refresher = tokio::spawn(refresh_every(Arc::downgrade(&inner))).abort_handle();
         let renewer =
-            tokio::spawn(renew_on_reconnect(Arc::downgrade(&inner), reconnected)).abort_handle();
+            tokio::spawn(renew_leases(Arc::downgrade(&inner), reconnected)).abort_handle();
         Ok(NatsStore {
             inner,
             refresher,
@@ -395,12 +402,18 @@ async fn refresh_every(inner: Weak<Inner>) {
     }
 }
 
-/// After every reconnect, tell the server again how long each lease is to
-/// last: a nak sent while the connection broke may have been lost, and a
-/// server that restarted may hold an older lease.
-async fn renew_on_reconnect(inner: Weak<Inner>, reconnected: Arc<tokio::sync::Notify>) {
+/// Keep this node's leases on the server short: every [`RENEW_EVERY`] each
+/// is nak'd again for what is left of it, at most [`SERVER_LEASE`], so the
+/// items of a node that dies go to another node within that, however long
+/// their own leases. After a reconnect at once: a nak sent while the
+/// connection broke may have been lost, and a server that restarted may
+/// hold an older lease; a lease that ran out meanwhile is released.
+async fn renew_leases(inner: Weak<Inner>, reconnected: Arc<tokio::sync::Notify>) {
     loop {
-        reconnected.notified().await;
+        let after_reconnect = tokio::select! {
+            () = reconnected.notified() => true,
+            () = tokio::time::sleep(RENEW_EVERY) => false,
+        };
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -418,8 +431,12 @@ async fn renew_on_reconnect(inner: Weak<Inner>, reconnected: Arc<tokio::sync::No
                 .collect()
         };
         for (reply, left) in leases {
-            let nak = (!left.is_zero()).then_some(left);
-            inner.signal(reply, AckKind::Nak(nak));
+            match left.is_zero() {
+                // Left to the server's last lease, which runs out soon.
+                true if !after_reconnect => {}
+                true => inner.signal(reply, AckKind::Nak(None)),
+                false => inner.signal(reply, AckKind::Nak(Some(left.min(SERVER_LEASE)))),
+            }
         }
     }
 }
@@ -809,7 +826,7 @@ impl Inner {
                     next_due = earliest(next_due, Some(due));
                     continue;
                 }
-                self.signal(reply.clone(), AckKind::Nak(Some(lease)));
+                self.signal(reply.clone(), AckKind::Nak(Some(lease.min(SERVER_LEASE))));
                 let lease = Lease {
                     reply,
                     owner: owner.to_owned(),
@@ -1450,7 +1467,8 @@ impl EventQueue for NatsStore {
         held.until = Instant::now() + lease;
         let reply = held.reply.clone();
         drop(leases);
-        self.inner.signal(reply, AckKind::Nak(Some(lease)));
+        self.inner
+            .signal(reply, AckKind::Nak(Some(lease.min(SERVER_LEASE))));
     }
 
     fn backlog(&self, campaign: &str) -> u64 {
