@@ -1578,16 +1578,19 @@ mod tests {
     /// reopening restarts the server on the same data.
     async fn store(dir: &Path) -> NatsStore {
         let server = test_server::NatsServer::start(dir);
-        let options = NatsOptions {
-            servers: vec![server.url.clone()],
+        let mut store = NatsStore::open(&options(&server.url), dir).await.unwrap();
+        store.server = Some(server);
+        store
+    }
+
+    fn options(url: &str) -> NatsOptions {
+        NatsOptions {
+            servers: vec![url.into()],
             credentials_file: None,
             stream_prefix: "hooklane".into(),
             replicas: 1,
             quota: crate::store::conformance::KV_QUOTA,
-        };
-        let mut store = NatsStore::open(&options, dir).await.unwrap();
-        store.server = Some(server);
-        store
+        }
     }
 
     fn open_as_traits(dir: &Path) -> Opening {
@@ -1678,5 +1681,35 @@ mod tests {
             (1, 1),
             "on the server too"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_node_keeps_its_leases_past_the_servers_and_a_dead_ones_go_to_another() {
+        let (dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = store(dir.path()).await;
+        let server = a.server.take().expect("a test server");
+        let b = NatsStore::open(&options(&server.url), other_dir.path())
+            .await
+            .unwrap();
+        a.enqueue(webhook(&["c"], None)).await.unwrap();
+        async fn pull(store: &NatsStore) -> usize {
+            let lease = Duration::from_secs(60);
+            let pulled = store.next_events(vec!["c".into()], 1, lease).await;
+            pulled.unwrap().items.len()
+        }
+        assert_eq!(pull(&a).await, 1);
+        // The absence of a handover is the point: wait past the server's lease.
+        tokio::time::sleep(SERVER_LEASE + RENEW_EVERY).await;
+        assert_eq!(pull(&b).await, 0, "A renews its lease");
+        // A dies (it no longer renews); its 60 s lease is not waited for.
+        drop(a);
+        let started = Instant::now();
+        while pull(&b).await == 0 {
+            assert!(
+                started.elapsed() < SERVER_LEASE + Duration::from_secs(5),
+                "B gets A's event within the server's lease"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
