@@ -15,7 +15,9 @@
 //!
 //! It prints the two ratios that matter — trivial ÷ floor throughput and
 //! speed p99 in the mix ÷ speed p99 idle — as a table and as JSON. All traffic
-//! stays on loopback and every phase is bounded in time and count.
+//! stays on loopback and every phase is bounded in time and count. With
+//! `--store nats` the gateway runs on a nats-server the bench starts: the
+//! same scenarios, every stored event and delivery on JetStream.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +29,8 @@ use serde::Serialize;
 use crate::ceiling::{Ceiling, Judged};
 use crate::loadgen::{self, ClassReport, Plan, ThroughputReport, TrafficClass};
 use crate::{
-    black_hole, floor, median, toml_path, write_report, BenchError, BenchOptions, REQUEST_TIMEOUT,
+    black_hole, floor, median, toml_path, write_report, Backend, BenchError, BenchOptions,
+    BenchStore, REQUEST_TIMEOUT,
 };
 
 /// Targets on a 2-core machine (issue #13: with a generator that saturates
@@ -80,6 +83,7 @@ impl Load {
 #[derive(Debug, Serialize)]
 pub struct LanesReport {
     pub smoke: bool,
+    pub store: Backend,
     /// The last round's.
     pub floor: ThroughputReport,
     pub trivial: ThroughputReport,
@@ -117,8 +121,8 @@ impl LanesReport {
         };
         let verdict = |met: bool| if met { "met" } else { "MISSED" };
         let mut out = format!(
-            "== throughput (closed loop, {} connections on {} generator threads, last round)\n",
-            self.floor.connections, self.floor.threads
+            "== store: {:?}\n== throughput (closed loop, {} connections on {} generator threads, last round)\n",
+            self.store, self.floor.connections, self.floor.threads
         );
         out += &throughput("floor", &self.floor);
         out += &throughput("trivial", &self.trivial);
@@ -171,7 +175,7 @@ fn millis(us: Option<u64>) -> String {
 }
 
 /// Run every scenario and write the JSON report to `options.out`.
-pub async fn run(options: &BenchOptions) -> Result<LanesReport, BenchError> {
+pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport, BenchError> {
     let load = Load::new(options.smoke);
     let plugin = |name: &str| options.plugin(name);
     let plugins = [
@@ -186,7 +190,9 @@ pub async fn run(options: &BenchOptions) -> Result<LanesReport, BenchError> {
     let floor = floor::start().await?;
     let floor_url = format!("http://{}/", floor.addr("floor"));
     let never = black_hole().await?;
-    let config = gateway_config(&plugins, &floor_url, never);
+    let store = BenchStore::start(backend, &options.out.with_extension("nats")).await?;
+    // Tables last: the config's top-level keys come first.
+    let config = gateway_config(&plugins, &floor_url, never) + &store.toml;
     let gateway = options.start_gateway("gateway", &config).await?;
     let hooks = |source: &str| format!("http://{}/hooks/{source}", gateway.addr("ingress"));
 
@@ -281,6 +287,7 @@ pub async fn run(options: &BenchOptions) -> Result<LanesReport, BenchError> {
     rounds.sort_by(f64::total_cmp);
     let report = LanesReport {
         smoke: options.smoke,
+        store: backend,
         trivial_over_floor: ceiling.judge(median(&throughput_ratios), trivial_ok_per_s),
         ceiling,
         trivial_ok_per_s,

@@ -35,6 +35,51 @@ use tokio::process::Command;
 use loadgen::LoadError;
 use process::{Server, SpawnError};
 
+/// The store a bench gateway runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// redb in the gateway's data directory.
+    Embedded,
+    /// A nats-server with JetStream that the bench starts on loopback,
+    /// syncing every write (`sync_interval: always`): a 202 is durable.
+    Nats,
+}
+
+/// A store for a bench gateway: the `[store]` table it needs, and the
+/// nats-server (kept running while this lives) when there is one.
+pub struct BenchStore {
+    pub toml: String,
+    _server: Option<hooklane::store::nats::test_server::NatsServer>,
+}
+
+impl BenchStore {
+    /// Start what `backend` needs, its files under `dir` (emptied first).
+    pub async fn start(backend: Backend, dir: &Path) -> Result<BenchStore, BenchError> {
+        if backend == Backend::Embedded {
+            return Ok(BenchStore {
+                toml: String::new(),
+                _server: None,
+            });
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.to_owned();
+        let server = tokio::task::spawn_blocking(move || {
+            hooklane::store::nats::test_server::NatsServer::start(&dir)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        Ok(BenchStore {
+            toml: format!(
+                "[store]\nbackend = \"nats\"\n[store.nats]\nservers = [\"{}\"]\n",
+                server.url
+            ),
+            _server: Some(server),
+        })
+    }
+}
+
 /// What a bench run may be asked.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hooklane::server::listening_line;
 use hooklane_bench::ceiling::Ceiling;
-use hooklane_bench::{gateway_binary, BenchOptions};
+use hooklane_bench::{gateway_binary, Backend, BenchOptions};
 
 #[derive(Parser)]
 #[command(
@@ -27,7 +27,14 @@ struct Cli {
 enum Command {
     /// Lane isolation: trivial ÷ floor throughput, speed p99 under a hostile
     /// mix ÷ idle; about a minute.
-    Lanes(Args),
+    Lanes {
+        #[command(flatten)]
+        args: Args,
+        /// The store the gateway runs on; the report is `lanes-nats.json`
+        /// for nats.
+        #[arg(long, value_enum, default_value_t = Backend::Embedded)]
+        store: Backend,
+    },
     /// Durable ingest, fsync on beside fsync off; about 15 s.
     Ingest(Args),
     /// 1,000 campaign versions: memory, deploy and restart time; about a
@@ -111,9 +118,13 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     use hooklane_bench::{backlog, deploy, ingest, lanes, soak};
     let (rendered, out) = match command {
-        Command::Lanes(args) => {
-            let options = args.options("lanes")?;
-            (lanes::run(&options).await?.render(), options.out)
+        Command::Lanes { args, store } => {
+            let suite = match store {
+                Backend::Embedded => "lanes",
+                Backend::Nats => "lanes-nats",
+            };
+            let options = args.options(suite)?;
+            (lanes::run(&options, store).await?.render(), options.out)
         }
         Command::Ingest(args) => {
             let options = args.options("ingest")?;

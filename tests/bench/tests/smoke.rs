@@ -36,19 +36,26 @@ fn bench(args: &[&str]) -> Output {
 
 /// Run `hooklane-bench <suite> --smoke`; what it printed and its report.
 fn smoke_run(suite: &str) -> (String, Value) {
+    smoke_run_with(suite, &[])
+}
+
+/// [`smoke_run`] with more arguments.
+fn smoke_run_with(suite: &str, extra: &[&str]) -> (String, Value) {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join(format!("{suite}.json"));
     let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../plugins/target/wasm32-wasip2/release");
     assert_gateway_built();
-    let output = bench(&[
+    let mut args = vec![
         suite,
         "--smoke",
         "--plugins",
         plugins.to_str().expect("a UTF-8 path"),
         "--out",
         out.to_str().expect("a UTF-8 path"),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let output = bench(&args);
     let printed = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -73,7 +80,16 @@ fn a_missing_gateway_binary_is_named_with_how_to_build_it() {
 
 #[test]
 fn the_load_bench_runs_end_to_end() {
-    let (printed, report) = smoke_run("lanes");
+    assert_lanes_ran(smoke_run("lanes"), "embedded");
+}
+
+#[test]
+fn the_load_bench_runs_on_nats_end_to_end() {
+    assert_lanes_ran(smoke_run_with("lanes", &["--store", "nats"]), "nats");
+}
+
+fn assert_lanes_ran((printed, report): (String, Value), store: &str) {
+    assert_eq!(report["store"], store, "{report}");
     assert!(printed.contains("trivial / floor throughput:"), "{printed}");
     assert!(
         printed.contains("speed p99, hostile mix / idle:"),
