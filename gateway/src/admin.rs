@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -22,6 +22,7 @@ use crate::console;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::lanes::LaneDepth;
+use crate::recent;
 use crate::store::{DeadItem, DeadLetter, DeadLetterFilter, StoreError};
 use crate::telemetry;
 use crate::versions::Version;
@@ -69,6 +70,8 @@ pub fn routes(
         .route("/v1/destinations", get(destinations))
         .route("/v1/destinations/{name}/enable", post(enable_destination))
         .route("/v1/kv/{namespace}/{key}", get(kv_get))
+        .route("/v1/events", get(events))
+        .route("/v1/events/{event_id}", get(event_runs))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay_matching))
         .route("/v1/dead-letters/{id}", get(dead_letter))
@@ -442,6 +445,42 @@ fn describe(dead: &DeadLetter, with_body: bool) -> Value {
         value["body"] = String::from_utf8_lossy(body).into();
     }
     value
+}
+
+/// Runs listed by `/v1/events` unless `limit` says otherwise, and the most.
+const RUNS_LISTED: usize = 100;
+const MOST_RUNS_LISTED: usize = 1000;
+
+async fn events(
+    State(admin): State<Arc<Admin>>,
+    query: Result<Query<recent::Filter>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(mut filter) = query.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
+    })?;
+    filter.limit = Some(filter.limit.unwrap_or(RUNS_LISTED).min(MOST_RUNS_LISTED));
+    Ok(Json(
+        json!({ "runs": admin.gateway.recent().list(&filter) }),
+    ))
+}
+
+async fn event_runs(
+    State(admin): State<Arc<Admin>>,
+    Path(event_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let runs = admin.gateway.recent().event(&event_id);
+    if runs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no run of event {event_id} is kept on this node (the last {} events of each campaign are)", recent::PER_CAMPAIGN),
+        ));
+    }
+    Ok(Json(json!({ "runs": runs })))
 }
 
 async fn dead_letters(

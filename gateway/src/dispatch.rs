@@ -21,8 +21,9 @@ use crate::config::Lane;
 use crate::event::{now_ms, Event};
 use crate::gateway::Gateway;
 use crate::lanes::LaneFull;
+use crate::recent::{self, Actions, Ended};
 use crate::retry::Backoff;
-use crate::runtime::PluginFailure;
+use crate::runtime::{Output, PluginFailure};
 use crate::store::{
     persist, Attempt, Committed, DeadItem, Dedup, Enqueued, NewWebhook, Outcome, QueuedEvent,
     StoreError,
@@ -402,6 +403,12 @@ impl Gateway {
             return self.bury(queued, &error).await;
         };
         queued.attempts.push(error.attempt());
+        (self.recent).ended(
+            &loaded.name,
+            &queued.event.id,
+            Ended::Retrying,
+            &queued.attempts,
+        );
         crate::telemetry::retry(&loaded.name, loaded.config.lane);
         queued.not_before_ms = now_ms() + delay.as_millis() as u64;
         match persist(|| self.queue().retry_event(&queued)).await {
@@ -416,12 +423,16 @@ impl Gateway {
 
     /// Give up on a stored event: a dead letter, logged and counted.
     async fn bury(&self, queued: QueuedEvent, error: &RunError) {
+        let mut attempts = queued.attempts.clone();
+        attempts.push(error.attempt());
+        (self.recent).ended(&queued.campaign, &queued.event.id, Ended::Dead, &attempts);
         crate::retry::bury(self.queue(), DeadItem::Event(queued), error.attempt()).await;
     }
 
     /// Run the plugin and commit what it asked for — KV changes,
     /// deliveries, emitted events and the acknowledgement of `ack` — in one
-    /// durable commit, then schedule the deliveries and events.
+    /// durable commit, then schedule the deliveries and events. The run is
+    /// kept among the campaign's recent ones.
     async fn run(
         self: &Arc<Self>,
         loaded: &Arc<LoadedCampaign>,
@@ -429,7 +440,35 @@ impl Gateway {
         deadline: Duration,
         ack: Option<u64>,
     ) -> Result<Option<Reply>, RunError> {
-        let output = loaded.plugin.handle(event, deadline).await?;
+        let ran = loaded.plugin.run(event, deadline).await;
+        let record = recent::Run {
+            event,
+            campaign: &loaded.name,
+            version: &loaded.plugin.sandbox().version,
+            stored: ack.is_some(),
+            run_ms: ran.elapsed.as_secs_f64() * 1e3,
+            fuel: ran.fuel_used,
+        };
+        let committed = match ran.result {
+            Ok(output) => self.commit(loaded, event, output, ack).await,
+            Err(failure) => Err(failure.into()),
+        };
+        self.recent.record(match &committed {
+            Ok((_, actions)) => record.ok(actions.clone()),
+            Err(error) => record.failed(error.cause(), error.to_string()),
+        });
+        committed.map(|(reply, _)| reply)
+    }
+
+    /// Check `output`, commit it with the acknowledgement of `ack`, and
+    /// have what it scheduled pulled soon.
+    async fn commit(
+        &self,
+        loaded: &LoadedCampaign,
+        event: &Event,
+        output: Output,
+        ack: Option<u64>,
+    ) -> Result<(Option<Reply>, Actions), RunError> {
         let mut outcome = Outcome {
             ack,
             kv_namespace: loaded.plugin.sandbox().kv_namespace.clone(),
@@ -437,6 +476,7 @@ impl Gateway {
         };
         let reply = actions::plan(&loaded.name, &loaded.config, event, output, &mut outcome)?;
         self.admit_emits(&outcome.emitted)?;
+        let planned = Actions::of(&outcome, reply.as_ref().map(|r| r.status.as_u16()));
         let committed = self
             .queue()
             .commit(outcome)
@@ -446,7 +486,7 @@ impl Gateway {
                 other => RunError::Store(other),
             })?;
         self.pull_soon(&committed);
-        Ok(reply)
+        Ok((reply, planned))
     }
 
     /// Refuse a run's emits when they would go deeper than

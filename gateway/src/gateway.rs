@@ -10,6 +10,7 @@ use crate::config::{Config, Lane, LaneConfig, LanesConfig};
 use crate::delivery::{Deliveries, SecretError};
 use crate::dispatch::Wakers;
 use crate::lanes::Lanes;
+use crate::recent::RecentRuns;
 use crate::router::VerifierError;
 use crate::runtime::{HostServices, LoadError, Runtime};
 use crate::store::{EventQueue, KvStore, StoreError};
@@ -45,6 +46,8 @@ pub struct Gateway {
     kv: Arc<dyn KvStore>,
     queue: Arc<dyn EventQueue>,
     deliveries: Arc<Deliveries>,
+    /// Each campaign's recent runs, for operators.
+    pub(crate) recent: RecentRuns,
 }
 
 impl Gateway {
@@ -97,6 +100,7 @@ impl Gateway {
             kv,
             queue,
             deliveries: Arc::new(deliveries),
+            recent: RecentRuns::default(),
         }))
     }
 
@@ -119,6 +123,10 @@ impl Gateway {
 
     pub fn kv(&self) -> &Arc<dyn KvStore> {
         &self.kv
+    }
+
+    pub fn recent(&self) -> &RecentRuns {
+        &self.recent
     }
 
     pub fn deliveries(&self) -> &Arc<Deliveries> {

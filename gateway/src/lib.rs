@@ -23,6 +23,7 @@ pub mod ingress;
 pub mod lanes;
 pub mod plugin_test;
 pub mod progress;
+pub mod recent;
 mod redact;
 pub mod retry;
 pub mod router;

@@ -1,7 +1,8 @@
 // Drives the admin console in Debian's headless Chromium, as an operator
 // would: logs in (after a refused token), watches the lanes, deploys a
 // version and rolls it back, enables a destination, inspects and replays a
-// dead letter, and saves a screenshot of each page. Every step waits on the
+// dead letter, looks through the recent events, and saves a screenshot of
+// each page. Every step waits on the
 // page, never on a clock, and is checked again through the API.
 //
 //   node tests/console/console.mjs <admin url> <token> <screenshot dir> <component.wasm>
@@ -209,6 +210,32 @@ try {
   const left = (await read('/v1/dead-letters')).dead_letters;
   check(left.length === 1 && left[0].campaign === 'crash', `dead letters left: ${JSON.stringify(left)}`);
   step('replayed all that match the filter, and only those');
+
+  // Events: the recent runs, filtered; one event's actions and tries.
+  await go('events', 'table.events');
+  await page.waitForSelector('#events select[name=campaign] option[value="crash"]');
+  await page.select('#events select[name=campaign]', 'crash');
+  await page.select('#events select[name=ended]', 'dead');
+  await until('crash\'s dead run listed', () => {
+    const rows = [...document.querySelectorAll('table.events tbody tr')];
+    return rows.length === 1 && rows[0].cells[1].textContent === 'crash' && rows[0].cells[4].textContent === 'dead';
+  });
+  const [crashed] = (await read('/v1/events?campaign=crash&ended=dead')).runs;
+  await press(`button[data-inspect="${crashed.event_id}"]`);
+  await waitText('article.run h4', 'crash (async, v1): dead');
+  await waitText('article.run .error', `${crashed.cause}: `);
+  step('filtered the events to crash\'s dead run and read its cause');
+  await page.select('#events select[name=campaign]', 'relay');
+  await page.select('#events select[name=ended]', 'ok');
+  await until('relay\'s runs listed', () => {
+    const rows = [...document.querySelectorAll('table.events tbody tr')];
+    return rows.length > 0 && rows.every((r) => r.cells[1].textContent === 'relay' && r.cells[4].textContent === 'ok');
+  });
+  const [relayed] = (await read('/v1/events?campaign=relay&ended=ok')).runs;
+  await press(`button[data-inspect="${relayed.event_id}"]`);
+  await waitText('article.run table.planned', 'to sink');
+  step('inspected a relayed event: its delivery to the sink');
+  await shoot('events');
 
   await press('#logout');
   await page.waitForSelector('#login:not([hidden])');

@@ -1,8 +1,9 @@
 //! The console in a real headless Chromium (`tests/console/console.mjs`,
 //! puppeteer-core on Debian's chromium, both installed by
 //! `scripts/setup.sh`): an operator logs in, watches the lanes, deploys a
-//! version and rolls it back, enables a destination and replays dead
-//! letters through the pages; the gateway shows the effects.
+//! version and rolls it back, enables a destination, replays dead letters
+//! and looks through the recent events in the pages; the gateway shows the
+//! effects.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -126,6 +127,7 @@ async fn an_operator_deploys_rolls_back_and_replays_dead_letters_in_the_console(
         "login",
         "lanes",
         "campaigns",
+        "events",
         "destinations",
         "dead-letters",
     ] {

@@ -10,6 +10,7 @@ mod deploy;
 mod docs;
 mod durability;
 mod edge_faults;
+mod events;
 mod faults;
 mod harness;
 mod hostile;

@@ -6,10 +6,11 @@ import { api, token, onUnauthorized } from './api.js';
 import { h } from './dom.js';
 import * as lanes from './lanes.js';
 import * as campaigns from './campaigns.js';
+import * as events from './events.js';
 import * as deadLetters from './dead-letters.js';
 import * as destinations from './destinations.js';
 
-const PAGES = { lanes, campaigns, 'dead-letters': deadLetters, destinations };
+const PAGES = { lanes, campaigns, events, 'dead-letters': deadLetters, destinations };
 const main = document.querySelector('main');
 const nav = document.querySelector('nav');
 const login = document.querySelector('#login');
