@@ -460,6 +460,7 @@ impl Plugin {
                 result: Err(PluginFailure::Instantiate(format!("{e:#}"))),
                 fuel_used: 0,
                 elapsed: started.elapsed(),
+                outbound: Duration::ZERO,
             };
         }
         let deadline_ticks = (deadline.as_millis() as u64).max(1);
@@ -474,6 +475,7 @@ impl Plugin {
         .await;
         let fuel_used = sandbox.fuel - store.get_fuel().unwrap_or(0);
         let state = store.data_mut();
+        let outbound = state.outbound_time();
         state.flush_guest_output();
         let result = match outcome {
             Err(_elapsed) => Err(PluginFailure::Deadline(sandbox.deadline)),
@@ -504,9 +506,12 @@ impl Plugin {
         };
         let elapsed = started.elapsed();
         let outcome = result.as_ref().map_or_else(PluginFailure::cause, |_| "ok");
-        sandbox
-            .metrics
-            .record(outcome, elapsed.as_secs_f64(), fuel_used);
+        sandbox.metrics.record(
+            outcome,
+            elapsed.as_secs_f64(),
+            fuel_used,
+            outbound.as_secs_f64(),
+        );
         tracing::debug!(
             campaign = %sandbox.campaign,
             lane = %sandbox.lane,
@@ -514,6 +519,7 @@ impl Plugin {
             event = %event.id,
             fuel_used,
             elapsed_us = elapsed.as_micros() as u64,
+            outbound_us = outbound.as_micros() as u64,
             outcome,
             "Plugin ran"
         );
@@ -521,6 +527,7 @@ impl Plugin {
             result,
             fuel_used,
             elapsed,
+            outbound,
         }
     }
 }
@@ -546,4 +553,6 @@ pub struct PluginRun {
     pub result: Result<Output, PluginFailure>,
     pub fuel_used: u64,
     pub elapsed: Duration,
+    /// Of `elapsed`, the time it waited on http-fetch.
+    pub outbound: Duration,
 }
