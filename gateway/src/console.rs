@@ -32,6 +32,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     asset!("campaigns.js", JS),
     asset!("dead-letters.js", JS),
     asset!("destinations.js", JS),
+    asset!("advice.js", JS),
 ];
 const JS: &str = "text/javascript";
 

@@ -1,7 +1,7 @@
 // Drives the admin console in Debian's headless Chromium, as an operator
 // would: logs in (after a refused token), watches the lanes, deploys a
 // version and rolls it back, enables a destination, inspects and replays a
-// dead letter, and saves a screenshot of each page. Every step waits on the
+// dead letter, reads the advice, and saves a screenshot of each page. Every step waits on the
 // page, never on a clock, and is checked again through the API.
 //
 //   node tests/console/console.mjs <admin url> <token> <screenshot dir> <component.wasm>
@@ -209,6 +209,20 @@ try {
   const left = (await read('/v1/dead-letters')).dead_letters;
   check(left.length === 1 && left[0].campaign === 'crash', `dead letters left: ${JSON.stringify(left)}`);
   step('replayed all that match the filter, and only those');
+
+  // Advice: a verdict and its reasons per running campaign; crash ran once,
+  // greet as often as it was called.
+  await go('advice', 'table.advice');
+  const advice = await cells('table.advice');
+  const advised = (name) => advice.find((r) => r[0] === name) ?? [];
+  check(advised('crash').slice(1, 7).join() === 'segmentation,async,1,not enough runs,,not enough runs yet: 1 of 50',
+    `crash's advice: ${advised('crash')}`);
+  check(/^(not enough runs yet: \d+ of 50|p99 run [\d.]+ ms of a 5000 ms speed deadline: fits)/.test(advised('greet')[6] ?? ''),
+    `greet's advice: ${advised('greet')}`);
+  check(!advised('broken').length, 'an unavailable campaign got advice');
+  check((await read('/v1/advice')).min_runs === 50, 'the page and the API disagree on min_runs');
+  step('advice shows each campaign\'s verdict with its figures');
+  await shoot('advice');
 
   await press('#logout');
   await page.waitForSelector('#login:not([hidden])');

@@ -1,8 +1,8 @@
 //! The console in a real headless Chromium (`tests/console/console.mjs`,
 //! puppeteer-core on Debian's chromium, both installed by
 //! `scripts/setup.sh`): an operator logs in, watches the lanes, deploys a
-//! version and rolls it back, enables a destination and replays dead
-//! letters through the pages; the gateway shows the effects.
+//! version and rolls it back, enables a destination, replays dead letters
+//! and reads the advice through the pages; the gateway shows the effects.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,6 +128,7 @@ async fn an_operator_deploys_rolls_back_and_replays_dead_letters_in_the_console(
         "campaigns",
         "destinations",
         "dead-letters",
+        "advice",
     ] {
         assert!(screenshots.join(format!("{page}.png")).exists(), "{page}");
     }

@@ -8,8 +8,9 @@ import * as lanes from './lanes.js';
 import * as campaigns from './campaigns.js';
 import * as deadLetters from './dead-letters.js';
 import * as destinations from './destinations.js';
+import * as advice from './advice.js';
 
-const PAGES = { lanes, campaigns, 'dead-letters': deadLetters, destinations };
+const PAGES = { lanes, campaigns, 'dead-letters': deadLetters, destinations, advice };
 const main = document.querySelector('main');
 const nav = document.querySelector('nav');
 const login = document.querySelector('#login');
