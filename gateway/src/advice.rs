@@ -624,40 +624,35 @@ mod tests {
 
     #[test]
     fn a_p99_close_to_the_deadline_moves_a_lane_down() {
-        let close = |lane, mode, deadline_ms| {
-            with(quick(), |o| {
+        let down = [
+            (
+                (Lane::Speed, Mode::Sync, 250),
+                (Verdict::Move, Some(Lane::Segmentation), None),
+                "p99 run 200 ms of a 250 ms speed deadline: too close: segmentation",
+            ),
+            (
+                (Lane::Segmentation, Mode::Async, 2000),
+                (Verdict::Move, Some(Lane::Care), None),
+                "p99 run 1600 ms of a 2000 ms segmentation deadline: too close: care",
+            ),
+            (
+                (Lane::Segmentation, Mode::Sync, 2000),
+                (Verdict::MakeAsync, Some(Lane::Care), Some(Mode::Async)),
+                "p99 run 1600 ms of a 2000 ms segmentation deadline: too close: make it async in care, or split it",
+            ),
+            (
+                (Lane::Care, Mode::Async, 30_000),
+                (Verdict::RaiseLimits, None, None),
+                "p99 run 24000 ms of a 30000 ms care deadline: too close: raise its deadline_ms",
+            ),
+        ];
+        for ((lane, mode, deadline_ms), (verdict, to_lane, to_mode), reason) in down {
+            let close = with(quick(), |o| {
                 (o.lane, o.mode, o.deadline_ms) = (lane, mode, deadline_ms);
                 o.runs.p99_seconds = Some(deadline_ms as f64 * 0.8 / 1e3);
-            })
-        };
-        says(
-            &advise(&close(Lane::Speed, Mode::Sync, 250)),
-            Verdict::Move,
-            Some(Lane::Segmentation),
-            None,
-            "p99 run 200 ms of a 250 ms speed deadline: too close: segmentation",
-        );
-        says(
-            &advise(&close(Lane::Segmentation, Mode::Async, 2000)),
-            Verdict::Move,
-            Some(Lane::Care),
-            None,
-            "p99 run 1600 ms of a 2000 ms segmentation deadline: too close: care",
-        );
-        says(
-            &advise(&close(Lane::Segmentation, Mode::Sync, 2000)),
-            Verdict::MakeAsync,
-            Some(Lane::Care),
-            Some(Mode::Async),
-            "p99 run 1600 ms of a 2000 ms segmentation deadline: too close: make it async in care, or split it",
-        );
-        says(
-            &advise(&close(Lane::Care, Mode::Async, 30_000)),
-            Verdict::RaiseLimits,
-            None,
-            None,
-            "p99 run 24000 ms of a 30000 ms care deadline: too close: raise its deadline_ms",
-        );
+            });
+            says(&advise(&close), verdict, to_lane, to_mode, reason);
+        }
     }
 
     #[test]

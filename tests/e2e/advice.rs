@@ -32,7 +32,7 @@ async fn slow_service(delay: Duration) -> SocketAddr {
 /// `slow-call` (speed: `hang` fetching from `slow`), `quick` and `fresh`
 /// (speed: `trivial`), each on a source of its name.
 fn advice_toml(slow: SocketAddr) -> String {
-    format!(
+    let mut toml = format!(
         r#"
 [sources.slow-call]
 [campaigns.slow-call]
@@ -41,22 +41,16 @@ lane = "speed"
 plugin = "{hang}"
 allowed_hosts = ["{slow}"]
 settings = {{ url = "http://{slow}/" }}
-
-[sources.quick]
-[campaigns.quick]
-source = "quick"
-lane = "speed"
-plugin = "{trivial}"
-
-[sources.fresh]
-[campaigns.fresh]
-source = "fresh"
-lane = "speed"
-plugin = "{trivial}"
 "#,
         hang = plugin("hang"),
-        trivial = plugin("trivial"),
-    )
+    );
+    for name in ["quick", "fresh"] {
+        toml.push_str(&format!(
+            "\n[sources.{name}]\n[campaigns.{name}]\nsource = \"{name}\"\nlane = \"speed\"\nplugin = \"{}\"\n",
+            plugin("trivial")
+        ));
+    }
+    toml
 }
 
 async fn call(gateway: &Gateway, source: &str, times: usize) {
