@@ -1,8 +1,10 @@
 //! The advisor against real runs: a speed campaign whose plugin waits on a
 //! slow outbound call is told to move to segmentation, naming the share of
 //! its time it waits; a trivial speed campaign is told it fits, with its p99
-//! and deadline; one with too few runs is told how many it has. The
-//! `hooklane advise` command says the same, and refusals are JSON.
+//! and deadline; one with too few runs is told how many it has; a sync one
+//! that answers at once but for the 10% of callers who get 504 is told to
+//! split. The `hooklane advise` command says the same, and refusals are
+//! JSON.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -158,4 +160,43 @@ async fn a_campaign_in_the_wrong_lane_is_told_where_it_fits_with_its_figures() {
         assert_eq!(body["error"], error, "{body}");
         assert!(body["detail"].is_string(), "{body}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_campaign_whose_callers_get_504_is_told_to_split() {
+    // `abuse` answers at once, or spins past the speed lane's 250 ms
+    // deadline (with fuel to spare) when the body asks it to.
+    let gateway = Gateway::start(&format!(
+        "[sources.tail]\n[campaigns.tail]\nsource = \"tail\"\nlane = \"speed\"\nplugin = \"{}\"\nfuel = 1_000_000_000_000\n",
+        plugin("abuse")
+    ))
+    .await;
+    for n in 0..50 {
+        let (body, status) = match n % 10 {
+            0 => (json!({ "fail": "deadline" }), 504),
+            _ => (json!({ "respond": { "status": 200 } }), 200),
+        };
+        let reply = gateway.post_json("tail", body).await;
+        assert_eq!(
+            reply.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let report = gateway.admin(Method::GET, "/v1/advice?campaign=tail").await;
+    let tail = advice_for(&report, "tail");
+    assert_eq!(tail["verdict"], "split", "{tail}");
+    assert_eq!(
+        (&tail["figures"]["timeouts"], &tail["figures"]["runs"]),
+        (&json!(5), &json!(50))
+    );
+    let reason = first_reason(tail);
+    assert!(
+        reason.starts_with("sync, and its caller got 504 in 10% of runs, while its p50 run of ")
+            && reason.ends_with(
+                " answers in time: split: answer in speed, emit the slow part to a care campaign"
+            ),
+        "{tail}"
+    );
 }
