@@ -2,8 +2,8 @@
 //! readiness, campaigns, lane depths and run figures, the
 //! [`advice`](crate::advice) of which lane fits each campaign, plugin
 //! state, dead letters with replay, and the [`console`](crate::console)
-//! that shows them in a browser. `/v1/*` needs the bearer token. Replays go through the same
-//! durable queue and lanes that sources' events use.
+//! that shows them in a browser. `/v1/*` needs the bearer token. Replays
+//! go through the same durable queue and lanes that sources' events use.
 
 use std::sync::Arc;
 
@@ -411,15 +411,7 @@ async fn advice(
                 .as_deref()
                 .is_none_or(|name| *c.name == *name)
         })
-        .map(|c| {
-            let lane = c.config.lane.as_str();
-            let runs = stats
-                .campaigns
-                .iter()
-                .find(|s| *s.name == *c.name && s.lane == lane)
-                .map(|s| &s.runs);
-            advice::Observed::of(&c.name, &c.config, &c.limits, speed_deadline_ms, runs)
-        })
+        .map(|c| advice::Observed::of(&c.name, &c.config, &c.limits, speed_deadline_ms, &stats))
         .collect();
     if let Some(name) = query.campaign.filter(|_| observed.is_empty()) {
         return Err(ApiError::new(

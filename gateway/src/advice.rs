@@ -20,7 +20,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CampaignConfig, CampaignLimits, Lane, Mode};
-use crate::telemetry::stats::Runs;
+use crate::telemetry::stats::{Runs, Stats};
 
 /// Runs a campaign needs before the advisor speaks: its p99 comes from a
 /// histogram, and below 50 runs the 99th percentile is simply the slowest
@@ -71,15 +71,20 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// Campaign `name` as configured, with its run figures (none yet if it
-    /// has not run in its lane).
+    /// Campaign `name` as configured, with its figures in its lane from
+    /// `stats` (none yet if it has not run there).
     pub fn of(
         name: &str,
         config: &CampaignConfig,
         limits: &CampaignLimits,
         speed_deadline_ms: u64,
-        runs: Option<&Runs>,
+        stats: &Stats,
     ) -> Self {
+        let runs = stats
+            .campaigns
+            .iter()
+            .find(|c| c.name == name && c.lane == config.lane.as_str())
+            .map(|c| &c.runs);
         Observed {
             campaign: name.to_owned(),
             lane: config.lane,
@@ -761,6 +766,28 @@ mod tests {
         let back: Report = serde_json::from_value(json).unwrap();
         assert_eq!(back, report);
         assert_eq!(Report::of(&[]).to_string(), "No campaigns.\n");
+    }
+
+    #[test]
+    fn a_campaign_is_judged_by_its_runs_in_the_lane_it_runs_in_now() {
+        let stats = crate::telemetry::stats::read(concat!(
+            "hooklane_plugin_runs_total{campaign=\"a\",lane=\"speed\",outcome=\"ok\"} 70\n",
+            "hooklane_plugin_runs_total{campaign=\"a\",lane=\"care\",outcome=\"ok\"} 3\n",
+        ));
+        let config: CampaignConfig = toml::from_str(
+            "source = \"s\"\nlane = \"care\"\nplugin = \"a.wasm\"\ndeadline_ms = 9000\n",
+        )
+        .unwrap();
+        let limits = config.limits(&crate::config::LanesConfig::default());
+        let observed = Observed::of("a", &config, &limits, 250, &stats);
+        assert_eq!((observed.lane, observed.mode), (Lane::Care, Mode::Async));
+        assert_eq!(
+            (observed.deadline_ms, observed.fuel_limit),
+            (9000, 10_000_000_000)
+        );
+        assert_eq!(observed.runs.ok, 3);
+        let unknown = Observed::of("b", &config, &limits, 250, &stats);
+        assert_eq!(unknown.runs, Runs::default());
     }
 
     #[test]

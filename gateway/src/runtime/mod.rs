@@ -460,7 +460,6 @@ impl Plugin {
                 result: Err(PluginFailure::Instantiate(format!("{e:#}"))),
                 fuel_used: 0,
                 elapsed: started.elapsed(),
-                outbound: Duration::ZERO,
             };
         }
         let deadline_ticks = (deadline.as_millis() as u64).max(1);
@@ -527,7 +526,6 @@ impl Plugin {
             result,
             fuel_used,
             elapsed,
-            outbound,
         }
     }
 }
@@ -553,6 +551,4 @@ pub struct PluginRun {
     pub result: Result<Output, PluginFailure>,
     pub fuel_used: u64,
     pub elapsed: Duration,
-    /// Of `elapsed`, the time it waited on http-fetch.
-    pub outbound: Duration,
 }
