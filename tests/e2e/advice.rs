@@ -31,28 +31,25 @@ async fn slow_service(delay: Duration) -> SocketAddr {
     addr
 }
 
-/// `slow-call` (speed: `hang` fetching from `slow`), `quick` and `fresh`
-/// (speed: `trivial`), each on a source of its name.
+/// A speed campaign `name` on a source of its name, running `plugin_name`,
+/// with `extra` lines in its table.
+fn speed_campaign(name: &str, plugin_name: &str, extra: &str) -> String {
+    format!(
+        "\n[sources.{name}]\n[campaigns.{name}]\nsource = \"{name}\"\nlane = \"speed\"\nplugin = \"{}\"\n{extra}\n",
+        plugin(plugin_name)
+    )
+}
+
+/// `slow-call` (`hang` fetching from `slow`), `quick` and `fresh`
+/// (`trivial`), all in speed.
 fn advice_toml(slow: SocketAddr) -> String {
-    let mut toml = format!(
-        r#"
-[sources.slow-call]
-[campaigns.slow-call]
-source = "slow-call"
-lane = "speed"
-plugin = "{hang}"
-allowed_hosts = ["{slow}"]
-settings = {{ url = "http://{slow}/" }}
-"#,
-        hang = plugin("hang"),
-    );
-    for name in ["quick", "fresh"] {
-        toml.push_str(&format!(
-            "\n[sources.{name}]\n[campaigns.{name}]\nsource = \"{name}\"\nlane = \"speed\"\nplugin = \"{}\"\n",
-            plugin("trivial")
-        ));
-    }
-    toml
+    let fetch = format!("allowed_hosts = [\"{slow}\"]\nsettings = {{ url = \"http://{slow}/\" }}");
+    [
+        speed_campaign("slow-call", "hang", &fetch),
+        speed_campaign("quick", "trivial", ""),
+        speed_campaign("fresh", "trivial", ""),
+    ]
+    .concat()
 }
 
 async fn call(gateway: &Gateway, source: &str, times: usize) {
@@ -166,11 +163,8 @@ async fn a_campaign_in_the_wrong_lane_is_told_where_it_fits_with_its_figures() {
 async fn a_sync_campaign_whose_callers_get_504_is_told_to_split() {
     // `abuse` answers at once, or spins past the speed lane's 250 ms
     // deadline (with fuel to spare) when the body asks it to.
-    let gateway = Gateway::start(&format!(
-        "[sources.tail]\n[campaigns.tail]\nsource = \"tail\"\nlane = \"speed\"\nplugin = \"{}\"\nfuel = 1_000_000_000_000\n",
-        plugin("abuse")
-    ))
-    .await;
+    let tail = speed_campaign("tail", "abuse", "fuel = 1_000_000_000_000");
+    let gateway = Gateway::start(&tail).await;
     for n in 0..50 {
         let (body, status) = match n % 10 {
             0 => (json!({ "fail": "deadline" }), 504),
