@@ -1,8 +1,9 @@
 //! The operator API on its own listener (loopback by default): health,
-//! readiness, campaigns, lane depths and run figures, plugin state, dead
-//! letters with replay, and the [`console`](crate::console) that shows them
-//! in a browser. `/v1/*` needs the bearer token. Replays go through the same
-//! durable queue and lanes that sources' events use.
+//! readiness, campaigns, lane depths and run figures, the
+//! [`advice`](crate::advice) of which lane fits each campaign, plugin
+//! state, dead letters with replay, and the [`console`](crate::console)
+//! that shows them in a browser. `/v1/*` needs the bearer token. Replays
+//! go through the same durable queue and lanes that sources' events use.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::advice;
 use crate::config::{AdminConfig, Lane};
 use crate::console;
 use crate::error::ApiError;
@@ -67,6 +69,7 @@ pub fn routes(
         .route("/v1/reload", post(reload))
         .route("/v1/lanes", get(lanes))
         .route("/v1/stats", get(stats))
+        .route("/v1/advice", get(advice))
         .route("/v1/destinations", get(destinations))
         .route("/v1/destinations/{name}/enable", post(enable_destination))
         .route("/v1/kv/{namespace}/{key}", get(kv_get))
@@ -373,6 +376,54 @@ async fn lanes(State(admin): State<Arc<Admin>>) -> Json<Value> {
 /// `/metrics` renders.
 async fn stats(State(admin): State<Arc<Admin>>) -> Result<Json<telemetry::stats::Stats>, ApiError> {
     Ok(Json(telemetry::stats::read(&recorder(&admin)?.render())))
+}
+
+/// `?campaign=` of `/v1/advice`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdviceQuery {
+    campaign: Option<String>,
+}
+
+/// Which lane and mode fit each running campaign (or the one asked for),
+/// from its config and the run figures of `/v1/stats`.
+async fn advice(
+    State(admin): State<Arc<Admin>>,
+    query: Result<Query<AdviceQuery>, QueryRejection>,
+) -> Result<Json<advice::Report>, ApiError> {
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "expected at most `?campaign=NAME`: {}",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    let stats = telemetry::stats::read(&recorder(&admin)?.render());
+    let speed_deadline_ms = admin.gateway.lane_config(Lane::Speed).deadline_ms;
+    let observed: Vec<advice::Observed> = admin
+        .gateway
+        .campaigns()
+        .all()
+        .iter()
+        .filter(|c| {
+            query
+                .campaign
+                .as_deref()
+                .is_none_or(|name| *c.name == *name)
+        })
+        .map(|c| advice::Observed::of(&c.name, &c.config, &c.limits, speed_deadline_ms, &stats))
+        .collect();
+    if let Some(name) = query.campaign.filter(|_| observed.is_empty()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_campaign",
+            format!("no running campaign named `{name}`"),
+        ));
+    }
+    Ok(Json(advice::Report::of(&observed)))
 }
 
 /// Each lane's depth in memory and its backlog on disk, sampled now.

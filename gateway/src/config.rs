@@ -345,7 +345,7 @@ impl Default for DedupConfig {
 }
 
 /// The success factor of a campaign, which decides how its events are run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Lane {
     /// Milliseconds count: reserved capacity, may answer the caller itself.
@@ -375,7 +375,7 @@ impl fmt::Display for Lane {
 }
 
 /// Whether the caller waits for the plugin's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The plugin's `respond` action is the HTTP response.

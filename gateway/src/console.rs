@@ -33,6 +33,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     asset!("events.js", JS),
     asset!("dead-letters.js", JS),
     asset!("destinations.js", JS),
+    asset!("advice.js", JS),
 ];
 const JS: &str = "text/javascript";
 

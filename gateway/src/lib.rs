@@ -6,11 +6,12 @@
 //! [`dispatch`] (through the [`lanes`]) → [`runtime`] → [`actions`] →
 //! [`delivery`], with [`store`] underneath, [`campaigns`] swapping in
 //! deploys and reloads (with [`versions`] keeping every plugin version),
-//! [`gateway`] tying them together and [`admin`] (with its [`console`]) for
-//! operators.
+//! [`gateway`] tying them together and [`admin`] (with its [`console`] and
+//! the [`advice`] of which lane fits a campaign) for operators.
 
 pub mod actions;
 pub mod admin;
+pub mod advice;
 pub mod campaigns;
 pub mod config;
 pub mod console;

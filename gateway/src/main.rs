@@ -70,6 +70,17 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Say which lane and mode fit each campaign of a running gateway, and
+    /// why, from its config and its runs since the gateway started.
+    Advise {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only this campaign.
+        campaign: Option<String>,
+        /// Print the admin API's JSON answer instead of sentences.
+        #[arg(long)]
+        json: bool,
+    },
     /// Deploy a new version of a campaign's plugin to a running gateway:
     /// checked, compiled, stored and swapped in without a restart.
     Deploy {
@@ -346,6 +357,19 @@ fn main() -> ExitCode {
         ),
         Command::Reload { admin } => admin_call(&admin, AdminCall::post("/v1/reload".into())),
         Command::Lanes { admin } => admin_call(&admin, AdminCall::get("/v1/lanes".into())),
+        Command::Advise {
+            admin,
+            campaign,
+            json,
+        } => {
+            let query = campaign.map(|c| ("campaign", c)).into_iter().collect();
+            let call = AdminCall::get("/v1/advice".into()).query(query);
+            if json {
+                admin_call(&admin, call)
+            } else {
+                advise(&admin, call)
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -502,6 +526,41 @@ impl AdminCall {
 
 /// Call the admin API and print its JSON answer.
 fn admin_call(admin: &AdminArgs, call: AdminCall) -> anyhow::Result<()> {
+    let (status, body) = admin_request(admin, call)?;
+    print_answer(&body)?;
+    anyhow::ensure!(status.is_success(), "the admin API answered {status}");
+    Ok(())
+}
+
+/// Ask the admin API for advice and print it as sentences; a refusal as
+/// its JSON, like every other call.
+fn advise(admin: &AdminArgs, call: AdminCall) -> anyhow::Result<()> {
+    let (status, body) = admin_request(admin, call)?;
+    if !status.is_success() {
+        print_answer(&body)?;
+        anyhow::bail!("the admin API answered {status}");
+    }
+    let report: hooklane::advice::Report = serde_json::from_slice(&body).map_err(|e| {
+        anyhow::anyhow!("the admin API's advice is not what this hooklane reads: {e}")
+    })?;
+    print!("{report}");
+    Ok(())
+}
+
+/// Whatever the status, show the answer: JSON pretty, anything else as is.
+fn print_answer(body: &[u8]) -> anyhow::Result<()> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(json) => println!("{}", serde_json::to_string_pretty(&json)?),
+        Err(_) => println!("{}", String::from_utf8_lossy(body)),
+    }
+    Ok(())
+}
+
+/// Make one call to the admin API: its status and body.
+fn admin_request(
+    admin: &AdminArgs,
+    call: AdminCall,
+) -> anyhow::Result<(reqwest::StatusCode, bytes::Bytes)> {
     let url = format!("{}{}", admin.admin.trim_end_matches('/'), call.path);
     let client = reqwest::Client::new();
     let mut request = client
@@ -527,14 +586,7 @@ fn admin_call(admin: &AdminArgs, call: AdminCall) -> anyhow::Result<()> {
         anyhow::Ok((status, response.bytes().await?))
     });
     drop(spinner);
-    let (status, body) = answer?;
-    // Whatever the status, show the answer: JSON pretty, anything else as is.
-    match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(json) => println!("{}", serde_json::to_string_pretty(&json)?),
-        Err(_) => println!("{}", String::from_utf8_lossy(&body)),
-    }
-    anyhow::ensure!(status.is_success(), "the admin API answered {status}");
-    Ok(())
+    answer
 }
 
 async fn shutdown_signal() {

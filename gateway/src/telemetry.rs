@@ -21,6 +21,8 @@ pub mod stats;
 const PLUGIN_RUNS: &str = "hooklane_plugin_runs_total";
 const PLUGIN_RUN_SECONDS: &str = "hooklane_plugin_run_seconds";
 const PLUGIN_FUEL: &str = "hooklane_plugin_fuel";
+const PLUGIN_OUTBOUND_SECONDS: &str = "hooklane_plugin_outbound_seconds";
+const QUEUE_WAIT_SECONDS: &str = "hooklane_queue_wait_seconds";
 
 /// Buckets of plugin run time, in seconds: 100 µs to 30 s.
 const SECONDS: &[f64] = &[
@@ -49,6 +51,7 @@ pub struct PluginMetrics {
     queue_wait: Histogram,
     seconds: Histogram,
     fuel: Histogram,
+    outbound: Histogram,
 }
 
 impl PluginMetrics {
@@ -62,14 +65,16 @@ impl PluginMetrics {
             lane,
             ok_runs: runs(campaign, lane, "ok"),
             refused: runs(campaign, lane, "refused"),
-            queue_wait: histogram!("hooklane_queue_wait_seconds", &labels),
+            queue_wait: histogram!(QUEUE_WAIT_SECONDS, &labels),
             seconds: histogram!(PLUGIN_RUN_SECONDS, &labels),
             fuel: histogram!(PLUGIN_FUEL, &labels),
+            outbound: histogram!(PLUGIN_OUTBOUND_SECONDS, &labels),
         }
     }
 
-    /// One run: `outcome` is `ok` or the failure's cause.
-    pub fn record(&self, outcome: &'static str, seconds: f64, fuel: u64) {
+    /// One run: `outcome` is `ok` or the failure's cause; `outbound_seconds`
+    /// of its `seconds` it waited on http-fetch.
+    pub fn record(&self, outcome: &'static str, seconds: f64, fuel: u64, outbound_seconds: f64) {
         if outcome == "ok" {
             self.ok_runs.increment(1);
         } else {
@@ -77,6 +82,7 @@ impl PluginMetrics {
         }
         self.seconds.record(seconds);
         self.fuel.record(fuel as f64);
+        self.outbound.record(outbound_seconds);
     }
 }
 

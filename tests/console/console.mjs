@@ -1,8 +1,8 @@
 // Drives the admin console in Debian's headless Chromium, as an operator
 // would: logs in (after a refused token), watches the lanes, deploys a
 // version and rolls it back, enables a destination, inspects and replays a
-// dead letter, looks through the recent events, and saves a screenshot of
-// each page. Every step waits on the
+// dead letter, looks through the recent events, reads the advice, and saves a
+// screenshot of each page. Every step waits on the
 // page, never on a clock, and is checked again through the API.
 //
 //   node tests/console/console.mjs <admin url> <token> <screenshot dir> <component.wasm>
@@ -236,6 +236,20 @@ try {
   await waitText('article.run table.planned', 'to sink');
   step('inspected a relayed event: its delivery to the sink');
   await shoot('events');
+
+  // Advice: a verdict and its reasons per running campaign; crash ran once,
+  // greet as often as it was called.
+  await go('advice', 'table.advice');
+  const advice = await cells('table.advice');
+  const advised = (name) => advice.find((r) => r[0] === name) ?? [];
+  check(advised('crash').slice(1, 7).join() === 'segmentation,async,1,not enough runs,,not enough runs yet: 1 of 50',
+    `crash's advice: ${advised('crash')}`);
+  check(/^(not enough runs yet: \d+ of 50|p99 run [\d.]+ ms of a 5000 ms speed deadline: fits)/.test(advised('greet')[6] ?? ''),
+    `greet's advice: ${advised('greet')}`);
+  check(!advised('broken').length, 'an unavailable campaign got advice');
+  check((await read('/v1/advice')).min_runs === 50, 'the page and the API disagree on min_runs');
+  step('advice shows each campaign\'s verdict with its figures');
+  await shoot('advice');
 
   await press('#logout');
   await page.waitForSelector('#login:not([hidden])');

@@ -1,9 +1,9 @@
 //! The console in a real headless Chromium (`tests/console/console.mjs`,
 //! puppeteer-core on Debian's chromium, both installed by
 //! `scripts/setup.sh`): an operator logs in, watches the lanes, deploys a
-//! version and rolls it back, enables a destination, replays dead letters
-//! and looks through the recent events in the pages; the gateway shows the
-//! effects.
+//! version and rolls it back, enables a destination, replays dead
+//! letters, looks through the recent events and reads the advice in the
+//! pages; the gateway shows the effects.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,6 +130,7 @@ async fn an_operator_deploys_rolls_back_and_replays_dead_letters_in_the_console(
         "events",
         "destinations",
         "dead-letters",
+        "advice",
     ] {
         assert!(screenshots.join(format!("{page}.png")).exists(), "{page}");
     }

@@ -2,6 +2,7 @@
 //! ports with real plugins built from `plugins/`, and talks HTTP to it.
 //! One test binary (wasmtime's `tests/all` style) so the suite links once.
 
+mod advice;
 mod authoring;
 mod campaigns;
 mod config_errors;

@@ -9,8 +9,9 @@ import * as campaigns from './campaigns.js';
 import * as events from './events.js';
 import * as deadLetters from './dead-letters.js';
 import * as destinations from './destinations.js';
+import * as advice from './advice.js';
 
-const PAGES = { lanes, campaigns, events, 'dead-letters': deadLetters, destinations };
+const PAGES = { lanes, campaigns, events, 'dead-letters': deadLetters, destinations, advice };
 const main = document.querySelector('main');
 const nav = document.querySelector('nav');
 const login = document.querySelector('#login');

@@ -474,6 +474,7 @@ impl Plugin {
         .await;
         let fuel_used = sandbox.fuel - store.get_fuel().unwrap_or(0);
         let state = store.data_mut();
+        let outbound = state.outbound_time();
         state.flush_guest_output();
         let result = match outcome {
             Err(_elapsed) => Err(PluginFailure::Deadline(sandbox.deadline)),
@@ -504,9 +505,12 @@ impl Plugin {
         };
         let elapsed = started.elapsed();
         let outcome = result.as_ref().map_or_else(PluginFailure::cause, |_| "ok");
-        sandbox
-            .metrics
-            .record(outcome, elapsed.as_secs_f64(), fuel_used);
+        sandbox.metrics.record(
+            outcome,
+            elapsed.as_secs_f64(),
+            fuel_used,
+            outbound.as_secs_f64(),
+        );
         tracing::debug!(
             campaign = %sandbox.campaign,
             lane = %sandbox.lane,
@@ -514,6 +518,7 @@ impl Plugin {
             event = %event.id,
             fuel_used,
             elapsed_us = elapsed.as_micros() as u64,
+            outbound_us = outbound.as_micros() as u64,
             outcome,
             "Plugin ran"
         );

@@ -2,6 +2,7 @@
 //! host imports need and record.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
@@ -22,6 +23,10 @@ pub struct PluginState {
     /// The URL, redacted, of an http-fetch that hit its timeout during this
     /// run.
     pub timed_out_fetch: Option<String>,
+    /// Wall time of the http-fetch calls that ended during this run.
+    outbound: Duration,
+    /// When the http-fetch under way started, if one is.
+    fetching_since: Option<Instant>,
     /// Writes through the kv import, committed only if the run succeeds.
     pub kv_writes: KvWrites,
     /// Deliveries and emits after a delay, kept only if the run succeeds.
@@ -53,6 +58,8 @@ impl PluginState {
             services,
             event_id: event_id.into(),
             timed_out_fetch: None,
+            outbound: Duration::ZERO,
+            fetching_since: None,
             kv_writes: KvWrites::default(),
             later: Vec::new(),
             log_budget: LogBudget::default(),
@@ -111,6 +118,27 @@ impl PluginState {
                 "{line}"
             );
         }
+    }
+
+    /// An http-fetch starts waiting; [`PluginState::fetch_ended`] stops
+    /// its clock.
+    pub fn fetch_started(&mut self) {
+        self.fetching_since = Some(Instant::now());
+    }
+
+    pub fn fetch_ended(&mut self) {
+        if let Some(since) = self.fetching_since.take() {
+            self.outbound += since.elapsed();
+        }
+    }
+
+    /// Wall time this run has waited on http-fetch, counting a call still
+    /// under way: one cut off by the deadline never ended.
+    pub fn outbound_time(&self) -> Duration {
+        self.outbound
+            + self
+                .fetching_since
+                .map_or(Duration::ZERO, |since| since.elapsed())
     }
 
     /// What the guest wrote to stderr during the run (up to the capture

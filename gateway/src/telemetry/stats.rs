@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{PLUGIN_FUEL, PLUGIN_RUNS, PLUGIN_RUN_SECONDS};
+use super::{
+    PLUGIN_FUEL, PLUGIN_OUTBOUND_SECONDS, PLUGIN_RUNS, PLUGIN_RUN_SECONDS, QUEUE_WAIT_SECONDS,
+};
 use crate::config::Lane;
 
 /// Runs of a lane or a campaign since the gateway started.
@@ -25,11 +27,21 @@ pub struct Runs {
     /// buckets (so as precise as they are); absent before the first run.
     pub p50_seconds: Option<f64>,
     pub p99_seconds: Option<f64>,
-    /// Cumulative count per upper bound, as rendered; merged across the
-    /// campaigns of a lane, then read for the percentiles.
+    /// Of `run_seconds`, the time runs waited on http-fetch.
+    pub outbound_seconds: f64,
+    /// 99th percentile of the time an event waited in its lane before it
+    /// started; absent before the first.
+    pub queue_wait_p99_seconds: Option<f64>,
     #[serde(skip)]
-    buckets: Vec<(f64, f64)>,
+    run_buckets: Buckets,
+    #[serde(skip)]
+    queue_wait_buckets: Buckets,
 }
+
+/// A histogram's cumulative count per upper bound, as rendered; merged
+/// across the campaigns of a lane, then read for percentiles.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Buckets(Vec<(f64, f64)>);
 
 /// One campaign's runs, and its share of its lane's run time and fuel.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,9 +99,13 @@ pub fn read(rendered: &str) -> Stats {
             runs.run_seconds += value;
         } else if suffix(PLUGIN_FUEL, "_sum") {
             runs.fuel += value;
-        } else if suffix(PLUGIN_RUN_SECONDS, "_bucket") {
-            if let Some(le) = label("le").and_then(|le| le.parse().ok()) {
-                runs.buckets.push((le, value));
+        } else if suffix(PLUGIN_OUTBOUND_SECONDS, "_sum") {
+            runs.outbound_seconds += value;
+        } else if let Some(le) = label("le").and_then(|le| le.parse().ok()) {
+            if suffix(PLUGIN_RUN_SECONDS, "_bucket") {
+                runs.run_buckets.add(le, value);
+            } else if suffix(QUEUE_WAIT_SECONDS, "_bucket") {
+                runs.queue_wait_buckets.add(le, value);
             }
         }
     }
@@ -128,19 +144,37 @@ impl Runs {
         }
         self.run_seconds += other.run_seconds;
         self.fuel += other.fuel;
-        // Every campaign's histogram has the same bounds (telemetry::SECONDS).
-        for &(le, count) in &other.buckets {
-            match self.buckets.iter_mut().find(|(bound, _)| *bound == le) {
-                Some((_, total)) => *total += count,
-                None => self.buckets.push((le, count)),
-            }
-        }
+        self.outbound_seconds += other.outbound_seconds;
+        self.run_buckets.merge(&other.run_buckets);
+        self.queue_wait_buckets.merge(&other.queue_wait_buckets);
     }
 
     fn percentiles(&mut self) {
-        self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        self.p50_seconds = quantile(&self.buckets, 0.5);
-        self.p99_seconds = quantile(&self.buckets, 0.99);
+        self.p50_seconds = self.run_buckets.quantile(0.5);
+        self.p99_seconds = self.run_buckets.quantile(0.99);
+        self.queue_wait_p99_seconds = self.queue_wait_buckets.quantile(0.99);
+    }
+}
+
+impl Buckets {
+    /// Count `count` up to bound `le`, adding to what is there: every
+    /// campaign's histogram has the same bounds (telemetry::SECONDS).
+    fn add(&mut self, le: f64, count: f64) {
+        match self.0.iter_mut().find(|(bound, _)| *bound == le) {
+            Some((_, total)) => *total += count,
+            None => self.0.push((le, count)),
+        }
+    }
+
+    fn merge(&mut self, other: &Buckets) {
+        for &(le, count) in &other.0 {
+            self.add(le, count);
+        }
+    }
+
+    fn quantile(&mut self, q: f64) -> Option<f64> {
+        self.0.sort_by(|a, b| a.0.total_cmp(&b.0));
+        quantile(&self.0, q)
     }
 }
 
@@ -272,6 +306,25 @@ hooklane_lane_queued{lane="care"} 0
             .collect();
         assert_eq!(lanes, [("care", 2), ("speed", 3)]);
         assert_eq!((stats.lanes["speed"].ok, stats.lanes["care"].ok), (3, 2));
+    }
+
+    #[test]
+    fn outbound_time_and_queue_wait_are_read_per_campaign_and_lane() {
+        let stats = read(concat!(
+            "hooklane_plugin_outbound_seconds_sum{campaign=\"a\",lane=\"speed\"} 0.5\n",
+            "hooklane_plugin_outbound_seconds_sum{campaign=\"b\",lane=\"speed\"} 0.25\n",
+            "hooklane_plugin_outbound_seconds_bucket{campaign=\"a\",lane=\"speed\",le=\"1\"} 4\n",
+            "hooklane_queue_wait_seconds_bucket{campaign=\"a\",lane=\"speed\",le=\"0.001\"} 0\n",
+            "hooklane_queue_wait_seconds_bucket{campaign=\"a\",lane=\"speed\",le=\"0.01\"} 100\n",
+            "hooklane_queue_wait_seconds_bucket{campaign=\"a\",lane=\"speed\",le=\"+Inf\"} 100\n",
+        ));
+        let a = &stats.campaigns[0].runs;
+        assert_eq!(a.outbound_seconds, 0.5);
+        assert!((a.queue_wait_p99_seconds.unwrap() - (0.001 + 0.009 * 0.99)).abs() < 1e-12);
+        // Outbound buckets are not run-time buckets.
+        assert_eq!(a.p99_seconds, None);
+        assert_eq!(stats.lanes["speed"].outbound_seconds, 0.75);
+        assert_eq!(stats.campaigns[1].runs.queue_wait_p99_seconds, None);
     }
 
     #[test]

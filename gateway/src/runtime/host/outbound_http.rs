@@ -66,6 +66,8 @@ impl Host for PluginState {
         if let Some(body) = request.body {
             builder = builder.body(body);
         }
+        // Timed from the request to the end of the body: what the run waits.
+        self.fetch_started();
         let result: Result<Result<Response, FetchError>, reqwest::Error> = async {
             let mut response = builder.send().await?;
             let status = response.status().as_u16();
@@ -93,6 +95,7 @@ impl Host for PluginState {
             }))
         }
         .await;
+        self.fetch_ended();
         // reqwest's errors print the full URL, secrets and all: drop it and
         // name the redacted one instead.
         let failed =
