@@ -114,18 +114,10 @@ impl AdminConfig {
     /// configured (read on every call, so a rotated file counts at once),
     /// else the value of `token_env`; `None` when unset or empty.
     pub fn token(&self) -> Result<Option<String>, TokenFileError> {
-        let token = match &self.token_file {
-            Some(file) => Some(
-                std::fs::read_to_string(file).map_err(|source| TokenFileError {
-                    file: file.clone(),
-                    source,
-                })?,
-            ),
-            None => std::env::var(&self.token_env).ok(),
-        };
-        Ok(token
-            .map(|t| t.strip_suffix('\n').unwrap_or(&t).to_owned())
-            .filter(|t| !t.is_empty()))
+        match &self.token_file {
+            Some(file) => read_token_file(file),
+            None => Ok(std::env::var(&self.token_env).ok().and_then(token_of)),
+        }
     }
 
     /// A warning when the admin API listens beyond loopback, where nothing
@@ -138,6 +130,22 @@ impl AdminConfig {
             )
         })
     }
+}
+
+/// The admin token in `file` (as `admin.token_file` names it, and as the
+/// CLI's `--token-file` does): its text without the final newline; `None`
+/// when that is empty.
+pub fn read_token_file(file: &Path) -> Result<Option<String>, TokenFileError> {
+    let text = std::fs::read_to_string(file).map_err(|source| TokenFileError {
+        file: file.to_owned(),
+        source,
+    })?;
+    Ok(token_of(text))
+}
+
+fn token_of(text: String) -> Option<String> {
+    let token = text.strip_suffix('\n').unwrap_or(&text);
+    (!token.is_empty()).then(|| token.to_owned())
 }
 
 /// `admin.token_file` could not be read.

@@ -187,8 +187,30 @@ struct AdminArgs {
     )]
     admin: String,
     /// The admin bearer token.
-    #[arg(long, env = "HOOKLANE_ADMIN_TOKEN", hide_env_values = true)]
-    token: String,
+    #[arg(
+        long,
+        env = "HOOKLANE_ADMIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    token: Option<String>,
+    /// A file holding the admin bearer token (the gateway's
+    /// `admin.token_file`); it wins over `--token`.
+    #[arg(long, env = "HOOKLANE_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// The token given, or the one in the token file, read as the gateway
+    /// reads its `admin.token_file`.
+    fn token(&self) -> anyhow::Result<String> {
+        match (&self.token, &self.token_file) {
+            (_, Some(file)) => hooklane::config::read_token_file(file)?
+                .ok_or_else(|| anyhow::anyhow!("the admin token file {} is empty", file.display())),
+            (Some(token), None) => Ok(token.clone()),
+            (None, None) => anyhow::bail!("no admin token: pass --token or --token-file"),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -566,7 +588,7 @@ fn admin_request(
     let mut request = client
         .request(call.method, &url)
         .query(&call.query)
-        .bearer_auth(&admin.token);
+        .bearer_auth(admin.token()?);
     request = match call.body {
         Some(AdminBody::Json(json)) => request
             .header(reqwest::header::CONTENT_TYPE, "application/json")

@@ -131,6 +131,11 @@ async fn a_rotated_admin_token_file_takes_effect_and_the_env_token_does_not() {
     std::fs::rename(&next, &token_file).unwrap();
     assert_eq!(status("second-file-token").await, 200);
     assert_eq!(status("first-file-token").await, 401);
+
+    // The CLI reads the same file (its HOOKLANE_ADMIN_TOKEN is refused).
+    let file = token_file.to_str().expect("a UTF-8 path");
+    let lanes = gateway.cli(&["lanes", "--token-file", file]).await;
+    assert!(lanes.contains("speed"), "{lanes}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
