@@ -21,6 +21,7 @@ use crate::dispatch::{log_failure, Accepted};
 use crate::error::ApiError;
 use crate::event::{Event, Headers, EVENT_ID_HEADER};
 use crate::gateway::Gateway;
+use crate::router::Router as Routes;
 use crate::store::Dedup;
 use crate::telemetry;
 
@@ -41,6 +42,30 @@ pub fn routes(gateway: Arc<Gateway>, config: &Config) -> Router {
             max_body_bytes: config.max_body_kb << 10,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
         }))
+}
+
+/// Whether a connection whose first bytes are `head` is for a source with
+/// a speed campaign. A request line cut short says nothing: such a
+/// connection counts as speed, so a legitimate caller is never demoted;
+/// one for another path or an unknown source does not, so a flood of them
+/// does not take the speed lane's threads.
+pub fn is_for_speed(router: &Routes, head: &[u8]) -> bool {
+    let line = head
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(head);
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let (Some(_method), Some(target), Some(_version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return true;
+    };
+    let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+    let source = path
+        .strip_prefix(b"/hooks/")
+        .and_then(|s| std::str::from_utf8(s).ok());
+    source
+        .and_then(|source| router.route(source))
+        .is_some_and(|route| route.speed)
 }
 
 async fn not_found() -> ApiError {
@@ -258,4 +283,42 @@ fn headers(map: &HeaderMap) -> Headers {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_connection_is_for_speed_when_its_first_requests_source_has_a_speed_campaign() {
+        let config = Config::parse(
+            r#"
+            [sources.forms]
+            [sources.scoring]
+            [campaigns.login]
+            source = "forms"
+            lane = "speed"
+            plugin = "login.wasm"
+            [campaigns.score]
+            source = "scoring"
+            lane = "segmentation"
+            plugin = "score.wasm"
+            "#,
+            Path::new("/etc/hooklane.toml"),
+            Path::new("/etc"),
+        )
+        .unwrap();
+        let routes = Routes::new(&config).unwrap();
+        let speed = |head: &str| is_for_speed(&routes, head.as_bytes());
+        assert!(speed("POST /hooks/forms HTTP/1.1\r\nHost: x\r\n"));
+        assert!(speed("POST /hooks/forms?retry=2 HTTP/1.1\r\n"));
+        assert!(!speed("POST /hooks/scoring HTTP/1.1\r\n"));
+        assert!(!speed("POST /hooks/nobody HTTP/1.1\r\n"));
+        assert!(!speed("GET /other HTTP/1.1\r\n"));
+        // Cut short: nothing is known, the caller is not demoted.
+        assert!(speed("POST /hooks/scor"));
+        assert!(speed(""));
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::{Config, DedupConfig, Mode};
+use crate::config::{Config, DedupConfig, Lane, Mode};
 use crate::verify::{SecretError, Verifier};
 
 /// One source's policy and campaigns.
@@ -21,6 +21,10 @@ pub struct Route {
     /// How the source's signatures are checked; unsigned if `None`.
     pub verifier: Option<Verifier>,
     pub dedup: DedupConfig,
+    /// Whether any of its campaigns is in the speed lane: its connections
+    /// are then served on the speed lane's threads, the others' at a lower
+    /// priority (see [`crate::server`]).
+    pub speed: bool,
 }
 
 /// A source's secrets could not be read.
@@ -64,6 +68,7 @@ impl Router {
         for (name, campaign) in &config.campaigns {
             let route = routes.entry(campaign.source.clone()).or_default();
             route.json_input |= campaign.json_input;
+            route.speed |= campaign.lane == Lane::Speed;
             match campaign.mode() {
                 Mode::Sync => route.sync_campaign = Some(name.clone()),
                 Mode::Async => route.async_campaigns.push(name.clone()),

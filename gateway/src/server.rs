@@ -1,6 +1,15 @@
 //! Running the gateway: bind the ingress and admin listeners, serve until a
 //! shutdown signal, then let background work finish. Both listeners are
 //! served by one loop with the same connection limits.
+//!
+//! An ingress connection is served where its first request's source
+//! belongs: one for a source with a speed campaign on the speed lane's
+//! threads (which accept every connection), any other — a segmentation or
+//! care source, an unknown source, another path — on the bulk ingress
+//! threads, as many as the speed lane's but at the segmentation lane's
+//! niceness. A flood of webhooks the gateway refuses or stores for later
+//! then takes CPU from the speed lane only when the speed lane leaves it
+//! idle. The first request decides for the whole connection.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -128,11 +137,18 @@ pub async fn serve(
         let _ = rx.changed().await;
     };
     let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms);
+    let bulk = bulk_ingress_threads(&config)?;
+    let placement = Placement {
+        gateway: gateway.clone(),
+        bulk: bulk.handle().clone(),
+        header_read_timeout,
+    };
     let ingress = serve_listener(
         "ingress",
         ingress_listener,
         crate::ingress::routes(gateway.clone(), &config),
         header_read_timeout,
+        Some(placement),
         stopped(stop_rx.clone()),
     );
     let admin = serve_listener(
@@ -140,12 +156,54 @@ pub async fn serve(
         admin_listener,
         crate::admin::routes(gateway.clone(), config.admin.clone(), metrics),
         header_read_timeout,
+        None,
         stopped(stop_rx),
     );
     tokio::try_join!(ingress, admin)?;
     tracing::info!("Listeners closed; waiting for the runs in progress");
     gateway.stop().await;
+    bulk.shutdown_background();
     Ok(())
+}
+
+/// The threads that serve ingress connections not for the speed lane.
+fn bulk_ingress_threads(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    let nice = config.lanes.segmentation.nice;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.lanes.speed.workers)
+        .thread_name("ingress-bulk")
+        .on_thread_start(move || crate::lanes::lower_priority("bulk ingress", nice))
+        .enable_all()
+        .build()
+}
+
+/// Where an ingress connection is served (see the module's comment).
+#[derive(Clone)]
+struct Placement {
+    gateway: std::sync::Arc<Gateway>,
+    bulk: tokio::runtime::Handle,
+    header_read_timeout: Duration,
+}
+
+/// Bytes of a connection's start looked at to find its first request's
+/// source: a request line with a long query may not fit, and then counts
+/// as speed.
+const PLACEMENT_PEEK_BYTES: usize = 512;
+
+impl Placement {
+    /// The threads to serve `stream` on: none (here, the speed lane's)
+    /// or the bulk ones. Waits for the first bytes, without taking them,
+    /// at most as long as a request head may take.
+    async fn threads_for(&self, stream: &tokio::net::TcpStream) -> Option<&tokio::runtime::Handle> {
+        let mut head = [0u8; PLACEMENT_PEEK_BYTES];
+        let peeked = tokio::time::timeout(self.header_read_timeout, stream.peek(&mut head)).await;
+        // Nothing to look at: hyper answers or times it out, here.
+        let Ok(Ok(n)) = peeked else {
+            return None;
+        };
+        let router = self.gateway.campaigns().router();
+        (!crate::ingress::is_for_speed(&router, &head[..n])).then_some(&self.bulk)
+    }
 }
 
 /// Most headers a request may carry; [`refuse_large_head`] answers beyond.
@@ -173,6 +231,7 @@ async fn serve_listener(
     listener: TcpListener,
     routes: axum::Router,
     header_read_timeout: Duration,
+    placement: Option<Placement>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut http = http1::Builder::new();
@@ -213,10 +272,26 @@ async fn serve_listener(
             }
         };
         let service = TowerToHyperService::new(routes.clone());
-        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (http, watcher, placement) = (http.clone(), connections.watcher(), placement.clone());
         tokio::spawn(async move {
+            let threads = match &placement {
+                Some(placement) => placement.threads_for(&stream).await,
+                None => None,
+            };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             // A client hanging up mid-request is no error of ours.
-            let _ = connection.await;
+            match (threads, placement.is_some()) {
+                (Some(threads), _) => {
+                    telemetry::ingress_connection("bulk");
+                    drop(threads.spawn(connection));
+                }
+                (None, placed) => {
+                    if placed {
+                        telemetry::ingress_connection("speed");
+                    }
+                    drop(connection.await);
+                }
+            }
         });
     }
     if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown())

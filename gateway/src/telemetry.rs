@@ -149,6 +149,12 @@ pub fn accept_error(listener: &'static str) {
     counter!("hooklane_accept_errors_total", "listener" => listener).increment(1);
 }
 
+/// An ingress connection is served on `threads`: `speed` (the speed
+/// lane's) or `bulk` (see [`crate::server`]).
+pub fn ingress_connection(threads: &'static str) {
+    counter!("hooklane_ingress_connections_total", "threads" => threads).increment(1);
+}
+
 /// A lane's depth, set when metrics are scraped.
 pub fn lane_depth(lane: Lane, queued: usize, running: usize, backlog: u64) {
     gauge!("hooklane_lane_queued", "lane" => lane.as_str()).set(queued as f64);

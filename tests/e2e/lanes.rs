@@ -2,13 +2,14 @@
 //! at its bound refuses early with `Retry-After`, and so does one with no
 //! room in memory for a sync caller; the speed lane keeps answering
 //! meanwhile, and a campaign at its cap does not block the others in its
-//! lane.
+//! lane; connections for other lanes are served off the speed lane's
+//! threads.
 
 use serde_json::json;
 
 use crate::harness::{
-    assert_speed_lane_answers, black_hole, hanging_campaign_toml, login_code_toml, plugin, Gateway,
-    Recorder, Reply,
+    assert_speed_lane_answers, black_hole, care_forwarder_toml, hanging_campaign_toml,
+    login_code_toml, plugin, Gateway, Recorder, Reply,
 };
 
 fn assert_overloaded(reply: &Reply, status: u16, lane: &str) {
@@ -119,5 +120,51 @@ plugin = "{enrich}"
     assert_eq!(reply.status, 202);
     gateway
         .kv_eventually("enrich", "profile:c-1", |p| p["orders"] == 4)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_for_other_lanes_and_unknown_sources_are_served_on_the_bulk_threads() {
+    let mut sms = Recorder::start(json!({})).await;
+    let sink = Recorder::start(json!({})).await;
+    let gateway = Gateway::start(&format!(
+        "{}{}",
+        login_code_toml(&sms),
+        care_forwarder_toml("relay", &sink, "", "")
+    ))
+    .await;
+    // A new connection per request: the first request decides where a
+    // connection is served.
+    let post = |source: &str, body: serde_json::Value| {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let url = format!("http://{}/hooks/{source}", gateway.ingress);
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("answer")
+                .status()
+        }
+    };
+    for _ in 0..2 {
+        let login = json!({ "phone": "+4915112345678" });
+        assert_eq!(post("login-form", login).await, 200);
+        sms.next().await;
+    }
+    for order in 0..3 {
+        assert_eq!(post("orders", json!({ "order": order })).await, 202);
+    }
+    assert_eq!(post("nobody", json!({})).await, 404);
+    gateway
+        .metrics_eventually(&[
+            r#"hooklane_ingress_connections_total{threads="speed"} 2"#,
+            r#"hooklane_ingress_connections_total{threads="bulk"} 4"#,
+        ])
         .await;
 }
