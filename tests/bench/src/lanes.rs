@@ -11,7 +11,12 @@
 //! 4. **hostile mix** — `login-code` at the same rate, plus a flood of the
 //!    CPU-heavy `burn` plugin above the segmentation lane's capacity, a care
 //!    backlog of `daily-enrich`, and `hang` plugins waiting on a host that
-//!    never answers.
+//!    never answers;
+//! 5. **refused flood** — on a gateway whose segmentation and care lanes
+//!    hold at most [`FLOOD_QUEUE`] stored events: `login-code` at the same
+//!    rate, idle and then while closed-loop floods (64 connections on the
+//!    segmentation source, 16 on the care source) get nearly all 429 —
+//!    refusals are cheap but not free, and must not cost the speed lane.
 //!
 //! It prints the two ratios that matter — trivial ÷ floor throughput and
 //! speed p99 in the mix ÷ speed p99 idle — as a table and as JSON. All traffic
@@ -37,6 +42,10 @@ use crate::{
 /// bare hyper).
 const TARGET_TRIVIAL_OVER_FLOOR: f64 = 0.5;
 const TARGET_MIX_OVER_IDLE_P99: f64 = 1.5;
+const TARGET_FLOOD_OVER_IDLE_P99: f64 = 1.5;
+/// The segmentation and care lanes' `queue` in the flood scenario: soon
+/// full, so the floods are answered 429.
+const FLOOD_QUEUE: usize = 1000;
 
 /// The load of each phase.
 struct Load {
@@ -49,6 +58,9 @@ struct Load {
     burn_rate: f64,
     care_rate: f64,
     hang_rate: f64,
+    /// Closed-loop connections of the refused floods.
+    flood_segmentation: usize,
+    flood_care: usize,
 }
 
 impl Load {
@@ -63,6 +75,8 @@ impl Load {
                 burn_rate: 20.0,
                 care_rate: 10.0,
                 hang_rate: 5.0,
+                flood_segmentation: 4,
+                flood_care: 2,
             }
         } else {
             Load {
@@ -74,6 +88,8 @@ impl Load {
                 burn_rate: 100.0,
                 care_rate: 50.0,
                 hang_rate: 20.0,
+                flood_segmentation: 64,
+                flood_care: 16,
             }
         }
     }
@@ -103,6 +119,18 @@ pub struct LanesReport {
     pub speed_p99_ratio_per_round: Vec<f64>,
     /// Over all rounds.
     pub speed_errors_in_mix: u64,
+    /// The refused flood's last round: speed idle, speed in the flood, and
+    /// the two floods.
+    pub flood_speed_idle: Vec<ClassReport>,
+    pub flood_speed: Vec<ClassReport>,
+    pub flood_segmentation: ThroughputReport,
+    pub flood_care: ThroughputReport,
+    /// The median of the rounds' ratios.
+    pub speed_p99_flood_over_idle: Option<f64>,
+    /// Each round's ratio, sorted.
+    pub speed_p99_flood_ratio_per_round: Vec<f64>,
+    /// Over all rounds.
+    pub speed_errors_in_flood: u64,
 }
 
 impl LanesReport {
@@ -157,6 +185,28 @@ impl LanesReport {
             "speed-lane errors in the mix:    {}  (target 0: {})\n",
             self.speed_errors_in_mix,
             verdict(self.speed_errors_in_mix == 0)
+        );
+        out += "\n== refused flood (last round)\n";
+        out += &throughput("seg flood", &self.flood_segmentation);
+        out += &throughput("care flood", &self.flood_care);
+        out += "speed idle:\n";
+        out += &loadgen::table(&self.flood_speed_idle);
+        out += "speed in the flood:\n";
+        out += &loadgen::table(&self.flood_speed);
+        match self.speed_p99_flood_over_idle {
+            Some(ratio) => {
+                out += &format!(
+                    "speed p99, refused flood / idle: {ratio:.2}  (target <= {TARGET_FLOOD_OVER_IDLE_P99}: {}; median of rounds {})\n",
+                    verdict(ratio <= TARGET_FLOOD_OVER_IDLE_P99),
+                    rounds(&self.speed_p99_flood_ratio_per_round)
+                )
+            }
+            None => out += "speed p99, refused flood / idle: n/a (no successful speed request)\n",
+        }
+        out += &format!(
+            "speed-lane errors in the flood:  {}  (target 0: {})\n",
+            self.speed_errors_in_flood,
+            verdict(self.speed_errors_in_flood == 0)
         );
         out
     }
@@ -233,21 +283,23 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
     };
     let trivial_ok_per_s = median(&trivial_rates);
 
-    let class = |name: &str, source: &str, rate: f64, payload: &'static [u8]| TrafficClass {
+    let class = |name: &str, url: String, rate: f64, payload: &'static [u8]| TrafficClass {
         name: name.into(),
         rate_per_s: rate,
-        url: hooks(source),
+        url,
         body: Bytes::from_static(payload),
         ok_statuses: 200..300,
     };
-    let login = || {
+    let speed = |ingress: String| {
         class(
             "speed",
-            "login-form",
+            format!("{ingress}/login-form"),
             load.speed_rate,
             br#"{"phone": "+4915112345678"}"#,
         )
     };
+    let base = format!("http://{}/hooks", gateway.addr("ingress"));
+    let login = || speed(base.clone());
     let plan = |classes| Plan {
         classes,
         duration: load.latency_window,
@@ -267,14 +319,14 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         let speed_idle = loadgen::run_open_loop(&plan(vec![login()])).await?;
         let hostile_mix = loadgen::run_open_loop(&plan(vec![
             login(),
-            class("segmentation-burn", "scoring", load.burn_rate, b"{}"),
+            class("segmentation-burn", hooks("scoring"), load.burn_rate, b"{}"),
             class(
                 "care-backlog",
-                "crm",
+                hooks("crm"),
                 load.care_rate,
                 br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#,
             ),
-            class("segmentation-hang", "partner", load.hang_rate, b"{}"),
+            class("segmentation-hang", hooks("partner"), load.hang_rate, b"{}"),
         ]))
         .await?;
         if let (Some(idle), Some(mix)) = (speed_idle[0].p99_us, hostile_mix[0].p99_us) {
@@ -285,6 +337,52 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
     }
     let (speed_idle, hostile_mix) = last.expect("at least one round");
     rounds.sort_by(f64::total_cmp);
+    drop(gateway);
+
+    let flood_config = gateway_config(&plugins, &floor_url, never)
+        + &format!(
+            "[lanes.segmentation]\nqueue = {FLOOD_QUEUE}\n[lanes.care]\nqueue = {FLOOD_QUEUE}\n"
+        )
+        + &store.toml;
+    let flooded = options.start_gateway("flood", &flood_config).await?;
+    let flooded_hooks = format!("http://{}/hooks", flooded.addr("ingress"));
+    let login = || speed(flooded_hooks.clone());
+    let flood = |source: &str, connections: usize, payload: &'static [u8]| {
+        let url = format!("{flooded_hooks}/{source}");
+        async move {
+            let body = Bytes::from_static(payload);
+            let window = load.latency_window;
+            loadgen::run_closed_loop(&url, body, connections, window, REQUEST_TIMEOUT).await
+        }
+    };
+    let mut flood_rounds = Vec::with_capacity(load.rounds);
+    let mut last_flood = None;
+    let mut speed_errors_in_flood = 0;
+    for round in 1..=load.rounds {
+        eprintln!(
+            "bench: round {round}/{}: speed idle, then a refused flood, {:?} each",
+            load.rounds, load.latency_window
+        );
+        let speed_only = plan(vec![login()]);
+        let idle = loadgen::run_open_loop(&speed_only).await?;
+        let (speed, segmentation, care) = tokio::try_join!(
+            loadgen::run_open_loop(&speed_only),
+            flood("scoring", load.flood_segmentation, b"{}"),
+            flood(
+                "crm",
+                load.flood_care,
+                br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#
+            ),
+        )?;
+        if let (Some(idle), Some(flooded)) = (idle[0].p99_us, speed[0].p99_us) {
+            flood_rounds.push(flooded as f64 / idle.max(1) as f64);
+        }
+        speed_errors_in_flood += speed[0].errors + speed[0].refused;
+        last_flood = Some((idle, speed, segmentation, care));
+    }
+    let (flood_speed_idle, flood_speed, flood_segmentation, flood_care) =
+        last_flood.expect("at least one round");
+    flood_rounds.sort_by(f64::total_cmp);
     let report = LanesReport {
         smoke: options.smoke,
         store: backend,
@@ -299,6 +397,13 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         hostile_mix,
         speed_p99_mix_over_idle: rounds.get(rounds.len() / 2).copied(),
         speed_p99_ratio_per_round: rounds,
+        flood_speed_idle,
+        flood_speed,
+        flood_segmentation,
+        flood_care,
+        speed_p99_flood_over_idle: flood_rounds.get(flood_rounds.len() / 2).copied(),
+        speed_p99_flood_ratio_per_round: flood_rounds,
+        speed_errors_in_flood,
     };
     write_report(&options.out, &report)?;
     Ok(report)

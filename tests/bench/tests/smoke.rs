@@ -117,6 +117,19 @@ fn assert_lanes_ran((printed, report): (String, Value), store: &str) {
     assert!(idle["ok"].as_u64().unwrap() > 0, "{report}");
     assert!(idle["p99_us"].as_u64().unwrap() > 0, "{report}");
     assert_judged_beside_the_ceiling(&printed, &report, "trivial_over_floor");
+    assert!(
+        printed.contains("speed p99, refused flood / idle:"),
+        "{printed}"
+    );
+    assert!(
+        report["flood_speed"][0]["ok"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    for flood in ["flood_segmentation", "flood_care"] {
+        let answered =
+            report[flood]["ok"].as_u64().unwrap() + report[flood]["refused"].as_u64().unwrap();
+        assert!(answered > 0, "{flood}: {report}");
+    }
 }
 
 /// The report carries the generator's ceiling, prints it, and `figure` is
