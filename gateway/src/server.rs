@@ -273,25 +273,30 @@ async fn serve_listener(
         };
         let service = TowerToHyperService::new(routes.clone());
         let (http, watcher, placement) = (http.clone(), connections.watcher(), placement.clone());
-        tokio::spawn(async move {
-            let threads = match &placement {
-                Some(placement) => placement.threads_for(&stream).await,
-                None => None,
-            };
+        let serve = move |stream: tokio::net::TcpStream| async move {
             let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             // A client hanging up mid-request is no error of ours.
-            match (threads, placement.is_some()) {
-                (Some(threads), _) => {
-                    telemetry::ingress_connection("bulk");
-                    drop(threads.spawn(connection));
+            let _ = connection.await;
+        };
+        tokio::spawn(async move {
+            let Some(placement) = placement else {
+                return serve(stream).await;
+            };
+            let Some(threads) = placement.threads_for(&stream).await else {
+                telemetry::ingress_connection("speed");
+                return serve(stream).await;
+            };
+            telemetry::ingress_connection("bulk");
+            // Registered with the bulk threads' own reactor: its readiness
+            // events must not be handled on the speed lane's threads either.
+            let Ok(stream) = stream.into_std() else {
+                return;
+            };
+            threads.spawn(async move {
+                if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                    serve(stream).await;
                 }
-                (None, placed) => {
-                    if placed {
-                        telemetry::ingress_connection("speed");
-                    }
-                    drop(connection.await);
-                }
-            }
+            });
         });
     }
     if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown())

@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::harness::{black_hole, plugin, within, Gateway};
+use crate::harness::{black_hole, hanging_campaign_toml, plugin, within, Gateway};
 
 /// The runs `/v1/events{query}` lists.
 async fn runs(gateway: &Gateway, query: &str) -> Vec<Value> {
@@ -53,18 +53,9 @@ source = "count"
 lane = "speed"
 plugin = "{counter}"
 deadline_ms = 2000
-[sources.stuck]
-[campaigns.stuck]
-source = "stuck"
-lane = "segmentation"
-plugin = "{hang}"
-deadline_ms = 300
-fetch_timeout_ms = 10_000
-allowed_hosts = ["{never}"]
-settings = {{ url = "http://{never}/" }}
-"#,
+{stuck}"#,
         counter = plugin("abuse"),
-        hang = plugin("hang"),
+        stuck = hanging_campaign_toml("stuck", never, 300, ""),
     ))
     .await;
 

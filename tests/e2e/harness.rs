@@ -602,9 +602,14 @@ pub async fn assert_speed_lane_answers(gateway: &Gateway, sms: &mut Recorder, af
 }
 
 /// A segmentation campaign `name` (on source `name`) running the `hang`
-/// plugin against `never`, so each of its events holds a run slot for a
-/// minute; `extra` adds config lines.
-pub fn hanging_campaign_toml(name: &str, never: SocketAddr, extra: &str) -> String {
+/// plugin against `never`, so each of its events holds a run slot until
+/// its deadline (`deadline_ms`); `extra` adds config lines.
+pub fn hanging_campaign_toml(
+    name: &str,
+    never: SocketAddr,
+    deadline_ms: u64,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [sources.{name}]
@@ -612,7 +617,7 @@ pub fn hanging_campaign_toml(name: &str, never: SocketAddr, extra: &str) -> Stri
 source = "{name}"
 lane = "segmentation"
 plugin = "{hang}"
-deadline_ms = 60_000
+deadline_ms = {deadline_ms}
 fetch_timeout_ms = 60_000
 allowed_hosts = ["{never}"]
 settings = {{ url = "http://{never}/" }}

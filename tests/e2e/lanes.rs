@@ -44,7 +44,7 @@ plugin = "{hang}"
 {slow}"#,
         hang = plugin("hang"),
         login = login_code_toml(&sms),
-        slow = hanging_campaign_toml("slow", never, ""),
+        slow = hanging_campaign_toml("slow", never, 60_000, ""),
     ))
     .await;
 
@@ -105,7 +105,7 @@ plugin = "{enrich}"
 {capped}"#,
         enrich = plugin("daily-enrich"),
         // At most one run at a time, and that run never finishes.
-        capped = hanging_campaign_toml("capped", never, "max_concurrency = 1"),
+        capped = hanging_campaign_toml("capped", never, 60_000, "max_concurrency = 1"),
     ))
     .await;
     for _ in 0..3 {
