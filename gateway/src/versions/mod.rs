@@ -150,6 +150,11 @@ pub trait Shelf: Send + Sync + 'static {
     /// The component stored under `digest`, unchecked; `None` if missing.
     fn read_blob(&self, digest: &str) -> Result<Option<Vec<u8>>, VersionError>;
     fn write_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), VersionError>;
+    /// Whether the component stored under `digest` is there and is what
+    /// was stored; by default read and hashed.
+    fn has_intact_blob(&self, digest: &str) -> bool {
+        matches!(self.read_blob(digest), Ok(Some(bytes)) if hex::encode(Sha256::digest(&bytes)) == digest)
+    }
     fn delete_blob(&self, digest: &str) -> Result<(), VersionError>;
     /// How errors name a component's place.
     fn blob_place(&self, digest: &str) -> String;
@@ -266,7 +271,7 @@ impl PluginVersions {
     ) -> Result<Version, VersionError> {
         // Written first, and again if it is missing or was changed: a
         // history never names a component that is not there.
-        if self.read(digest).is_err() {
+        if !self.shelf.has_intact_blob(digest) {
             self.shelf.write_blob(digest, bytes)?;
         }
         self.modify(campaign, |history| {
@@ -488,9 +493,14 @@ pub(crate) mod tests {
             versions.delete("a", 1),
             Err(VersionError::Unknown { version: 1, .. })
         ));
-        // The last version naming it takes the component with it.
+        // The last version naming it takes the component with it…
         assert_eq!(versions.delete("b", 1).unwrap(), Some(sha(b"one")));
         assert!(versions.read(&sha(b"one")).is_err());
+        // …and storing it again brings it back.
+        versions
+            .store("b", b"one", &sha(b"one"), Origin::Deploy)
+            .unwrap();
+        assert_eq!(versions.read(&sha(b"one")).unwrap(), b"one");
         // A deleted number, even the highest, is never given again.
         let three = versions
             .store("a", b"three", &sha(b"three"), Origin::Deploy)
