@@ -432,7 +432,8 @@ impl Gateway {
     /// Run the plugin and commit what it asked for — KV changes,
     /// deliveries, emitted events and the acknowledgement of `ack` — in one
     /// durable commit, then schedule the deliveries and events. The run is
-    /// kept among the campaign's recent ones.
+    /// kept among the campaign's recent ones, and its event for shadow runs
+    /// if the campaign keeps them.
     async fn run(
         self: &Arc<Self>,
         loaded: &Arc<LoadedCampaign>,
@@ -457,6 +458,9 @@ impl Gateway {
             Ok((_, actions)) => record.ok(actions.clone()),
             Err(error) => record.failed(error.cause(), error.to_string()),
         });
+        if let Some(shadow) = &loaded.config.shadow {
+            self.recordings.record(&loaded.name, shadow, event);
+        }
         committed.map(|(reply, _)| reply)
     }
 

@@ -13,6 +13,7 @@ use crate::lanes::Lanes;
 use crate::recent::RecentRuns;
 use crate::router::VerifierError;
 use crate::runtime::{HostServices, LoadError, Runtime};
+use crate::shadow::Recordings;
 use crate::store::{EventQueue, KvStore, StoreError};
 use crate::versions::VersionError;
 
@@ -48,6 +49,8 @@ pub struct Gateway {
     deliveries: Arc<Deliveries>,
     /// Each campaign's recent runs, for operators.
     pub(crate) recent: RecentRuns,
+    /// The events kept for shadow runs, of campaigns that keep them.
+    pub(crate) recordings: Recordings,
 }
 
 impl Gateway {
@@ -101,6 +104,7 @@ impl Gateway {
             queue,
             deliveries: Arc::new(deliveries),
             recent: RecentRuns::default(),
+            recordings: Recordings::default(),
         }))
     }
 

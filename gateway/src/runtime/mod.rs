@@ -275,11 +275,33 @@ impl Runtime {
         limits: &CampaignLimits,
         version: &str,
     ) -> Plugin {
-        let sandbox = Sandbox::new(name, campaign, limits, version);
+        let metrics = crate::telemetry::PluginMetrics::new(name, campaign.lane);
+        let sandbox = Sandbox::new(name, campaign, limits, version, metrics);
+        self.bind(compiled, sandbox, self.services.clone())
+    }
+
+    /// [`Runtime::plugin`] for a shadow run: its host imports read KV from
+    /// `kv` (a read-only view) and its runs count in no metric.
+    pub fn shadow_plugin(
+        &self,
+        compiled: &Compiled,
+        name: &str,
+        campaign: &CampaignConfig,
+        limits: &CampaignLimits,
+        version: &str,
+        kv: Arc<dyn crate::store::KvStore>,
+    ) -> Plugin {
+        let metrics = crate::telemetry::PluginMetrics::unrecorded(name, campaign.lane);
+        let sandbox = Sandbox::new(name, campaign, limits, version, metrics);
+        let http = self.services.http.clone();
+        self.bind(compiled, sandbox, HostServices { kv, http })
+    }
+
+    fn bind(&self, compiled: &Compiled, sandbox: Sandbox, services: HostServices) -> Plugin {
         Plugin {
             compiled: compiled.clone(),
             sandbox: Arc::new(sandbox),
-            services: self.services.clone(),
+            services,
             fuel_yield_interval: self.fuel_yield_interval,
         }
     }
@@ -401,7 +423,13 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    fn new(name: &str, campaign: &CampaignConfig, limits: &CampaignLimits, version: &str) -> Self {
+    fn new(
+        name: &str,
+        campaign: &CampaignConfig,
+        limits: &CampaignLimits,
+        version: &str,
+        metrics: crate::telemetry::PluginMetrics,
+    ) -> Self {
         Sandbox {
             campaign: name.into(),
             lane: campaign.lane,
@@ -414,7 +442,7 @@ impl Sandbox {
             fetch_timeout: Duration::from_millis(campaign.fetch_timeout_ms),
             kv_namespace: campaign.kv_namespace.clone().unwrap_or_else(|| name.into()),
             settings: campaign.settings.clone(),
-            metrics: crate::telemetry::PluginMetrics::new(name, campaign.lane),
+            metrics,
         }
     }
 }
