@@ -646,18 +646,26 @@ impl fmt::Display for Side {
 }
 
 impl fmt::Display for Body {
-    /// The body's start, shortened to a line; its size and digest if not text.
+    /// The body's start in backquotes, shortened to a line, control
+    /// characters escaped; its size and digest if it is not text.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const LINE: usize = 80;
-        match &self.text {
-            Some(text) if text.chars().count() <= LINE && text.len() == self.bytes => {
-                write!(f, "{text:?}")
-            }
-            Some(text) => {
-                let start: String = text.chars().take(LINE).collect();
-                write!(f, "{start:?}... ({} bytes)", self.bytes)
-            }
-            None => write!(f, "({} bytes, sha256 {})", self.bytes, &self.sha256[..12]),
+        let Some(text) = &self.text else {
+            return write!(f, "({} bytes, sha256 {})", self.bytes, &self.sha256[..12]);
+        };
+        let start: String = (text.chars().take(LINE))
+            .flat_map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect();
+        if text.chars().count() <= LINE && text.len() == self.bytes {
+            write!(f, "`{start}`")
+        } else {
+            write!(f, "`{start}`... ({} bytes)", self.bytes)
         }
     }
 }

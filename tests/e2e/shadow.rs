@@ -90,8 +90,8 @@ async fn footprint(gateway: &Gateway) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shadow_run_shows_the_difference_and_nothing_it_did_reaches_kv_destinations_or_campaigns(
-) {
+async fn a_shadow_run_shows_the_difference_and_nothing_it_did_reaches_kv_destinations_or_campaigns()
+{
     let mut mailer = Recorder::start(json!({})).await;
     let gateway = Gateway::start(&shadow_toml(&mailer)).await;
     let abuse = std::fs::read(plugin("abuse")).expect("abuse.wasm");
