@@ -334,7 +334,8 @@ impl Comparison {
             ("kv", running.kv != candidate.kv),
         ]
         .into_iter()
-        .filter_map(|(what, differs)| differs.then(|| what.to_owned()))
+        .filter(|(_, differs)| *differs)
+        .map(|(what, _)| what.to_owned())
         .collect();
         Comparison {
             event_id: event.id.clone(),
@@ -488,19 +489,30 @@ impl Side {
 /// makes).
 struct Snapshot {
     live: Arc<dyn KvStore>,
-    values: Mutex<HashMap<(String, String), Option<Vec<u8>>>>,
-    lists: Mutex<HashMap<String, Vec<String>>>,
-    usage: Mutex<HashMap<String, (KvUsage, KvQuota)>>,
+    seen: Mutex<Seen>,
+}
+
+/// What a [`Snapshot`] read from the live store so far.
+#[derive(Default)]
+struct Seen {
+    /// By namespace and key; none: absent.
+    values: HashMap<(String, String), Option<Vec<u8>>>,
+    /// By the list call's arguments, as JSON.
+    lists: HashMap<String, Vec<String>>,
+    /// By namespace.
+    usage: HashMap<String, (KvUsage, KvQuota)>,
 }
 
 impl Snapshot {
     fn of(live: Arc<dyn KvStore>) -> Snapshot {
         Snapshot {
             live,
-            values: Mutex::default(),
-            lists: Mutex::default(),
-            usage: Mutex::default(),
+            seen: Mutex::default(),
         }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().expect("snapshot lock")
     }
 }
 
@@ -512,12 +524,11 @@ fn read_only() -> StoreError {
 impl KvStore for Snapshot {
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let id = (namespace.to_owned(), key.to_owned());
-        if let Some(seen) = self.values.lock().expect("snapshot lock").get(&id) {
+        if let Some(seen) = self.seen().values.get(&id) {
             return Ok(seen.clone());
         }
         let value = self.live.get(namespace, key).await?;
-        let mut values = self.values.lock().expect("snapshot lock");
-        Ok(values.entry(id).or_insert(value).clone())
+        Ok(self.seen().values.entry(id).or_insert(value).clone())
     }
 
     async fn set(
@@ -542,21 +553,23 @@ impl KvStore for Snapshot {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         let id = serde_json::json!([namespace, prefix, after, limit]).to_string();
-        if let Some(seen) = self.lists.lock().expect("snapshot lock").get(&id) {
+        if let Some(seen) = self.seen().lists.get(&id) {
             return Ok(seen.clone());
         }
         let page = self.live.list(namespace, prefix, after, limit).await?;
-        let mut lists = self.lists.lock().expect("snapshot lock");
-        Ok(lists.entry(id).or_insert(page).clone())
+        Ok(self.seen().lists.entry(id).or_insert(page).clone())
     }
 
     async fn usage(&self, namespace: &str) -> Result<(KvUsage, KvQuota), StoreError> {
-        if let Some(seen) = self.usage.lock().expect("snapshot lock").get(namespace) {
+        if let Some(seen) = self.seen().usage.get(namespace) {
             return Ok(*seen);
         }
         let usage = self.live.usage(namespace).await?;
-        let mut all = self.usage.lock().expect("snapshot lock");
-        Ok(*all.entry(namespace.to_owned()).or_insert(usage))
+        Ok(*self
+            .seen()
+            .usage
+            .entry(namespace.to_owned())
+            .or_insert(usage))
     }
 }
 
@@ -730,6 +743,28 @@ mod tests {
         let expected = [&events[3].id, &events[4].id, &events[2].id];
         assert_eq!(kept, expected.map(String::clone));
         assert!(recordings.events("other").0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_keeps_what_it_first_read_and_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let quota = KvQuota {
+            bytes: 1 << 20,
+            keys: 100,
+        };
+        let store = crate::store::embedded::EmbeddedStore::open(dir.path(), false, quota).unwrap();
+        let live: Arc<dyn KvStore> = Arc::new(store);
+        live.set("ns", "k", b"before", None).await.unwrap();
+        let snapshot = Snapshot::of(live.clone());
+        assert_eq!(snapshot.get("ns", "k").await.unwrap().unwrap(), b"before");
+        assert_eq!(snapshot.list("ns", "", None, 10).await.unwrap(), ["k"]);
+        live.set("ns", "k", b"after", None).await.unwrap();
+        live.set("ns", "k2", b"new", None).await.unwrap();
+        assert_eq!(snapshot.get("ns", "k").await.unwrap().unwrap(), b"before");
+        assert_eq!(snapshot.list("ns", "", None, 10).await.unwrap(), ["k"]);
+        assert!(snapshot.set("ns", "k", b"shadow", None).await.is_err());
+        assert!(snapshot.delete("ns", "k").await.is_err());
+        assert_eq!(live.get("ns", "k").await.unwrap().unwrap(), b"after");
     }
 
     #[test]
