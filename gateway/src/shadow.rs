@@ -178,19 +178,12 @@ impl Gateway {
         }
         let compiled = self.campaigns().compile_upload(campaign, upload).await?;
         let snapshot: Arc<dyn KvStore> = Arc::new(Snapshot::of(self.kv().clone()));
-        let bind = |compiled, version: &str| {
-            self.campaigns().runtime().shadow_plugin(
-                compiled,
-                &loaded.name,
-                &loaded.config,
-                &loaded.limits,
-                &format!("{version} (shadow)"),
-                snapshot.clone(),
-            )
-        };
+        let (name, config, limits) = (&loaded.name, &loaded.config, &loaded.limits);
+        let upload = (self.campaigns().runtime()).plugin(&compiled, name, config, limits, "upload");
+        let running = format!("{} (shadow)", loaded.version.label());
         let sides = Sides {
-            running: bind(loaded.plugin.compiled(), &loaded.version.label()),
-            candidate: bind(&compiled, "upload"),
+            running: loaded.plugin.shadow(&running, snapshot.clone()),
+            candidate: upload.shadow("upload (shadow)", snapshot),
         };
         let (answer, answered) = oneshot::channel();
         let work = async move {

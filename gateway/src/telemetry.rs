@@ -42,7 +42,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 
 /// One campaign's plugin-run series, registered once when the campaign is
 /// loaded, so the hot path records without building label sets.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PluginMetrics {
     campaign: String,
     lane: Lane,
