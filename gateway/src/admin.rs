@@ -370,7 +370,7 @@ async fn rollback(
 }
 
 async fn reload(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
-    let reloaded = admin.gateway.campaigns().reload().await?;
+    let reloaded = admin.gateway.reload().await?;
     Ok(Json(json!({ "reloaded": reloaded })))
 }
 

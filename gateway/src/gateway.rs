@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::campaigns::Campaigns;
+use crate::campaigns::{Campaigns, ReloadError, Reloaded};
 use crate::config::{Config, Lane, LaneConfig, LanesConfig};
 use crate::delivery::{Deliveries, SecretError};
 use crate::dispatch::Wakers;
@@ -111,6 +111,19 @@ impl Gateway {
     /// The campaigns, their routes, and deploys, rollbacks and reloads.
     pub fn campaigns(&self) -> &Arc<Campaigns> {
         &self.campaigns
+    }
+
+    /// Read the config file again ([`Campaigns::reload`]), then forget the
+    /// events kept for shadow runs of campaigns that keep none now, or
+    /// keep them otherwise (another redaction, say): nothing stays in
+    /// memory under rules that no longer hold.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+        let reloaded = self.campaigns.reload().await?;
+        self.recordings.retain(|name, kept_under| {
+            let loaded = self.campaigns.get(name);
+            loaded.is_some_and(|c| c.config.shadow.as_ref() == Some(kept_under))
+        });
+        Ok(reloaded)
     }
 
     pub fn lanes(&self) -> &Lanes {

@@ -9,7 +9,8 @@
 //! `"[redacted]"` *before* they are kept. With pointers configured, a body
 //! that is not JSON cannot be redacted and is not kept (counted as
 //! `not_kept`). Campaigns that did not opt in cost one `Option` check per
-//! run.
+//! run. Events kept under rules a reload removed or changed are forgotten
+//! ([`Gateway::reload`]), and a restart forgets them all.
 //!
 //! A shadow run ([`Gateway::shadow_run`]) runs the running version and the
 //! upload on each kept event, one after the other, as one piece of work in
@@ -70,28 +71,41 @@ pub struct Recordings {
     by_campaign: DashMap<String, Mutex<Kept>>,
 }
 
-#[derive(Default)]
 struct Kept {
+    /// The rules they were kept under.
+    config: ShadowConfig,
     /// Oldest first.
     events: VecDeque<Event>,
     /// Events not kept because their body could not be redacted.
     not_kept: u64,
 }
 
+impl Kept {
+    fn new(config: &ShadowConfig) -> Kept {
+        Kept {
+            config: config.clone(),
+            events: VecDeque::new(),
+            not_kept: 0,
+        }
+    }
+}
+
 impl Recordings {
     /// Keep `event`, redacted as `shadow` says, in place of an earlier run
     /// of it (a retry), and forget the campaign's oldest beyond `record`.
+    /// Events kept under other rules are forgotten first.
     pub fn record(&self, campaign: &str, shadow: &ShadowConfig, event: &Event) {
         let redacted = redacted(event, &shadow.redact);
         let kept = match self.by_campaign.get(campaign) {
             Some(kept) => kept,
-            None => self
-                .by_campaign
-                .entry(campaign.to_owned())
-                .or_default()
+            None => (self.by_campaign.entry(campaign.to_owned()))
+                .or_insert_with(|| Mutex::new(Kept::new(shadow)))
                 .downgrade(),
         };
         let mut kept = kept.lock().expect("recordings lock");
+        if kept.config != *shadow {
+            *kept = Kept::new(shadow);
+        }
         let Some(redacted) = redacted else {
             kept.not_kept += 1;
             return;
@@ -101,6 +115,14 @@ impl Recordings {
         while kept.events.len() > shadow.record {
             kept.events.pop_front();
         }
+    }
+
+    /// Keep the events of the campaigns `keep(campaign, rules they were
+    /// kept under)` holds for; forget the others.
+    pub fn retain(&self, keep: impl Fn(&str, &ShadowConfig) -> bool) {
+        (self.by_campaign).retain(|campaign, kept| {
+            keep(campaign, &kept.get_mut().expect("recordings lock").config)
+        });
     }
 
     /// `campaign`'s kept events, oldest first, and how many were not kept.
@@ -736,6 +758,12 @@ mod tests {
         let expected = [&events[3].id, &events[4].id, &events[2].id];
         assert_eq!(kept, expected.map(String::clone));
         assert!(recordings.events("other").0.is_empty());
+
+        // Other rules: what was kept under the old ones goes.
+        recordings.record("c", &shadow(3, &["/email"]), &event("{}"));
+        assert_eq!(recordings.events("c").0.len(), 1);
+        recordings.retain(|_, kept_under| kept_under.redact.is_empty());
+        assert!(recordings.events("c").0.is_empty());
     }
 
     #[tokio::test]
