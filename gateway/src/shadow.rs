@@ -48,7 +48,7 @@ use tokio::sync::oneshot;
 use crate::actions::{self, Reply};
 use crate::campaigns::{DeployError, LoadedCampaign};
 use crate::config::{Lane, ShadowConfig};
-use crate::dispatch::RunError;
+use crate::dispatch::{check_emit_depth, RunError};
 use crate::event::Event;
 use crate::gateway::Gateway;
 use crate::lanes::LaneFull;
@@ -206,6 +206,7 @@ impl Gateway {
         let sides = Sides {
             running: loaded.plugin.shadow(&running, snapshot.clone()),
             candidate: upload.shadow("upload (shadow)", snapshot),
+            max_emit_depth: self.max_emit_depth,
         };
         let (answer, answered) = oneshot::channel();
         let work = async move {
@@ -222,6 +223,7 @@ impl Gateway {
 struct Sides {
     running: Plugin,
     candidate: Plugin,
+    max_emit_depth: usize,
 }
 
 impl Sides {
@@ -233,8 +235,8 @@ impl Sides {
             if started.elapsed() > BUDGET {
                 break;
             }
-            let running = run(loaded, &self.running, event, deadline).await;
-            let candidate = run(loaded, &self.candidate, event, deadline).await;
+            let running = self.run(loaded, &self.running, event, deadline).await;
+            let candidate = self.run(loaded, &self.candidate, event, deadline).await;
             compared.push(Comparison::of(event, running, candidate));
         }
         Report {
@@ -246,20 +248,34 @@ impl Sides {
             events: compared,
         }
     }
-}
 
-/// Run `plugin` on `event` and plan what it asked for, as the dispatcher
-/// would before its commit — which never comes.
-async fn run(loaded: &LoadedCampaign, plugin: &Plugin, event: &Event, deadline: Duration) -> Side {
-    let ran = plugin.run(event, deadline).await;
-    let mut outcome = Outcome {
-        kv_namespace: plugin.sandbox().kv_namespace.clone(),
-        ..Outcome::default()
-    };
-    let planned = ran.result.and_then(|output| {
-        actions::plan(&loaded.name, &loaded.config, event, output, &mut outcome)
-    });
-    Side::of(planned, &outcome, ran.fuel_used, ran.elapsed)
+    /// Run `plugin` on `event` and plan what it asked for, as the
+    /// dispatcher would before its commit — which never comes. (The checks
+    /// only a commit makes — lanes with room for the emits, the KV quota
+    /// against returned `kv-set` actions, compare-and-swap expectations —
+    /// are not made.)
+    async fn run(
+        &self,
+        loaded: &LoadedCampaign,
+        plugin: &Plugin,
+        event: &Event,
+        deadline: Duration,
+    ) -> Side {
+        let ran = plugin.run(event, deadline).await;
+        let mut outcome = Outcome {
+            kv_namespace: plugin.sandbox().kv_namespace.clone(),
+            ..Outcome::default()
+        };
+        let planned = ran
+            .result
+            .and_then(|output| {
+                actions::plan(&loaded.name, &loaded.config, event, output, &mut outcome)
+            })
+            .and_then(|reply| {
+                check_emit_depth(&outcome.emitted, self.max_emit_depth).map(|()| reply)
+            });
+        Side::of(planned, &outcome, ran.fuel_used, ran.elapsed)
+    }
 }
 
 /// A shadow run's answer: each kept event's runs by both versions, and
