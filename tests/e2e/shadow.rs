@@ -94,7 +94,7 @@ async fn a_shadow_run_shows_the_difference_and_nothing_it_did_reaches_kv_destina
 {
     let mut mailer = Recorder::start(json!({})).await;
     let gateway = Gateway::start(&shadow_toml(&mailer)).await;
-    let abuse = std::fs::read(plugin("abuse")).expect("abuse.wasm");
+    let abuse = plugin_bytes("abuse");
 
     // Nothing kept yet: nothing to compare.
     let none = shadow(&gateway, "signup", abuse.clone()).await;
@@ -191,7 +191,7 @@ async fn a_shadow_run_shows_the_difference_and_nothing_it_did_reaches_kv_destina
         "invalid_plugin",
     );
     assert!(detail.contains("not a WebAssembly binary"), "{detail}");
-    let cart = std::fs::read(plugin("abandoned-cart")).expect("abandoned_cart.wasm");
+    let cart = plugin_bytes("abandoned-cart");
     let detail = refusal(
         &shadow(&gateway, "signup", cart).await,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -230,4 +230,19 @@ async fn a_shadow_run_shows_the_difference_and_nothing_it_did_reaches_kv_destina
     let left: Vec<Value> = mailer.drain().iter().map(|r| r.json()).collect();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(gateway.kv("signup", "shadow-0").await, None);
+
+    // Other redaction rules by a reload: what was kept under the old ones
+    // is forgotten.
+    let config = shadow_toml(&mailer);
+    gateway.rewrite_config(&config.replace("\"/customer/phone\"", "\"/customer\""));
+    gateway.admin(Method::POST, "/v1/reload").await;
+    refusal(
+        &shadow(&gateway, "signup", plugin_bytes("trivial")).await,
+        StatusCode::CONFLICT,
+        "nothing_recorded",
+    );
+}
+
+fn plugin_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(plugin(name)).expect("a built plugin")
 }
