@@ -275,8 +275,7 @@ impl Runtime {
         limits: &CampaignLimits,
         version: &str,
     ) -> Plugin {
-        let metrics = crate::telemetry::PluginMetrics::new(name, campaign.lane);
-        let sandbox = Sandbox::new(name, campaign, limits, version, metrics);
+        let sandbox = Sandbox::new(name, campaign, limits, version);
         Plugin {
             compiled: compiled.clone(),
             sandbox: Arc::new(sandbox),
@@ -402,13 +401,7 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    fn new(
-        name: &str,
-        campaign: &CampaignConfig,
-        limits: &CampaignLimits,
-        version: &str,
-        metrics: crate::telemetry::PluginMetrics,
-    ) -> Self {
+    fn new(name: &str, campaign: &CampaignConfig, limits: &CampaignLimits, version: &str) -> Self {
         Sandbox {
             campaign: name.into(),
             lane: campaign.lane,
@@ -421,7 +414,7 @@ impl Sandbox {
             fetch_timeout: Duration::from_millis(campaign.fetch_timeout_ms),
             kv_namespace: campaign.kv_namespace.clone().unwrap_or_else(|| name.into()),
             settings: campaign.settings.clone(),
-            metrics,
+            metrics: crate::telemetry::PluginMetrics::new(name, campaign.lane),
         }
     }
 }
