@@ -166,7 +166,7 @@ pub enum ShadowError {
     Unavailable { campaign: String, reason: String },
     #[error("campaign `{0}` keeps no events for shadow runs: set `campaigns.{0}.shadow = {{ record = N }}` in the config")]
     NotEnabled(String),
-    #[error("campaign `{campaign}` has run no event on this node that it could keep since it started recording ({not_kept} not kept: their bodies are not JSON, so they cannot be redacted)")]
+    #[error("campaign `{campaign}` has kept no event on this node yet ({not_kept} not kept since recording started: with `redact` pointers, a body that is not JSON is not kept)")]
     NothingRecorded { campaign: String, not_kept: u64 },
     #[error(transparent)]
     LaneFull(#[from] LaneFull),
