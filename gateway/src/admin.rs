@@ -1,8 +1,8 @@
 //! The operator API on its own listener (loopback by default): health,
 //! readiness, campaigns, lane depths and run figures, the
 //! [`advice`](crate::advice) of which lane fits each campaign, plugin
-//! state, dead letters with replay, and the [`console`](crate::console)
-//! that shows them in a browser. `/v1/*` needs the bearer token. Replays
+//! state, dead letters with replay, shadow runs of an upload, and the
+//! [`console`](crate::console) that shows them in a browser. `/v1/*` needs the bearer token. Replays
 //! go through the same durable queue and lanes that sources' events use.
 
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::lanes::LaneDepth;
 use crate::recent;
+use crate::shadow;
 use crate::store::{DeadItem, DeadLetter, DeadLetterFilter, StoreError};
 use crate::telemetry;
 use crate::versions::Version;
@@ -64,6 +65,10 @@ pub fn routes(
         .route(
             "/v1/campaigns/{campaign}/versions/{version}",
             delete(delete_version),
+        )
+        .route(
+            "/v1/campaigns/{campaign}/shadow",
+            post(shadow_run).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
         )
         .route("/v1/campaigns/{campaign}/rollback", post(rollback))
         .route("/v1/reload", post(reload))
@@ -297,15 +302,35 @@ async fn deploy(
     Path(campaign): Path<String>,
     body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
+    let version = admin
+        .gateway
+        .campaigns()
+        .deploy(&campaign, component(body)?)
+        .await?;
+    let answer = describe_version(&campaign, &version, true);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// The body is a component, checked as a deploy checks it; it runs with
+/// the running version on the campaign's kept events, with no side
+/// effects, and is neither stored nor swapped in.
+async fn shadow_run(
+    State(admin): State<Arc<Admin>>,
+    Path(campaign): Path<String>,
+    body: Result<bytes::Bytes, BytesRejection>,
+) -> Result<Json<shadow::Report>, ApiError> {
+    let report = admin.gateway.shadow_run(&campaign, component(body)?).await;
+    Ok(Json(report?))
+}
+
+/// An uploaded component, or why it could not be read.
+fn component(body: Result<bytes::Bytes, BytesRejection>) -> Result<bytes::Bytes, ApiError> {
+    body.map_err(|rejection| {
         unreadable_body(
             rejection,
             &format!("the component (at most {} MiB)", MAX_PLUGIN_BYTES >> 20),
         )
-    })?;
-    let version = admin.gateway.campaigns().deploy(&campaign, body).await?;
-    let answer = describe_version(&campaign, &version, true);
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    })
 }
 
 /// A body that could not be read (too large, cut off) as a JSON refusal.
@@ -345,7 +370,7 @@ async fn rollback(
 }
 
 async fn reload(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
-    let reloaded = admin.gateway.campaigns().reload().await?;
+    let reloaded = admin.gateway.reload().await?;
     Ok(Json(json!({ "reloaded": reloaded })))
 }
 

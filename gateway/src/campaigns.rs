@@ -426,6 +426,27 @@ impl Campaigns {
         .await
     }
 
+    /// Check and compile `bytes` for `campaign` as a deploy does — the
+    /// same refusals — without storing or running it (a shadow run).
+    pub async fn compile_upload(
+        self: &Arc<Self>,
+        campaign: &str,
+        bytes: Bytes,
+    ) -> Result<Compiled, DeployError> {
+        let target = self.change_target(campaign)?;
+        let campaigns = self.clone();
+        tokio::task::spawn_blocking(move || {
+            campaigns.compile(&target, &bytes, &runtime::digest(&bytes))
+        })
+        .await
+        .expect("a compile does not panic")
+    }
+
+    /// The runtime, to bind a compiled component for a shadow run.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     /// Make the stored version `pick` compiled the one that runs, and swap
     /// it in.
     async fn change(

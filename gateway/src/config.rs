@@ -448,6 +448,29 @@ pub struct CampaignConfig {
     /// "Europe/Berlin", catch_up = "last" }` (see [`crate::schedule`]).
     #[serde(default)]
     pub schedule: Option<crate::schedule::Schedule>,
+    /// Keep the campaign's latest events on this node, redacted, so a new
+    /// version can be tried on them first (`POST
+    /// /v1/campaigns/{campaign}/shadow`, `hooklane deploy --shadow`): `{
+    /// record = 50, redact = ["/customer/phone"] }`. Default: none kept.
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// Most events a campaign may keep for shadow runs.
+pub const MAX_SHADOW_RECORD: usize = 1000;
+
+/// `campaigns.*.shadow`: which of a campaign's events are kept for shadow
+/// runs, and what of them is blanked first (see [`crate::shadow`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// How many of its latest events to keep, 1 to [`MAX_SHADOW_RECORD`].
+    pub record: usize,
+    /// JSON pointers (RFC 6901) into the body whose values are replaced by
+    /// `"[redacted]"` before an event is kept; with any, a body that is not
+    /// JSON is not kept at all. Default: none.
+    #[serde(default)]
+    pub redact: Vec<String>,
 }
 
 /// A campaign's effective limits: its own settings, else its lane's.
@@ -978,6 +1001,25 @@ impl Config {
             if let Some(namespace) = &campaign.kv_namespace {
                 check_name(namespace).map_err(|e| invalid(key("kv_namespace"), e))?;
             }
+            if let Some(shadow) = &campaign.shadow {
+                if !(1..=MAX_SHADOW_RECORD).contains(&shadow.record) {
+                    return Err(invalid(
+                        key("shadow.record"),
+                        format!(
+                            "expected 1 to {MAX_SHADOW_RECORD} events, found {}",
+                            shadow.record
+                        ),
+                    ));
+                }
+                for (i, pointer) in shadow.redact.iter().enumerate() {
+                    if !pointer.starts_with('/') {
+                        return Err(invalid(
+                            format!("campaigns.{name}.shadow.redact[{i}]"),
+                            format!("expected a JSON pointer into the body such as `/customer/phone`, found `{pointer}`"),
+                        ));
+                    }
+                }
+            }
             for (i, host) in campaign.allowed_hosts.iter().enumerate() {
                 if host.is_empty() || host.contains(['/', '*', ' ']) {
                     return Err(invalid(
@@ -1150,6 +1192,22 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "/etc/hooklane.toml: key `campaigns.login.emits[0]`: expected the name of a campaign in [campaigns], found `nope`"
+        );
+    }
+
+    #[test]
+    fn shadow_recording_is_bounded_and_redacts_by_json_pointer() {
+        let shadow = |table: &str| parse(&format!("{BASE}\nshadow = {table}"));
+        let config = shadow("{ record = 50, redact = [\"/customer/phone\"] }").unwrap();
+        let kept = config.campaigns["login"].shadow.as_ref().unwrap();
+        assert_eq!((kept.record, kept.redact.len()), (50, 1));
+        assert_eq!(
+            shadow("{ record = 1001 }").unwrap_err().to_string(),
+            "/etc/hooklane.toml: key `campaigns.login.shadow.record`: expected 1 to 1000 events, found 1001"
+        );
+        assert_eq!(
+            shadow("{ record = 5, redact = [\"/a\", \"email\"] }").unwrap_err().to_string(),
+            "/etc/hooklane.toml: key `campaigns.login.shadow.redact[1]`: expected a JSON pointer into the body such as `/customer/phone`, found `email`"
         );
     }
 

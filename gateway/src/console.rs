@@ -30,6 +30,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     asset!("dom.js", JS),
     asset!("lanes.js", JS),
     asset!("campaigns.js", JS),
+    asset!("shadow.js", JS),
     asset!("events.js", JS),
     asset!("dead-letters.js", JS),
     asset!("destinations.js", JS),

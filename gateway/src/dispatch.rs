@@ -432,7 +432,8 @@ impl Gateway {
     /// Run the plugin and commit what it asked for — KV changes,
     /// deliveries, emitted events and the acknowledgement of `ack` — in one
     /// durable commit, then schedule the deliveries and events. The run is
-    /// kept among the campaign's recent ones.
+    /// kept among the campaign's recent ones, and its event for shadow runs
+    /// if the campaign keeps them.
     async fn run(
         self: &Arc<Self>,
         loaded: &Arc<LoadedCampaign>,
@@ -457,6 +458,9 @@ impl Gateway {
             Ok((_, actions)) => record.ok(actions.clone()),
             Err(error) => record.failed(error.cause(), error.to_string()),
         });
+        if let Some(shadow) = &loaded.config.shadow {
+            self.recordings.record(&loaded.name, shadow, event);
+        }
         committed.map(|(reply, _)| reply)
     }
 
@@ -495,16 +499,8 @@ impl Gateway {
     /// events count against admission like webhooks, so the run is retried
     /// later instead of growing a lane's backlog without bound.
     fn admit_emits(&self, emitted: &[NewWebhook]) -> Result<(), RunError> {
+        check_emit_depth(emitted, self.max_emit_depth)?;
         for webhook in emitted {
-            let depth = webhook.event.emit_depth();
-            if depth > self.max_emit_depth {
-                let target = webhook.campaigns.join(", ");
-                return Err(PluginFailure::EmitTooDeep(format!(
-                    "its emit to `{target}` would be {depth} emits away from the webhook that started the chain, beyond max_emit_depth ({}): an emit cycle?",
-                    self.max_emit_depth
-                ))
-                .into());
-            }
             if let Some(lane) = webhook.campaigns.iter().find_map(|c| self.full_lane(c)) {
                 let queued = self.lane_backlog(lane) as usize;
                 return Err(LaneFull { lane, queued }.into());
@@ -512,6 +508,24 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// Refuse emits more than `max_emit_depth` emits away from the webhook
+/// that started their chain.
+pub(crate) fn check_emit_depth(
+    emitted: &[NewWebhook],
+    max_emit_depth: usize,
+) -> Result<(), PluginFailure> {
+    for webhook in emitted {
+        let depth = webhook.event.emit_depth();
+        if depth > max_emit_depth {
+            let target = webhook.campaigns.join(", ");
+            return Err(PluginFailure::EmitTooDeep(format!(
+                "its emit to `{target}` would be {depth} emits away from the webhook that started the chain, beyond max_emit_depth ({max_emit_depth}): an emit cycle?"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub fn log_failure(loaded: &LoadedCampaign, event: &Event, error: &RunError) {

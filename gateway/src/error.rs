@@ -12,6 +12,7 @@ use crate::config::Lane;
 use crate::delivery::EnableError;
 use crate::dispatch::RunError;
 use crate::runtime::PluginFailure;
+use crate::shadow::ShadowError;
 use crate::store::StoreError;
 use crate::versions::VersionError;
 
@@ -134,6 +135,23 @@ impl From<DeployError> for ApiError {
             ) => (StatusCode::INTERNAL_SERVER_ERROR, "damaged_component"),
         };
         ApiError::new(status, reason, error.to_string())
+    }
+}
+
+impl From<ShadowError> for ApiError {
+    fn from(error: ShadowError) -> Self {
+        let detail = error.to_string();
+        let (status, reason) = match error {
+            ShadowError::Upload(deploy) => return deploy.into(),
+            ShadowError::Unavailable { .. } => (StatusCode::CONFLICT, "campaign_unavailable"),
+            ShadowError::NotEnabled(_) => (StatusCode::CONFLICT, "shadow_not_enabled"),
+            ShadowError::NothingRecorded { .. } => (StatusCode::CONFLICT, "nothing_recorded"),
+            ShadowError::LaneFull(full) => {
+                return ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, full.lane)
+            }
+            ShadowError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        ApiError::new(status, reason, detail)
     }
 }
 

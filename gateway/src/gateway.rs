@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::campaigns::Campaigns;
+use crate::campaigns::{Campaigns, ReloadError, Reloaded};
 use crate::config::{Config, Lane, LaneConfig, LanesConfig};
 use crate::delivery::{Deliveries, SecretError};
 use crate::dispatch::Wakers;
@@ -13,6 +13,7 @@ use crate::lanes::Lanes;
 use crate::recent::RecentRuns;
 use crate::router::VerifierError;
 use crate::runtime::{HostServices, LoadError, Runtime};
+use crate::shadow::Recordings;
 use crate::store::{EventQueue, KvStore, StoreError};
 use crate::versions::VersionError;
 
@@ -48,6 +49,8 @@ pub struct Gateway {
     deliveries: Arc<Deliveries>,
     /// Each campaign's recent runs, for operators.
     pub(crate) recent: RecentRuns,
+    /// The events kept for shadow runs, of campaigns that keep them.
+    pub(crate) recordings: Recordings,
 }
 
 impl Gateway {
@@ -101,12 +104,26 @@ impl Gateway {
             queue,
             deliveries: Arc::new(deliveries),
             recent: RecentRuns::default(),
+            recordings: Recordings::default(),
         }))
     }
 
     /// The campaigns, their routes, and deploys, rollbacks and reloads.
     pub fn campaigns(&self) -> &Arc<Campaigns> {
         &self.campaigns
+    }
+
+    /// Read the config file again ([`Campaigns::reload`]), then forget the
+    /// events kept for shadow runs of campaigns that keep none now, or
+    /// keep them otherwise (another redaction, say): nothing stays in
+    /// memory under rules that no longer hold.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+        let reloaded = self.campaigns.reload().await?;
+        self.recordings.retain(|name, kept_under| {
+            let loaded = self.campaigns.get(name);
+            loaded.is_some_and(|c| c.config.shadow.as_ref() == Some(kept_under))
+        });
+        Ok(reloaded)
     }
 
     pub fn lanes(&self) -> &Lanes {

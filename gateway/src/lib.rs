@@ -7,7 +7,8 @@
 //! [`delivery`], with [`store`] underneath, [`campaigns`] swapping in
 //! deploys and reloads (with [`versions`] keeping every plugin version),
 //! [`gateway`] tying them together and [`admin`] (with its [`console`] and
-//! the [`advice`] of which lane fits a campaign) for operators.
+//! the [`advice`] of which lane fits a campaign) for operators, and
+//! [`shadow`] runs of a new version on a campaign's recent events.
 
 pub mod actions;
 pub mod admin;
@@ -31,6 +32,7 @@ pub mod router;
 pub mod runtime;
 pub mod schedule;
 pub mod server;
+pub mod shadow;
 pub mod store;
 pub mod telemetry;
 pub mod verify;

@@ -82,7 +82,9 @@ enum Command {
         json: bool,
     },
     /// Deploy a new version of a campaign's plugin to a running gateway:
-    /// checked, compiled, stored and swapped in without a restart.
+    /// checked, compiled, stored and swapped in without a restart. With
+    /// `--shadow`, try it first: run it and the running version on the
+    /// campaign's kept events with no side effects, and print what differs.
     Deploy {
         #[command(flatten)]
         admin: AdminArgs,
@@ -90,6 +92,13 @@ enum Command {
         campaign: String,
         /// The plugin component (`.wasm`).
         plugin: PathBuf,
+        /// Only a shadow run: neither store nor run the version (the
+        /// campaign must keep events: `campaigns.<name>.shadow`).
+        #[arg(long)]
+        shadow: bool,
+        /// With --shadow: print the admin API's JSON report instead.
+        #[arg(long, requires = "shadow")]
+        json: bool,
     },
     /// Run a stored version of a campaign's plugin again.
     Rollback {
@@ -295,13 +304,24 @@ fn main() -> ExitCode {
             admin,
             campaign,
             plugin,
+            shadow,
+            json,
         } => std::fs::read(&plugin)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", plugin.display()))
             .and_then(|wasm| {
-                let call = AdminCall::post(format!("/v1/campaigns/{campaign}/versions"))
+                let (path, doing) = if shadow {
+                    ("shadow", "Shadow-running")
+                } else {
+                    ("versions", "Deploying")
+                };
+                let call = AdminCall::post(format!("/v1/campaigns/{campaign}/{path}"))
                     .body(AdminBody::Wasm(wasm))
-                    .announce(format!("Deploying {} to `{campaign}`", plugin.display()));
-                admin_call(&admin, call)
+                    .announce(format!("{doing} {} on `{campaign}`", plugin.display()));
+                if shadow && !json {
+                    shadow_report(&admin, call)
+                } else {
+                    admin_call(&admin, call)
+                }
             }),
         Command::Rollback {
             admin,
@@ -557,16 +577,33 @@ fn admin_call(admin: &AdminArgs, call: AdminCall) -> anyhow::Result<()> {
 /// Ask the admin API for advice and print it as sentences; a refusal as
 /// its JSON, like every other call.
 fn advise(admin: &AdminArgs, call: AdminCall) -> anyhow::Result<()> {
+    let report: hooklane::advice::Report = read_answer(admin, call, "advice")?;
+    print!("{report}");
+    Ok(())
+}
+
+/// Ask the admin API for a shadow run and print its report as a summary;
+/// a refusal as its JSON, like every other call.
+fn shadow_report(admin: &AdminArgs, call: AdminCall) -> anyhow::Result<()> {
+    let report: hooklane::shadow::Report = read_answer(admin, call, "shadow run report")?;
+    print!("{report}");
+    Ok(())
+}
+
+/// Make `call` and read its answer as `T`; a refusal is printed as its
+/// JSON and fails. `what` names the answer in an error.
+fn read_answer<T: serde::de::DeserializeOwned>(
+    admin: &AdminArgs,
+    call: AdminCall,
+    what: &str,
+) -> anyhow::Result<T> {
     let (status, body) = admin_request(admin, call)?;
     if !status.is_success() {
         print_answer(&body)?;
         anyhow::bail!("the admin API answered {status}");
     }
-    let report: hooklane::advice::Report = serde_json::from_slice(&body).map_err(|e| {
-        anyhow::anyhow!("the admin API's advice is not what this hooklane reads: {e}")
-    })?;
-    print!("{report}");
-    Ok(())
+    serde_json::from_slice(&body)
+        .map_err(|e| anyhow::anyhow!("the admin API's {what} is not what this hooklane reads: {e}"))
 }
 
 /// Whatever the status, show the answer: JSON pretty, anything else as is.

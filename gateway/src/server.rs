@@ -59,7 +59,7 @@ fn spawn_reload_on_hangup(gateway: &std::sync::Arc<Gateway>) -> std::io::Result<
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             // A refusal is logged by the reload itself.
-            let _ = gateway.campaigns().reload().await;
+            let _ = gateway.reload().await;
         }
     });
     Ok(())

@@ -42,7 +42,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 
 /// One campaign's plugin-run series, registered once when the campaign is
 /// loaded, so the hot path records without building label sets.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PluginMetrics {
     campaign: String,
     lane: Lane,
@@ -52,6 +52,8 @@ pub struct PluginMetrics {
     seconds: Histogram,
     fuel: Histogram,
     outbound: Histogram,
+    /// False for runs that must not count (shadow runs): nothing is recorded.
+    recorded: bool,
 }
 
 impl PluginMetrics {
@@ -69,12 +71,32 @@ impl PluginMetrics {
             seconds: histogram!(PLUGIN_RUN_SECONDS, &labels),
             fuel: histogram!(PLUGIN_FUEL, &labels),
             outbound: histogram!(PLUGIN_OUTBOUND_SECONDS, &labels),
+            recorded: true,
+        }
+    }
+
+    /// Series that record nothing, for runs that must not move a
+    /// campaign's figures (and so its advice): shadow runs.
+    pub fn unrecorded(campaign: &str, lane: Lane) -> Self {
+        PluginMetrics {
+            campaign: campaign.to_owned(),
+            lane,
+            ok_runs: Counter::noop(),
+            refused: Counter::noop(),
+            queue_wait: Histogram::noop(),
+            seconds: Histogram::noop(),
+            fuel: Histogram::noop(),
+            outbound: Histogram::noop(),
+            recorded: false,
         }
     }
 
     /// One run: `outcome` is `ok` or the failure's cause; `outbound_seconds`
     /// of its `seconds` it waited on http-fetch.
     pub fn record(&self, outcome: &'static str, seconds: f64, fuel: u64, outbound_seconds: f64) {
+        if !self.recorded {
+            return;
+        }
         if outcome == "ok" {
             self.ok_runs.increment(1);
         } else {

@@ -1,6 +1,7 @@
 // Drives the admin console in Debian's headless Chromium, as an operator
 // would: logs in (after a refused token), watches the lanes, deploys a
-// version and rolls it back, enables a destination, inspects and replays a
+// version and rolls it back, shadow-runs a version, enables a destination,
+// inspects and replays a
 // dead letter, looks through the recent events, reads the advice, and saves a
 // screenshot of each page. Every step waits on the
 // page, never on a clock, and is checked again through the API.
@@ -8,7 +9,7 @@
 //   node tests/console/console.mjs <admin url> <token> <screenshot dir> <component.wasm>
 //
 // The gateway must run `greet` (speed, sync, deadline 5000 ms, version 1
-// the only one), `relay` (care) with two dead letters to destination `sink`
+// the only one, keeping its events for shadow runs), `relay` (care) with two dead letters to destination `sink`
 // (disabled by a 410 Gone), `crash` (segmentation) with one panic and its
 // dead letter, and `broken`, unavailable for a missing stored component;
 // greet and relay have run, and greet keeps being called. tests/e2e/console.rs
@@ -170,6 +171,24 @@ try {
     .some((r) => r.cells[0].textContent === '1' && r.cells[1].textContent === 'running'));
   step('rolled back to version 1 through the page');
   await shoot('campaigns');
+
+  // Shadow run: the same component tried on greet's kept events next to
+  // version 1 — every answer differs (a number, not `ok`) — and nothing is
+  // stored: version 1 still runs, and there is no third version.
+  await (await page.$('input[name=component]')).uploadFile(resolve(wasm));
+  await press('#shadow');
+  await waitText('.status.ok', 'greet: shadow run on ');
+  await until('the comparison table', () => {
+    const rows = [...document.querySelectorAll('table.shadow tbody tr')];
+    return rows.length > 0 && rows.every((r) => r.cells[2].textContent === 'reply'
+      && r.cells[3].textContent.startsWith('ok; reply 200 "ok"') && /^ok; reply 200 "\d+"/.test(r.cells[4].textContent));
+  });
+  await waitText('p.shadow-totals', 'kept events run by both');
+  await page.waitForSelector('#deploy-shadowed');
+  const afterShadow = await read('/v1/campaigns/greet/versions');
+  check(afterShadow.active === 1 && afterShadow.versions.length === 2, `the shadow run changed the versions: ${JSON.stringify(afterShadow)}`);
+  step('a shadow run of the upload shows its difference per event; nothing was deployed');
+  await shoot('shadow');
 
   // Destinations: the sink that answered 410 Gone is disabled; enable it.
   await go('destinations', 'table.destinations');

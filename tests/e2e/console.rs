@@ -1,7 +1,8 @@
 //! The console in a real headless Chromium (`tests/console/console.mjs`,
 //! puppeteer-core on Debian's chromium, both installed by
 //! `scripts/setup.sh`): an operator logs in, watches the lanes, deploys a
-//! version and rolls it back, enables a destination, replays dead
+//! version and rolls it back, shadow-runs a version on greet's kept
+//! events, enables a destination, replays dead
 //! letters, looks through the recent events and reads the advice in the
 //! pages; the gateway shows the effects.
 
@@ -20,14 +21,15 @@ use crate::harness::{care_forwarder_toml, plugin, Gateway, Recorder, ADMIN_TOKEN
 /// The browser run bounds itself at 120 s; this is the last resort.
 const BROWSER_PATIENCE: Duration = Duration::from_secs(180);
 
-/// `greet` (speed, sync), `relay` (care, to `sink`), `crash` (segmentation,
-/// panics, one attempt) and `broken` (speed).
+/// `greet` (speed, sync, keeping its events for shadow runs), `relay`
+/// (care, to `sink`), `crash` (segmentation, panics, one attempt) and
+/// `broken` (speed).
 fn console_toml(sink: &Recorder) -> String {
     format!(
         r#"
 [lanes.segmentation]
 max_attempts = 1
-{greet}
+{greet}shadow = {{ record = 20 }}
 {relay}
 [sources.crash]
 [campaigns.crash]
@@ -127,6 +129,7 @@ async fn an_operator_deploys_rolls_back_and_replays_dead_letters_in_the_console(
         "login",
         "lanes",
         "campaigns",
+        "shadow",
         "events",
         "destinations",
         "dead-letters",

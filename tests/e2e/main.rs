@@ -26,4 +26,5 @@ mod openapi;
 mod plugin_faults;
 mod reload;
 mod schedule;
+mod shadow;
 mod signatures;

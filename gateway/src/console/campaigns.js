@@ -1,8 +1,10 @@
 // Campaigns: lane, mode, limits, status and failures by cause; one
-// campaign's stored versions, with deploy (upload a .wasm) and rollback.
+// campaign's stored versions, with deploy (upload a .wasm), a shadow run of
+// an upload on the campaign's kept events (then deploy it), and rollback.
 
 import { api, segment } from './api.js';
 import { h, table, statusLine, action, when, reason, causes } from './dom.js';
+import { shadowReport } from './shadow.js';
 
 function status(c) {
   return c.status === 'running' ? 'running' : reason(`${c.status}: ${c.reason}`);
@@ -38,14 +40,26 @@ export function show(root) {
     const rows = history.versions.map((v) => [v.version, v.active ? 'running' : '', v.origin, v.digest.slice(0, 12),
       `${v.size_bytes} B`, when(v.stored_at_ms), v.active ? '' : rollback(v)]);
     const file = h('input', { type: 'file', accept: '.wasm,application/wasm', name: 'component' });
-    const deploy = action(line, 'Deploy', async () => {
-      if (!file.files.length) throw new Error('choose a .wasm component to deploy');
-      const v = await api(`/campaigns/${segment(name)}/versions`, { method: 'POST', body: file.files[0], type: 'application/wasm' });
+    const chosen = (what) => {
+      if (!file.files.length) throw new Error(`choose a .wasm component to ${what}`);
+      return file.files[0];
+    };
+    const deployFile = async (component) => {
+      const v = await api(`/campaigns/${segment(name)}/versions`, { method: 'POST', body: component, type: 'application/wasm' });
       return `${name}: version ${v.version} deployed and running`;
-    }, reload, { id: 'deploy' });
+    };
+    const deploy = action(line, 'Deploy', () => deployFile(chosen('deploy')), reload, { id: 'deploy' });
+    const report = h('section', { class: 'shadow-report' });
+    const shadow = action(line, 'Shadow run', async () => {
+      const component = chosen('try');
+      const answer = await api(`/campaigns/${segment(name)}/shadow`, { method: 'POST', body: component, type: 'application/wasm' });
+      const deployThis = action(line, 'Deploy this version', () => deployFile(component), reload, { id: 'deploy-shadowed' });
+      report.replaceChildren(...shadowReport(answer, deployThis));
+      return `${name}: shadow run on ${answer.totals.events} kept events, ${answer.totals.differing} differ; nothing was stored or sent`;
+    }, async () => {}, { id: 'shadow' });
     versions.replaceChildren(h('h3', {}, `Versions of ${name}`),
-      h('p', { class: 'deploy' }, h('label', {}, 'New version ', file), deploy),
-      table(['version', 'status', 'origin', 'digest', 'size', 'stored', ''], rows, { class: 'versions' }));
+      h('p', { class: 'deploy' }, h('label', {}, 'New version ', file), shadow, ' ', deploy),
+      table(['version', 'status', 'origin', 'digest', 'size', 'stored', ''], rows, { class: 'versions' }), report);
   };
 
   const select = async (name) => {

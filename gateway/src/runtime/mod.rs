@@ -383,7 +383,7 @@ impl Drop for Runtime {
 }
 
 /// What one campaign's plugin may do and use.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Sandbox {
     pub campaign: String,
     pub lane: Lane,
@@ -435,6 +435,27 @@ impl Plugin {
     /// The compiled component, to bind it again under other limits.
     pub fn compiled(&self) -> &Compiled {
         &self.compiled
+    }
+
+    /// This plugin for a shadow run, named `version` in logs: its host
+    /// imports read KV from `kv` (a read-only view) and its runs count in
+    /// no metric.
+    pub fn shadow(&self, version: &str, kv: Arc<dyn crate::store::KvStore>) -> Plugin {
+        let (campaign, lane) = (&self.sandbox.campaign, self.sandbox.lane);
+        let sandbox = Sandbox {
+            version: version.into(),
+            metrics: crate::telemetry::PluginMetrics::unrecorded(campaign, lane),
+            ..(*self.sandbox).clone()
+        };
+        Plugin {
+            compiled: self.compiled.clone(),
+            sandbox: Arc::new(sandbox),
+            services: HostServices {
+                kv,
+                http: self.services.http.clone(),
+            },
+            fuel_yield_interval: self.fuel_yield_interval,
+        }
     }
 
     /// Run the plugin on `event` in a fresh store under the campaign's
