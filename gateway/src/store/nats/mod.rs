@@ -58,7 +58,7 @@
 //! - **backlog**: a campaign's stored events, counted in memory: this
 //!   node's changes at once, everyone's from the stream's per-subject
 //!   counts every [`REFRESH`] (so other nodes' work shows within a second).
-//! - **durability**: see the server config in `bench/nats.rs`:
+//! - **durability**: see the server configs in `test_server.rs`:
 //!   `sync_interval: always` on one server; R3 (`replicas = 3`) on a
 //!   cluster.
 
@@ -1598,6 +1598,42 @@ mod tests {
             .unwrap();
         let seqs: Vec<u64> = pulled.items.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [before[0].seq, after[0].seq]);
+    }
+
+    #[tokio::test]
+    async fn effects_committed_again_after_a_crash_before_the_ack_are_not_duplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        store.enqueue(webhook(&["a"], None)).await.unwrap();
+        let lease = Duration::from_secs(60);
+        let pulled = store.next_events(vec!["a".into()], 1, lease).await;
+        let event = pulled.unwrap().items.remove(0);
+        let emitted = webhook(&["b"], None);
+        let outcome = |ack| Outcome {
+            ack,
+            kv_namespace: "a".into(),
+            kv_expected: vec![],
+            kv: vec![KvChange::set("k", b"v", None).unwrap()],
+            deliveries: vec![crate::store::conformance::delivery(&event, 0)],
+            emitted: vec![emitted.clone()],
+        };
+        // A run's effects, then a crash before its ack; the run again,
+        // with the same effects, and its ack.
+        store.commit(outcome(None)).await.unwrap();
+        store.commit(outcome(Some(event.seq))).await.unwrap();
+        let deliveries = store.next_deliveries("sink", 10, lease).await.unwrap();
+        assert_eq!(deliveries.items.len(), 1, "one delivery");
+        let events = store.next_events(vec!["a".into(), "b".into()], 10, lease);
+        let campaigns: Vec<String> = events
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.campaign)
+            .collect();
+        assert_eq!(campaigns, ["b"], "one emitted event, the event acked");
+        assert_eq!(store.get("a", "k").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(store.usage("a").await.unwrap().0.keys, 1);
     }
 
     #[tokio::test]
