@@ -131,7 +131,7 @@ async fn a_broker_death_refuses_webhooks_until_it_is_back_and_loses_nothing() {
     let broker_dir = tempfile::tempdir().expect("temp dir");
     let mut broker = tokio::task::block_in_place(|| NatsServer::start(broker_dir.path()));
     let mut sink = Recorder::start(json!({})).await;
-    let gateway = Gateway::start(&relay_on_nats(&[broker.url.clone()], 1, &sink)).await;
+    let gateway = Gateway::start(&relay_on_nats(std::slice::from_ref(&broker.url), 1, &sink)).await;
     let url = format!("http://{}/hooks/orders", gateway.ingress);
     let flood = Flood::start(&gateway.http, &[url], 4);
     flood.until_more_acknowledged(200).await;
@@ -164,8 +164,8 @@ async fn three_nodes_share_the_queue_and_a_node_death_loses_nothing() {
     let broker = tokio::task::block_in_place(|| NatsServer::start(broker_dir.path()));
     let mut sink = Recorder::start(json!({})).await;
     // A short lane deadline keeps the dead node's leases short.
-    let config =
-        relay_on_nats(&[broker.url.clone()], 1, &sink) + "[lanes.care]\ndeadline_ms = 1000\n";
+    let config = relay_on_nats(std::slice::from_ref(&broker.url), 1, &sink)
+        + "[lanes.care]\ndeadline_ms = 1000\n";
     let mut nodes = Vec::new();
     for _ in 0..3 {
         nodes.push(Gateway::start(&config).await);
@@ -179,11 +179,17 @@ async fn three_nodes_share_the_queue_and_a_node_death_loses_nothing() {
 
     let _dir = nodes.remove(0).kill().await;
     flood.until_more_acknowledged(300).await;
+    // What the dead node held comes back when its leases run out.
+    until_delivered_after_leases(&mut sink, flood).await;
+}
+
+/// Stop `flood` and wait until `sink` has every event it got acknowledged,
+/// allowing for events held by a lease: they run again when it runs out,
+/// the lane's deadline plus the gateway's 60 s lease margin.
+async fn until_delivered_after_leases(sink: &mut Recorder, flood: Flood) {
     let acknowledged = flood.stop().await;
-    // What the dead node held comes back when its leases run out: the
-    // lane's deadline plus the gateway's 60 s lease margin.
     let duplicates =
-        until_all_delivered_within(&mut sink, &acknowledged, Duration::from_secs(150)).await;
+        until_all_delivered_within(sink, &acknowledged, Duration::from_secs(150)).await;
     println!(
         "{} acknowledged, {duplicates} delivered twice",
         acknowledged.len()
@@ -221,12 +227,7 @@ async fn on_a_three_server_cluster_a_server_death_refuses_webhooks_for_seconds_a
     // The server leading the events stream: its writes must move.
     let first = tokio::task::block_in_place(|| cluster.leader_of("hooklane_events"))
         .expect("the events stream has a leader");
-    let killed = Instant::now();
-    tokio::task::block_in_place(|| cluster.servers[first].kill());
-    flood.until_more_acknowledged(200).await;
-    let (window, refusals) = flood.refusals_since(killed).await;
-    println!("server n{first} killed: {refusals} refusals, the last {window:?} after the kill");
-    assert!(window < CLUSTER_REFUSALS, "refused for {window:?}");
+    kill_mid_flood(&mut cluster, first, &flood).await;
 
     // Back, it catches up; then it is one of the two that keep the
     // streams when another server dies.
@@ -235,24 +236,24 @@ async fn on_a_three_server_cluster_a_server_death_refuses_webhooks_for_seconds_a
         cluster.until_whole();
     });
     flood.until_more_acknowledged(200).await;
-    let second = (first + 1) % 3;
-    let killed = Instant::now();
-    tokio::task::block_in_place(|| cluster.servers[second].kill());
-    flood.until_more_acknowledged(200).await;
-    let (window, refusals) = flood.refusals_since(killed).await;
-    println!("server n{second} killed: {refusals} refusals, the last {window:?} after the kill");
-    assert!(window < CLUSTER_REFUSALS, "refused for {window:?}");
+    kill_mid_flood(&mut cluster, (first + 1) % 3, &flood).await;
 
-    let acknowledged = flood.stop().await;
     // An event whose commit failed, or whose ack or lease renewal was lost,
     // while its consumer's leader was gone runs again when its lease runs
-    // out: the lane's deadline plus the gateway's 60 s lease margin.
-    let duplicates =
-        until_all_delivered_within(&mut sink, &acknowledged, Duration::from_secs(150)).await;
-    println!(
-        "{} acknowledged, {duplicates} delivered twice",
-        acknowledged.len()
-    );
+    // out.
+    until_delivered_after_leases(&mut sink, flood).await;
+}
+
+/// Kill cluster server `n` mid-flood, wait until webhooks are acknowledged
+/// again, and check that refusals went on for less than
+/// [`CLUSTER_REFUSALS`] after the kill.
+async fn kill_mid_flood(cluster: &mut NatsCluster, n: usize, flood: &Flood) {
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| cluster.servers[n].kill());
+    flood.until_more_acknowledged(200).await;
+    let (window, refusals) = flood.refusals_since(killed).await;
+    println!("server n{n} killed: {refusals} refusals, the last {window:?} after the kill");
+    assert!(window < CLUSTER_REFUSALS, "refused for {window:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +261,7 @@ async fn a_webhook_sent_to_two_nodes_is_stored_once() {
     let broker_dir = tempfile::tempdir().expect("temp dir");
     let broker = tokio::task::block_in_place(|| NatsServer::start(broker_dir.path()));
     let sink = Recorder::start(json!({})).await;
-    let config = relay_on_nats(&[broker.url.clone()], 1, &sink);
+    let config = relay_on_nats(std::slice::from_ref(&broker.url), 1, &sink);
     let (a, b) = (Gateway::start(&config).await, Gateway::start(&config).await);
     let id = [("webhook-id", "msg_shop_1")];
     let first = a

@@ -262,7 +262,7 @@ async fn start(
         Store::Embedded => (Brokers::None, "[store]\nfsync = true\n".to_owned()),
         Store::Nats => {
             let server = NatsServer::start(&broker_dir);
-            let toml = nats_toml(&[server.url.clone()], 1);
+            let toml = nats_toml(std::slice::from_ref(&server.url), 1);
             (Brokers::One(server), toml)
         }
         Store::NatsR3 => {
@@ -271,7 +271,7 @@ async fn start(
             (Brokers::Cluster(cluster), toml)
         }
     });
-    let config = gateway_config(&store_toml, trivial);
+    let config = crate::ingest::config(&store_toml, trivial);
     let mut gateways = Vec::with_capacity(nodes);
     for node in 0..nodes {
         gateways.push(
@@ -281,30 +281,6 @@ async fn start(
         );
     }
     Ok(Running { gateways, brokers })
-}
-
-/// A node's config: `store_toml`, and the care campaign `sink` on source
-/// `ingest` running `trivial`.
-fn gateway_config(store_toml: &str, trivial: &Path) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-data_dir = "data"
-[admin]
-listen = "127.0.0.1:0"
-{store_toml}
-# The backlog may grow for the whole window: admission is not measured here.
-[lanes.care]
-queue = 10000000
-
-[sources.ingest]
-[campaigns.sink]
-source = "ingest"
-lane = "care"
-plugin = {}
-"#,
-        crate::toml_path(trivial)
-    )
 }
 
 fn nats_toml(servers: &[String], replicas: usize) -> String {
@@ -341,7 +317,7 @@ mod tests {
     #[test]
     fn the_configs_are_valid_and_list_every_server() {
         let parse = |store_toml: &str| {
-            let config = gateway_config(store_toml, Path::new("/p/trivial.wasm"));
+            let config = crate::ingest::config(store_toml, Path::new("/p/trivial.wasm"));
             Config::parse(&config, Path::new("bench.toml"), Path::new("/")).unwrap()
         };
         assert_eq!(
