@@ -336,3 +336,21 @@ fn the_several_nodes_examples_are_valid_and_shown_as_they_are() {
     }
     assert!(nodes.iter().all(|node| *node == nodes[0]), "{nodes:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_started_at_once_on_a_fresh_cluster_all_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = tokio::task::block_in_place(|| NatsCluster::start(dir.path()));
+    let sink = Recorder::start(json!({})).await;
+    let config = relay_on_nats(&cluster.urls(), 3, &sink);
+    // Each creates the streams it finds missing, at the same time.
+    let nodes = tokio::join!(
+        Gateway::start(&config),
+        Gateway::start(&config),
+        Gateway::start(&config)
+    );
+    for node in [nodes.0, nodes.1, nodes.2] {
+        let accepted = node.post_json("orders", json!({ "n": 1 })).await;
+        assert_eq!(accepted.status, 202);
+    }
+}

@@ -111,6 +111,8 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a JetStream request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the store tries to create or update a stream.
+const STREAM_TRIES: u32 = 3;
 /// How long an acknowledgement waits for the server's confirmation.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Where a stopping node leaves the ack subjects of its leases.
@@ -441,25 +443,40 @@ async fn renew_on_reconnect(inner: Weak<Inner>, reconnected: Arc<tokio::sync::No
 }
 
 /// Create stream `config.name`, or update it to `config` if it exists.
+/// Tried [`STREAM_TRIES`] times: on a cluster, a stream another node is
+/// creating at the same moment answers no one until it has a leader, so
+/// nodes started together time out where one of them creates it.
 async fn stream(js: &jetstream::Context, config: StreamConfig) -> Result<Stream, StoreError> {
     let name = config.name.clone();
-    let created = match js.get_stream(&name).await {
+    let mut tries = 1;
+    while let Err(e) = create_or_update(js, config.clone()).await {
+        if tries == STREAM_TRIES {
+            return Err(StoreError::Backend(format!(
+                "cannot create NATS stream `{name}`: {e}"
+            )));
+        }
+        tracing::debug!(stream = %name, error = %e, "Cannot create a NATS stream yet; trying again");
+        tries += 1;
+    }
+    js.get_stream(&name)
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot open NATS stream `{name}`: {e}")))
+}
+
+async fn create_or_update(js: &jetstream::Context, config: StreamConfig) -> Result<(), String> {
+    match js.get_stream(&config.name).await {
         Err(e) if !is_not_found(&e) => Err(e.to_string()),
         Ok(_) => js
             .update_stream(config)
             .await
-            .map(|_| ())
+            .map(drop)
             .map_err(|e| e.to_string()),
         Err(_) => js
             .create_stream(config)
             .await
-            .map(|_| ())
+            .map(drop)
             .map_err(|e| e.to_string()),
-    };
-    created.map_err(|e| StoreError::Backend(format!("cannot create NATS stream `{name}`: {e}")))?;
-    js.get_stream(&name)
-        .await
-        .map_err(|e| StoreError::Backend(format!("cannot open NATS stream `{name}`: {e}")))
+    }
 }
 
 /// A KV bucket's stream, laid out as JetStream KV lays it out (one value
