@@ -495,9 +495,10 @@ impl Recorder {
 }
 
 /// Wait until `sink` has received every `{"n": …}` body numbered in
-/// `acknowledged` (duplicates allowed), for at most [`PATIENCE`].
-pub async fn until_all_delivered(sink: &mut Recorder, acknowledged: &BTreeSet<u64>) {
-    until_all_delivered_within(sink, acknowledged, PATIENCE).await;
+/// `acknowledged`, for at most [`PATIENCE`]; how many extra copies came
+/// (allowed: at-least-once), each under its event's one `webhook-id`.
+pub async fn until_all_delivered(sink: &mut Recorder, acknowledged: &BTreeSet<u64>) -> usize {
+    until_all_delivered_within(sink, acknowledged, PATIENCE).await
 }
 
 /// [`until_all_delivered`], for at most `patience`.
@@ -505,18 +506,28 @@ pub async fn until_all_delivered_within(
     sink: &mut Recorder,
     acknowledged: &BTreeSet<u64>,
     patience: Duration,
-) {
-    let mut delivered = BTreeSet::new();
+) -> usize {
+    let mut delivered = std::collections::BTreeMap::new();
+    let mut duplicates = 0;
     let all = async {
-        while !acknowledged.is_subset(&delivered) {
+        while !acknowledged.iter().all(|n| delivered.contains_key(n)) {
             let request = sink.received.recv().await.expect("recorder running");
-            delivered.insert(request.json()["n"].as_u64().expect("n"));
+            let n = request.json()["n"].as_u64().expect("n");
+            let id = request.header("webhook-id").to_owned();
+            if let Some(first) = delivered.insert(n, id.clone()) {
+                assert_eq!(first, id, "event {n} delivered under two webhook-ids");
+                duplicates += 1;
+            }
         }
     };
     if tokio::time::timeout(patience, all).await.is_err() {
-        let missing = acknowledged.difference(&delivered).count();
+        let missing = acknowledged
+            .iter()
+            .filter(|n| !delivered.contains_key(n))
+            .count();
         panic!("{missing} acknowledged events not delivered within {patience:?}");
     }
+    duplicates
 }
 
 /// Read until the server closes the connection; what it said before.

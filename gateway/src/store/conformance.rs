@@ -64,7 +64,7 @@ async fn pull(queue: &dyn EventQueue, campaigns: &[&str], n: usize) -> Vec<Queue
 }
 
 /// The delivery to `sink` a run of `event` asks for, due at `not_before_ms`.
-fn delivery(event: &QueuedEvent, not_before_ms: u64) -> NewDelivery {
+pub(crate) fn delivery(event: &QueuedEvent, not_before_ms: u64) -> NewDelivery {
     NewDelivery {
         id: format!("msg_{}_0", event.event.id),
         campaign: "a".into(),

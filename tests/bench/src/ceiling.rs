@@ -85,6 +85,14 @@ impl Ceiling {
 }
 
 impl Judged {
+    /// The value with `decimals` decimals, or why it was withheld.
+    pub fn value(&self, decimals: usize) -> String {
+        match self {
+            Judged::Measured(value) => format!("{value:.decimals$}"),
+            Judged::Withheld(why) => why.clone(),
+        }
+    }
+
     /// `<value>  (target <target>: met|MISSED; <context>)`, the value with
     /// `decimals` decimals, or the reason it was withheld.
     pub fn render(
@@ -155,6 +163,11 @@ mod tests {
         assert_eq!(
             Judged::Withheld("withheld: why".into()).render(2, at_least_half, ">= 0.5", "x"),
             "withheld: why (x)"
+        );
+        assert_eq!(Judged::Measured(0.254).value(2), "0.25");
+        assert_eq!(
+            Judged::Withheld("withheld: why".into()).value(2),
+            "withheld: why"
         );
         assert_eq!(
             ceiling(90_000.0).beside(30_000.0),

@@ -3,6 +3,7 @@
 //! run. The events go to an async care campaign running the trivial plugin,
 //! so what is measured is accepting and persisting, not plugin work.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,6 +68,30 @@ impl IngestReport {
     }
 }
 
+/// A gateway's config with `store_toml`: the care campaign `sink` on source
+/// `ingest` running `trivial`, with room on disk for the whole run.
+pub(crate) fn config(store_toml: &str, trivial: &Path) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+data_dir = "data"
+[admin]
+listen = "127.0.0.1:0"
+{store_toml}
+# The backlog may grow for the whole window: admission is not measured here.
+[lanes.care]
+queue = 10000000
+
+[sources.ingest]
+[campaigns.sink]
+source = "ingest"
+lane = "care"
+plugin = {}
+"#,
+        crate::toml_path(trivial)
+    )
+}
+
 /// Measure both, fsync on first, each against a fresh gateway.
 pub async fn run(options: &BenchOptions) -> Result<IngestReport, BenchError> {
     let (window, concurrency) = if options.smoke {
@@ -84,26 +109,7 @@ pub async fn run(options: &BenchOptions) -> Result<IngestReport, BenchError> {
         } else {
             "ingest-nofsync"
         };
-        let config = format!(
-            r#"
-listen = "127.0.0.1:0"
-data_dir = "data"
-[admin]
-listen = "127.0.0.1:0"
-[store]
-fsync = {fsync}
-# The backlog may grow for the whole window: admission is not measured here.
-[lanes.care]
-queue = 10000000
-
-[sources.ingest]
-[campaigns.sink]
-source = "ingest"
-lane = "care"
-plugin = {}
-"#,
-            crate::toml_path(&trivial)
-        );
+        let config = config(&format!("[store]\nfsync = {fsync}\n"), &trivial);
         let gateway = options.start_gateway(name, &config).await?;
         let url = format!("http://{}/hooks/ingest", gateway.addr("ingress"));
         eprintln!("bench: {name}, closed loop for {window:?}");

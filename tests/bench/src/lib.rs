@@ -7,7 +7,8 @@
 //! Suites, one module each: [`lanes`] (lane isolation: trivial ÷ floor
 //! throughput, speed p99 under a hostile mix), [`ingest`] (durable ingest),
 //! [`deploy`] (1,000 campaign versions), [`backlog`] (a million events queued
-//! on disk) and [`soak`] (kill -9 while the destination flaps: nothing lost).
+//! on disk), [`soak`] (kill -9 while the destination flaps: nothing lost)
+//! and [`nodes`] (several gateways on one JetStream, events per CPU-second).
 //! [`loadgen`] sends the traffic; [`floor`] is the bare hyper server a
 //! gateway's figures are compared with, and [`ceiling`] what the generator
 //! drove it to (no throughput ratio without headroom above the gateway);
@@ -21,6 +22,7 @@ pub mod floor;
 pub mod ingest;
 pub mod lanes;
 pub mod loadgen;
+pub mod nodes;
 pub mod process;
 pub mod soak;
 

@@ -43,6 +43,10 @@ enum Command {
     /// A million events queued on disk: memory, restart time, drain rate;
     /// about two minutes.
     Backlog(Args),
+    /// Durable accepted/s with 1, 2 and 3 gateways on one nats-server,
+    /// beside the embedded store and an R3 cluster, with events per
+    /// CPU-second; about 30 s.
+    Nodes(Args),
     /// Mixed traffic while the destination flaps and the gateway is killed
     /// every 2 minutes: nothing accepted may be lost.
     Soak {
@@ -116,7 +120,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
-    use hooklane_bench::{backlog, deploy, ingest, lanes, soak};
+    use hooklane_bench::{backlog, deploy, ingest, lanes, nodes, soak};
     let (rendered, out) = match command {
         Command::Lanes { args, store } => {
             let suite = match store {
@@ -137,6 +141,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Backlog(args) => {
             let options = args.options("backlog")?;
             (backlog::run(&options).await?.render(), options.out)
+        }
+        Command::Nodes(args) => {
+            let options = args.options("nodes")?;
+            (nodes::run(&options).await?.render(), options.out)
         }
         Command::Soak { args, minutes } => {
             let options = args.options("soak")?;

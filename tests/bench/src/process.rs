@@ -89,3 +89,41 @@ pub fn resident_mb(pid: u32) -> std::io::Result<f64> {
         .ok_or_else(|| std::io::Error::other("no VmRSS in /proc/<pid>/status"))?;
     Ok(kb / 1024.0)
 }
+
+/// The CPU time process `pid` has used so far, in user and system mode
+/// (`utime` + `stime` in `/proc/<pid>/stat`), in seconds.
+pub fn cpu_seconds(pid: u32) -> std::io::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: the state (field 3) first, utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |field: usize| fields.get(field - 3).and_then(|t| t.parse::<u64>().ok());
+    let (utime, stime) = ticks(14)
+        .zip(ticks(15))
+        .ok_or_else(|| std::io::Error::other("no utime and stime in /proc/<pid>/stat"))?;
+    Ok((utime + stime) as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_from_proc_and_grows_with_work() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid).unwrap();
+        let started = std::time::Instant::now();
+        let mut spin = 0u64;
+        // Until it shows 50 ms of work, however busy the machine is.
+        while cpu_seconds(pid).unwrap() - before < 0.05 {
+            assert!(started.elapsed() < Duration::from_secs(30), "no CPU time");
+            for _ in 0..100_000 {
+                spin = std::hint::black_box(spin.wrapping_add(1));
+            }
+        }
+        assert!(cpu_seconds(u32::MAX).is_err());
+    }
+}

@@ -248,3 +248,38 @@ fn the_soak_bench_loses_nothing_across_kills_and_outages() {
     assert!(report["refused_by_sink"].as_u64().unwrap() > 0, "{report}");
     assert!(report["max_rss_mb"].as_f64().unwrap() > 0.0, "{report}");
 }
+
+#[test]
+fn the_nodes_bench_runs_end_to_end() {
+    let (printed, report) = smoke_run("nodes");
+    assert!(printed.contains("3 nodes / 1 node, one nats:"), "{printed}");
+    assert_judged_beside_the_ceiling(&printed, &report, "nats_over_embedded");
+    assert_judged_beside_the_ceiling(&printed, &report, "three_nodes_over_one");
+    let configurations = report["configurations"].as_array().unwrap();
+    let shape: Vec<(&str, u64)> = configurations
+        .iter()
+        .map(|c| (c["store"].as_str().unwrap(), c["nodes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("embedded", 1),
+            ("nats", 1),
+            ("nats", 2),
+            ("nats", 3),
+            ("nats_r3", 1)
+        ]
+    );
+    let mut broker_cpu_s = 0.0;
+    for c in configurations {
+        assert!(c["load"]["ok"].as_u64().unwrap() > 0, "{c}");
+        assert_eq!(c["load"]["errors"], 0, "{c}");
+        assert!(c["gateway_cpu_s"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(c["events_per_gateway_cpu_s"].as_f64().unwrap() > 0.0, "{c}");
+        match c["store"].as_str().unwrap() {
+            "embedded" => assert!(c["broker_cpu_s"].is_null(), "{c}"),
+            _ => broker_cpu_s += c["broker_cpu_s"].as_f64().unwrap(),
+        }
+    }
+    assert!(broker_cpu_s > 0.0, "{report}");
+}

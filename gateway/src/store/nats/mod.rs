@@ -61,7 +61,7 @@
 //! - **backlog**: a campaign's stored events, counted in memory: this
 //!   node's changes at once, everyone's from the stream's per-subject
 //!   counts every [`REFRESH`] (so other nodes' work shows within a second).
-//! - **durability**: see the server config in `bench/nats.rs`:
+//! - **durability**: see the server configs in `test_server.rs`:
 //!   `sync_interval: always` on one server; R3 (`replicas = 3`) on a
 //!   cluster.
 
@@ -120,6 +120,8 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a JetStream request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the store tries to create or update a stream.
+const STREAM_TRIES: u32 = 3;
 /// How long an acknowledgement waits for the server's confirmation.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Where a stopping node leaves the ack subjects of its leases.
@@ -486,25 +488,40 @@ pub(crate) async fn connect(
 }
 
 /// Create stream `config.name`, or update it to `config` if it exists.
+/// Tried [`STREAM_TRIES`] times: on a cluster, a stream another node is
+/// creating at the same moment answers no one until it has a leader, so
+/// nodes started together time out where one of them creates it.
 async fn stream(js: &jetstream::Context, config: StreamConfig) -> Result<Stream, StoreError> {
     let name = config.name.clone();
-    let created = match js.get_stream(&name).await {
+    let mut tries = 1;
+    while let Err(e) = create_or_update(js, config.clone()).await {
+        if tries == STREAM_TRIES {
+            return Err(StoreError::Backend(format!(
+                "cannot create NATS stream `{name}`: {e}"
+            )));
+        }
+        tracing::debug!(stream = %name, error = %e, "Cannot create a NATS stream yet; trying again");
+        tries += 1;
+    }
+    js.get_stream(&name)
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot open NATS stream `{name}`: {e}")))
+}
+
+async fn create_or_update(js: &jetstream::Context, config: StreamConfig) -> Result<(), String> {
+    match js.get_stream(&config.name).await {
         Err(e) if !is_not_found(&e) => Err(e.to_string()),
         Ok(_) => js
             .update_stream(config)
             .await
-            .map(|_| ())
+            .map(drop)
             .map_err(|e| e.to_string()),
         Err(_) => js
             .create_stream(config)
             .await
-            .map(|_| ())
+            .map(drop)
             .map_err(|e| e.to_string()),
-    };
-    created.map_err(|e| StoreError::Backend(format!("cannot create NATS stream `{name}`: {e}")))?;
-    js.get_stream(&name)
-        .await
-        .map_err(|e| StoreError::Backend(format!("cannot open NATS stream `{name}`: {e}")))
+    }
 }
 
 /// A KV bucket's stream, laid out as JetStream KV lays it out (one value
@@ -1647,6 +1664,42 @@ mod tests {
             .unwrap();
         let seqs: Vec<u64> = pulled.items.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [before[0].seq, after[0].seq]);
+    }
+
+    #[tokio::test]
+    async fn effects_committed_again_after_a_crash_before_the_ack_are_not_duplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        store.enqueue(webhook(&["a"], None)).await.unwrap();
+        let lease = Duration::from_secs(60);
+        let pulled = store.next_events(vec!["a".into()], 1, lease).await;
+        let event = pulled.unwrap().items.remove(0);
+        let emitted = webhook(&["b"], None);
+        let outcome = |ack| Outcome {
+            ack,
+            kv_namespace: "a".into(),
+            kv_expected: vec![],
+            kv: vec![KvChange::set("k", b"v", None).unwrap()],
+            deliveries: vec![crate::store::conformance::delivery(&event, 0)],
+            emitted: vec![emitted.clone()],
+        };
+        // A run's effects, then a crash before its ack; the run again,
+        // with the same effects, and its ack.
+        store.commit(outcome(None)).await.unwrap();
+        store.commit(outcome(Some(event.seq))).await.unwrap();
+        let deliveries = store.next_deliveries("sink", 10, lease).await.unwrap();
+        assert_eq!(deliveries.items.len(), 1, "one delivery");
+        let events = store.next_events(vec!["a".into(), "b".into()], 10, lease);
+        let campaigns: Vec<String> = events
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.campaign)
+            .collect();
+        assert_eq!(campaigns, ["b"], "one emitted event, the event acked");
+        assert_eq!(store.get("a", "k").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(store.usage("a").await.unwrap().0.keys, 1);
     }
 
     #[tokio::test]

@@ -59,27 +59,28 @@ pub async fn run_closed_loop(
     duration: Duration,
     request_timeout: Duration,
 ) -> Result<ThroughputReport, LoadError> {
+    run_closed_loop_over(&[url], body, concurrency, duration, request_timeout).await
+}
+
+/// [`run_closed_loop`] against several servers at once: connection `i`
+/// goes to `urls[i % urls.len()]`, so each gets an even share.
+pub async fn run_closed_loop_over(
+    urls: &[&str],
+    body: Bytes,
+    concurrency: usize,
+    duration: Duration,
+    request_timeout: Duration,
+) -> Result<ThroughputReport, LoadError> {
     if concurrency == 0 {
         return Err(LoadError::NoConcurrency);
     }
-    let parsed = loopback_url(url)?;
-    if parsed.scheme() != "http" {
-        return Err(LoadError::NotPlainHttp {
-            url: url.to_string(),
-        });
+    if urls.is_empty() {
+        return Err(LoadError::NoUrl);
     }
-    let addr = parsed
-        .socket_addrs(|| Some(80))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| LoadError::NotLoopback {
-            url: url.to_string(),
-        })?;
-    let host = match parsed.port() {
-        Some(port) => format!("{}:{port}", parsed.host_str().unwrap_or_default()),
-        None => parsed.host_str().unwrap_or_default().to_string(),
-    };
-    let request = Bytes::from(request_bytes(&host, parsed.path(), &body));
+    let targets = urls
+        .iter()
+        .map(|url| target(url, &body))
+        .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     let end = start
         .checked_add(duration)
@@ -88,18 +89,19 @@ pub async fn run_closed_loop(
     let threads = generator_threads().min(concurrency);
     let mut finished = Vec::with_capacity(threads);
     for thread in 0..threads {
-        // Connections spread evenly; the first threads take the remainder.
-        let connections = concurrency / threads + usize::from(thread < concurrency % threads);
+        // Connections dealt round the threads; each goes to its target.
+        let connections: Vec<Target> = (thread..concurrency)
+            .step_by(threads)
+            .map(|i| targets[i % targets.len()].clone())
+            .collect();
         let (done, tally) = tokio::sync::oneshot::channel();
-        let request = request.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         std::thread::Builder::new()
             .name(format!("loadgen-{thread}"))
             .spawn(move || {
-                let tally =
-                    runtime.block_on(drive(addr, request, connections, end, request_timeout));
+                let tally = runtime.block_on(drive(connections, end, request_timeout));
                 let _ = done.send(tally);
             })?;
         finished.push(tally);
@@ -122,6 +124,36 @@ pub async fn run_closed_loop(
     })
 }
 
+/// Where a connection goes and the request it sends there, serialised once.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    request: Bytes,
+}
+
+/// The target of a plain-HTTP loopback `url`.
+fn target(url: &str, body: &[u8]) -> Result<Target, LoadError> {
+    let parsed = loopback_url(url)?;
+    if parsed.scheme() != "http" {
+        return Err(LoadError::NotPlainHttp {
+            url: url.to_string(),
+        });
+    }
+    let addr = parsed
+        .socket_addrs(|| Some(80))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| LoadError::NotLoopback {
+            url: url.to_string(),
+        })?;
+    let host = match parsed.port() {
+        Some(port) => format!("{}:{port}", parsed.host_str().unwrap_or_default()),
+        None => parsed.host_str().unwrap_or_default().to_string(),
+    };
+    let request = Bytes::from(request_bytes(&host, parsed.path(), body));
+    Ok(Target { addr, request })
+}
+
 /// One per core: a generator thread saturates about one core, and the
 /// scheduler shares the cores between the generator and the server.
 fn generator_threads() -> usize {
@@ -139,17 +171,11 @@ fn request_bytes(host: &str, path: &str, body: &[u8]) -> Vec<u8> {
     request
 }
 
-/// Run `connections` connections on this thread's runtime until `end`.
-async fn drive(
-    addr: SocketAddr,
-    request: Bytes,
-    connections: usize,
-    end: Instant,
-    timeout: Duration,
-) -> Tally {
+/// Run `connections` on this thread's runtime until `end`.
+async fn drive(connections: Vec<Target>, end: Instant, timeout: Duration) -> Tally {
     let mut running = tokio::task::JoinSet::new();
-    for _ in 0..connections {
-        running.spawn(connection(addr, request.clone(), end, timeout));
+    for target in connections {
+        running.spawn(connection(target.addr, target.request, end, timeout));
     }
     let mut tally = Tally::new();
     while let Some(done) = running.join_next().await {

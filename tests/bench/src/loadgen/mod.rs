@@ -30,7 +30,7 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::{sleep_until, Instant};
 use url::Host;
 
-pub use closed_loop::{run_closed_loop, ThroughputReport};
+pub use closed_loop::{run_closed_loop, run_closed_loop_over, ThroughputReport};
 
 /// Statuses that answer "too busy, come back later": counted as `refused`,
 /// apart from ok and from errors, because shedding load is a server's
@@ -130,6 +130,8 @@ pub enum LoadError {
     BadRate { class: String, rate: f64 },
     #[error("a closed-loop run needs a concurrency of at least 1")]
     NoConcurrency,
+    #[error("a closed-loop run needs at least one URL")]
+    NoUrl,
     #[error(
         "`{url}` is not a plain http URL; the closed-loop generator speaks HTTP/1.1 without TLS"
     )]
@@ -862,6 +864,20 @@ mod tests {
     async fn closed_loop(url: &str) -> Result<ThroughputReport, LoadError> {
         let window = Duration::from_millis(200);
         run_closed_loop(url, Bytes::new(), 3, window, Duration::from_secs(1)).await
+    }
+
+    #[tokio::test]
+    async fn a_closed_loop_over_several_servers_sends_to_each() {
+        let ok = format!("http://{}/", answering(StatusCode::OK).await);
+        let busy = format!("http://{}/", answering(StatusCode::TOO_MANY_REQUESTS).await);
+        let window = Duration::from_millis(200);
+        let report = run_closed_loop_over(&[&ok, &busy], Bytes::new(), 4, window, window)
+            .await
+            .unwrap();
+        assert!(report.ok > 0 && report.refused > 0, "{report:?}");
+        assert_eq!(report.errors, 0, "{report:?}");
+        let none = run_closed_loop_over(&[], Bytes::new(), 4, window, window).await;
+        assert!(matches!(none, Err(LoadError::NoUrl)), "{none:?}");
     }
 
     #[tokio::test]
