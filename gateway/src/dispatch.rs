@@ -26,7 +26,7 @@ use crate::retry::Backoff;
 use crate::runtime::{Output, PluginFailure};
 use crate::store::{
     persist, Attempt, Committed, DeadItem, Dedup, Enqueued, NewWebhook, Outcome, QueuedEvent,
-    StoreError,
+    StoreError, GIVEN_UP_LEASE,
 };
 
 /// Why handling an event failed.
@@ -414,9 +414,9 @@ impl Gateway {
         match persist(|| self.queue().retry_event(&queued)).await {
             Ok(()) => self.wake(&queued.campaign),
             Err(store) => {
-                // Its lease runs out and it is pulled again, with the tries
-                // stored before.
+                // Pulled again soon, with the tries stored before.
                 tracing::error!(campaign = %loaded.name, event = %queued.event.id, error = %store, "Could not store a retry");
+                self.queue().in_progress(queued.seq, GIVEN_UP_LEASE);
             }
         }
     }

@@ -185,12 +185,7 @@ async fn three_nodes_share_the_queue_and_a_node_death_loses_nothing() {
     // What the dead node held goes to the others when the server's lease on
     // it runs out (10 s; it was 60 s and more before nodes renewed short
     // leases), so all of it is delivered well within 40 s.
-    let started = Instant::now();
     until_delivered_after_leases(&mut sink, flood, Duration::from_secs(40)).await;
-    println!(
-        "the dead node's work was delivered {:?} after the flood",
-        started.elapsed()
-    );
 }
 
 /// Stop `flood` and wait, at most `patience`, until `sink` has every event
@@ -198,10 +193,12 @@ async fn three_nodes_share_the_queue_and_a_node_death_loses_nothing() {
 /// hands them to another node when its lease runs out.
 async fn until_delivered_after_leases(sink: &mut Recorder, flood: Flood, patience: Duration) {
     let acknowledged = flood.stop().await;
+    let stopped = Instant::now();
     let duplicates = until_all_delivered_within(sink, &acknowledged, patience).await;
     println!(
-        "{} acknowledged, {duplicates} delivered twice",
-        acknowledged.len()
+        "{} acknowledged, {duplicates} delivered twice, the last {:?} after the flood",
+        acknowledged.len(),
+        stopped.elapsed()
     );
 }
 
@@ -251,6 +248,13 @@ async fn on_a_three_server_cluster_a_server_death_refuses_webhooks_for_seconds_a
     // while its consumer's leader was gone runs again when the server's
     // lease on it runs out.
     until_delivered_after_leases(&mut sink, flood, Duration::from_secs(150)).await;
+    for line in gateway
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+    {
+        eprintln!("DEBUG {}", &line[..line.len().min(400)]);
+    }
 }
 
 /// Kill cluster server `n` mid-flood, wait until webhooks are acknowledged

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::DestinationConfig;
 use crate::event::now_ms;
 use crate::retry::Backoff;
-use crate::store::{persist, Attempt, DeadItem, EventQueue, KvStore, QueuedDelivery, StoreError};
+use crate::store::{
+    persist, Attempt, DeadItem, EventQueue, KvStore, QueuedDelivery, StoreError, GIVEN_UP_LEASE,
+};
 use crate::verify::sign_standard_webhooks;
 use breaker::{Breaker, Permit, Transition};
 
@@ -286,10 +288,10 @@ impl Deliveries {
                 delivery.not_before_ms = now_ms() + delay.as_millis() as u64;
                 match persist(|| self.queue.retry_delivery(&delivery)).await {
                     Ok(()) => destination.wake.notify_one(),
-                    // Its lease runs out and it is pulled again, with the
-                    // tries stored before.
+                    // Pulled again soon, with the tries stored before.
                     Err(error) => {
-                        tracing::error!(delivery = %delivery.id, %error, "Could not store a delivery retry")
+                        tracing::error!(delivery = %delivery.id, %error, "Could not store a delivery retry");
+                        self.queue.in_progress(delivery.seq, GIVEN_UP_LEASE);
                     }
                 }
             }

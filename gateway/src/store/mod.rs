@@ -153,6 +153,10 @@ pub fn check_sizes(key: &str, value: &[u8]) -> Result<(), StoreError> {
 /// again.
 const WAIT_FOR_STORE: Duration = Duration::from_secs(1);
 
+/// What is left of the lease of an item a node gave up on without settling
+/// it (the store refused its retry): it is pulled again after that.
+pub const GIVEN_UP_LEASE: Duration = Duration::from_secs(1);
+
 /// Run `write` until the store takes it. A write refused because the store
 /// cannot write now (a full disk) is tried again every second: dropping it
 /// would leave what it records — a retry, a dead letter — undone until a

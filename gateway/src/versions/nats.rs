@@ -9,14 +9,15 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
-use async_nats::jetstream::object_store::{self, GetErrorKind, ObjectStore};
+use async_nats::jetstream::object_store::{GetErrorKind, ObjectStore};
+use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use super::{Revision, Shelf, VersionError};
-use crate::store::nats::{connect, token, untoken, NatsOptions};
+use crate::store::nats::{bucket_config, connect, stream, token, untoken, NatsOptions};
 
 /// How long a watch that broke waits before it starts again.
 const WATCH_AGAIN_AFTER: Duration = Duration::from_millis(500);
@@ -38,47 +39,61 @@ impl NatsShelf {
             .await
             .map_err(|e| unavailable(&e))?;
         let prefix = &options.stream_prefix;
-        let histories = js
-            .create_or_update_key_value(kv::Config {
-                bucket: format!("{prefix}_versions"),
-                description: "hooklane: each campaign's plugin versions".into(),
-                num_replicas: options.replicas,
-                ..kv::Config::default()
-            })
+        // Created as the queue's streams are: tried again while a cluster
+        // elects the leader of one another node is creating.
+        let histories_bucket = format!("{prefix}_versions");
+        let histories_config = StreamConfig {
+            // Read from the leader: a replica may not have a write another
+            // node just made, and a history read stale would name no
+            // version that was just stored.
+            allow_direct: false,
+            ..bucket_config(&histories_bucket, options.replicas)
+        };
+        stream(&js, histories_config)
             .await
-            .map_err(|e| {
-                unavailable(&format!(
-                    "cannot open the NATS KV bucket `{prefix}_versions`: {e}"
-                ))
-            })?;
-        let bucket = format!("{prefix}_plugins");
-        let components = match js.get_object_store(&bucket).await {
-            Ok(store) => Ok(store),
-            Err(_) => {
-                js.create_object_store(object_store::Config {
-                    bucket: bucket.clone(),
-                    description: Some("hooklane: plugin components by SHA-256".into()),
-                    num_replicas: options.replicas,
-                    ..object_store::Config::default()
-                })
-                .await
-            }
-        }
-        .map_err(|e| {
+            .map_err(|e| unavailable(&e))?;
+        let histories = js.get_key_value(&histories_bucket).await.map_err(|e| {
             unavailable(&format!(
-                "cannot open the NATS object store `{bucket}`: {e}"
+                "cannot open the NATS KV bucket `{histories_bucket}`: {e}"
+            ))
+        })?;
+        let components_bucket = format!("{prefix}_plugins");
+        stream(
+            &js,
+            object_store_config(&components_bucket, options.replicas),
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+        let components = js.get_object_store(&components_bucket).await.map_err(|e| {
+            unavailable(&format!(
+                "cannot open the NATS object store `{components_bucket}`: {e}"
             ))
         })?;
         Ok(NatsShelf {
             runtime: Handle::current(),
             histories,
             components,
-            components_bucket: bucket,
+            components_bucket,
         })
     }
 
     fn wait<F: std::future::Future>(&self, work: F) -> F::Output {
         self.runtime.block_on(work)
+    }
+}
+
+/// An object store's stream, laid out as async-nats lays it out (but for
+/// direct gets).
+fn object_store_config(bucket: &str, replicas: usize) -> StreamConfig {
+    StreamConfig {
+        name: format!("OBJ_{bucket}"),
+        subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+        num_replicas: replicas,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        // From the leader, as histories are.
+        allow_direct: false,
+        ..StreamConfig::default()
     }
 }
 

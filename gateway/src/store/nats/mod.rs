@@ -87,7 +87,7 @@ use async_nats::jetstream::stream::{
 };
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, AckKind};
-use async_nats::{Client, Subject};
+use async_nats::{Client, RequestErrorKind, Subject};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
@@ -491,7 +491,10 @@ pub(crate) async fn connect(
 /// Tried [`STREAM_TRIES`] times: on a cluster, a stream another node is
 /// creating at the same moment answers no one until it has a leader, so
 /// nodes started together time out where one of them creates it.
-async fn stream(js: &jetstream::Context, config: StreamConfig) -> Result<Stream, StoreError> {
+pub(crate) async fn stream(
+    js: &jetstream::Context,
+    config: StreamConfig,
+) -> Result<Stream, StoreError> {
     let name = config.name.clone();
     let mut tries = 1;
     while let Err(e) = create_or_update(js, config.clone()).await {
@@ -526,7 +529,7 @@ async fn create_or_update(js: &jetstream::Context, config: StreamConfig) -> Resu
 
 /// A KV bucket's stream, laid out as JetStream KV lays it out (one value
 /// per key), with per-message TTLs allowed.
-fn bucket_config(bucket: &str, replicas: usize) -> StreamConfig {
+pub(crate) fn bucket_config(bucket: &str, replicas: usize) -> StreamConfig {
     StreamConfig {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -638,9 +641,10 @@ impl Inner {
         let what = format!("cannot publish to NATS subject `{subject}`");
         match e.kind() {
             // The server may have it: the caller tries again or answers 503.
-            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
-                StoreError::Unavailable(format!("{what}: {e}"))
-            }
+            // No stream answering is a stream leader's election too.
+            PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::StreamNotFound => StoreError::Unavailable(format!("{what}: {e}")),
             _ => self.fail(what, e),
         }
     }
@@ -659,6 +663,11 @@ impl Inner {
         let request = self.client.request(reply.clone(), kind.into());
         match tokio::time::timeout(SETTLE_TIMEOUT, request).await {
             Ok(Ok(_)) => Ok(()),
+            // The consumer's leader is being elected (a cluster server
+            // died): try again shortly.
+            Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
+                Err(StoreError::Unavailable(format!("{}: {e}", what())))
+            }
             Ok(Err(e)) => Err(self.fail(what(), e)),
             Err(_) => {
                 tracing::debug!(reply = %reply, "An acknowledgement was not confirmed");

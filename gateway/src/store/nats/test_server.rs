@@ -254,11 +254,12 @@ impl NatsCluster {
         else {
             return false;
         };
-        let same = |key: &str| views.iter().all(|view| view[key] == views[0][key]);
+        let same =
+            |count: &dyn Fn(&Value) -> usize| views.iter().all(|v| count(v) == count(&views[0]));
         agreed
             && all_current(&leader_view["meta_cluster"])
-            && same("streams")
-            && same("consumers")
+            && same(&|view| streams(view).count())
+            && same(&|view| durable_consumers(view).count())
             && views.iter().zip(0..).all(|(view, i)| {
                 groups(view).all(|group| {
                     group["leader"].as_str() != Some(format!("n{i}").as_str()) || all_current(group)
@@ -283,12 +284,19 @@ fn streams(view: &Value) -> impl Iterator<Item = &Value> {
     accounts.flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
 }
 
-/// The raft groups a server reports: each stream's and each consumer's.
+/// The durable consumers in a server's `/jsz?consumers=true`; ephemeral
+/// ones (a KV watch's, say) live on one server only.
+fn durable_consumers(view: &Value) -> impl Iterator<Item = &Value> {
+    streams(view)
+        .flat_map(|stream| stream["consumer_detail"].as_array().into_iter().flatten())
+        .filter(|consumer| consumer["config"]["durable_name"].is_string())
+}
+
+/// The raft groups a server reports: each stream's and each durable
+/// consumer's.
 fn groups(view: &Value) -> impl Iterator<Item = &Value> {
-    streams(view).flat_map(|stream| {
-        let consumers = stream["consumer_detail"].as_array().into_iter().flatten();
-        std::iter::once(&stream["cluster"]).chain(consumers.map(|c| &c["cluster"]))
-    })
+    let streams = streams(view).map(|stream| &stream["cluster"]);
+    streams.chain(durable_consumers(view).map(|consumer| &consumer["cluster"]))
 }
 
 /// Whether a raft group (`cluster` of a stream or consumer, or the meta
