@@ -137,7 +137,8 @@ impl BenchOptions {
             "bench: starting {name} (log: {})",
             dir.join("gateway.log").display()
         );
-        self.serve_in(&dir, config, &[]).await
+        self.serve_in(&dir, config, &[("HOOKLANE_ADMIN_TOKEN", ADMIN_TOKEN)])
+            .await
     }
 
     /// Write `config` to `dir/bench.toml` and run `hooklane serve` on it with

@@ -14,7 +14,7 @@
 //! figure is what an accepted event costs with its share of processing.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hooklane::store::nats::test_server::{NatsCluster, NatsServer};
@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::ceiling::{Ceiling, Judged};
 use crate::loadgen::{self, ThroughputReport};
 use crate::process::{cpu_seconds, Server};
-use crate::{BenchError, BenchOptions, REQUEST_TIMEOUT};
+use crate::{BenchError, BenchOptions, ADMIN_TOKEN, REQUEST_TIMEOUT};
 
 /// Where the events are stored in one configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,6 +97,22 @@ pub struct NodesReport {
     pub nats_over_embedded: Judged,
     /// Accepted/s of three nodes ÷ one node, on one nats-server.
     pub three_nodes_over_one: Judged,
+    /// On the three nodes: how long a change made through one node's admin
+    /// API took to run on all three.
+    pub propagation: Propagation,
+}
+
+/// Target for a plugin change to reach every node (issue 11).
+const TARGET_PROPAGATION_MS: f64 = 1000.0;
+
+/// From a deploy's (or rollback's) answer on node 0 until every node lists
+/// the new version as the one it runs, in ms.
+#[derive(Debug, Default, Serialize)]
+pub struct Propagation {
+    /// A new component: each other node compiles it.
+    pub deploy_ms: f64,
+    /// Back to a version every node has compiled.
+    pub rollback_ms: f64,
 }
 
 impl NodesReport {
@@ -147,6 +163,25 @@ impl NodesReport {
             "3 nodes / 1 node, one nats:     {}\n",
             self.three_nodes_over_one.value(2)
         );
+        let verdict = |ms: f64| {
+            if ms <= TARGET_PROPAGATION_MS {
+                "met"
+            } else {
+                "MISSED"
+            }
+        };
+        let Propagation {
+            deploy_ms,
+            rollback_ms,
+        } = self.propagation;
+        out += &format!(
+            "deploy through node 0, on all 3: {deploy_ms:.0} ms (target <= {TARGET_PROPAGATION_MS} ms: {})\n",
+            verdict(deploy_ms)
+        );
+        out += &format!(
+            "rollback, on all 3:              {rollback_ms:.0} ms (target <= {TARGET_PROPAGATION_MS} ms: {})\n",
+            verdict(rollback_ms)
+        );
         out
     }
 }
@@ -185,6 +220,7 @@ pub async fn run(options: &BenchOptions) -> Result<NodesReport, BenchError> {
     let ceiling = Ceiling::measure(body.clone(), concurrency, window).await?;
     let http = reqwest::Client::new();
     let mut configurations = Vec::new();
+    let mut propagation = Propagation::default();
     for (store, nodes) in CONFIGURATIONS {
         let name = format!("nodes-{}-{nodes}", store.key());
         let running = start(options, &name, store, nodes, &trivial).await?;
@@ -214,6 +250,9 @@ pub async fn run(options: &BenchOptions) -> Result<NodesReport, BenchError> {
         let gateway_cpu_s = cpu(&gateway_pids)? - gateway_before;
         let broker_cpu_s = cpu(&broker_pids)? - broker_before;
         let runs = plugin_runs(&http, &running.gateways).await - runs_before;
+        if (store, nodes) == (Store::Nats, 3) {
+            propagation = propagate(&http, &running.gateways, &options.plugin("welcome")?).await?;
+        }
         let per = |cpu_s: f64| (cpu_s > 0.0).then(|| load.ok as f64 / cpu_s);
         let broker_cpu_s = (store != Store::Embedded).then_some(broker_cpu_s);
         configurations.push(Configuration {
@@ -242,6 +281,7 @@ pub async fn run(options: &BenchOptions) -> Result<NodesReport, BenchError> {
         nats_over_embedded: ratio(rate(Store::Nats, 1), rate(Store::Embedded, 1)),
         three_nodes_over_one: ratio(rate(Store::Nats, 3), rate(Store::Nats, 1)),
         configurations,
+        propagation,
     };
     crate::write_report(&options.out, &report)?;
     Ok(report)
@@ -281,6 +321,63 @@ async fn start(
         );
     }
     Ok(Running { gateways, brokers })
+}
+
+/// Deploy `component` as version 2 of the `sink` campaign through the
+/// first of `gateways`, then roll back to version 1, each time waiting
+/// until every gateway runs the new version.
+async fn propagate(
+    http: &reqwest::Client,
+    gateways: &[Server],
+    component: &Path,
+) -> Result<Propagation, BenchError> {
+    let admin = |gateway: &Server, path: &str| format!("http://{}{path}", gateway.addr("admin"));
+    let change = |path: &str, body: Vec<u8>, version: u64| {
+        let request = http
+            .post(admin(&gateways[0], path))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(body)
+            .timeout(REQUEST_TIMEOUT);
+        async move {
+            let answer = request.send().await.map_err(std::io::Error::other)?;
+            if !answer.status().is_success() {
+                let said = answer.text().await.unwrap_or_default();
+                return Err(
+                    std::io::Error::other(format!("the change was refused: {said}")).into(),
+                );
+            }
+            let answered = Instant::now();
+            for gateway in gateways {
+                while running_version(http, &admin(gateway, "/v1/campaigns")).await != Some(version)
+                {
+                    if answered.elapsed() > PROPAGATION_PATIENCE {
+                        return Err(std::io::Error::other(format!("version {version} did not reach every node within {PROPAGATION_PATIENCE:?}")).into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            Ok::<f64, BenchError>(answered.elapsed().as_secs_f64() * 1e3)
+        }
+    };
+    let deploy_ms = change("/v1/campaigns/sink/versions", std::fs::read(component)?, 2).await?;
+    let rollback = serde_json::json!({ "version": 1 }).to_string().into_bytes();
+    let rollback_ms = change("/v1/campaigns/sink/rollback", rollback, 1).await?;
+    Ok(Propagation {
+        deploy_ms,
+        rollback_ms,
+    })
+}
+
+/// How long a change may take to reach every node before the bench fails.
+const PROPAGATION_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The version the `sink` campaign runs, as `/v1/campaigns` at `url` says.
+async fn running_version(http: &reqwest::Client, url: &str) -> Option<u64> {
+    let answer = http.get(url).bearer_auth(ADMIN_TOKEN).send().await.ok()?;
+    let listed: serde_json::Value = serde_json::from_slice(&answer.bytes().await.ok()?).ok()?;
+    let campaigns = listed["campaigns"].as_array()?;
+    let sink = campaigns.iter().find(|c| c["name"] == "sink")?;
+    sink["version"].as_u64()
 }
 
 fn nats_toml(servers: &[String], replicas: usize) -> String {

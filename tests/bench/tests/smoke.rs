@@ -282,4 +282,15 @@ fn the_nodes_bench_runs_end_to_end() {
         }
     }
     assert!(broker_cpu_s > 0.0, "{report}");
+    // A deploy and a rollback through one node reached all three.
+    assert!(
+        printed.contains("deploy through node 0, on all 3:"),
+        "{printed}"
+    );
+    for change in ["deploy_ms", "rollback_ms"] {
+        assert!(
+            report["propagation"][change].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
 }
