@@ -71,6 +71,31 @@ pub async fn run_closed_loop_over(
     duration: Duration,
     request_timeout: Duration,
 ) -> Result<ThroughputReport, LoadError> {
+    closed_loop(urls, body, concurrency, duration, request_timeout, 0).await
+}
+
+/// [`run_closed_loop`] from threads at niceness `nice`: load that stands
+/// for traffic from other machines, which would take none of this one's
+/// CPU, gets only what the servers measured leave.
+pub async fn run_closed_loop_niced(
+    url: &str,
+    body: Bytes,
+    concurrency: usize,
+    duration: Duration,
+    request_timeout: Duration,
+    nice: i32,
+) -> Result<ThroughputReport, LoadError> {
+    closed_loop(&[url], body, concurrency, duration, request_timeout, nice).await
+}
+
+async fn closed_loop(
+    urls: &[&str],
+    body: Bytes,
+    concurrency: usize,
+    duration: Duration,
+    request_timeout: Duration,
+    nice: i32,
+) -> Result<ThroughputReport, LoadError> {
     if concurrency == 0 {
         return Err(LoadError::NoConcurrency);
     }
@@ -101,6 +126,12 @@ pub async fn run_closed_loop_over(
         std::thread::Builder::new()
             .name(format!("loadgen-{thread}"))
             .spawn(move || {
+                if nice != 0 {
+                    let thread = rustix::thread::gettid();
+                    // Best effort: a generator that stays at its niceness
+                    // only measures less kindly.
+                    let _ = rustix::process::setpriority_process(Some(thread), nice);
+                }
                 let tally = runtime.block_on(drive(connections, end, request_timeout));
                 let _ = done.send(tally);
             })?;

@@ -30,7 +30,9 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::{sleep_until, Instant};
 use url::Host;
 
-pub use closed_loop::{run_closed_loop, run_closed_loop_over, ThroughputReport};
+pub use closed_loop::{
+    run_closed_loop, run_closed_loop_niced, run_closed_loop_over, ThroughputReport,
+};
 
 /// Statuses that answer "too busy, come back later": counted as `refused`,
 /// apart from ok and from errors, because shedding load is a server's
