@@ -321,6 +321,13 @@ pub struct SourceConfig {
     /// "github" | "stripe" | "shopify" | "hmac"`); unsigned webhooks are
     /// then refused with 401. Default: not verified.
     pub verify: Option<crate::verify::VerifyConfig>,
+    /// Most webhooks a second this source may send (fractions allowed:
+    /// 0.5 is one every two seconds); beyond, 429 `rate_limited` with
+    /// `Retry-After`, decided before the body is read. Default: no limit.
+    pub rate_per_s: Option<f64>,
+    /// How many may come at once above the rate. Default: one second's
+    /// worth (at least 1).
+    pub burst: Option<u32>,
 }
 
 /// Deduplication of a source's webhooks: a webhook whose id was seen within
@@ -941,8 +948,29 @@ impl Config {
             .nats
             .validate()
             .map_err(|(key, expected)| invalid(format!("store.nats.{key}"), expected))?;
-        for name in self.sources.keys() {
+        for (name, source) in &self.sources {
             check_name(name).map_err(|e| invalid(format!("sources.{name}"), e))?;
+            if let Some(rate) = source
+                .rate_per_s
+                .filter(|r| !(r.is_finite() && *r >= 0.001))
+            {
+                return Err(invalid(
+                    format!("sources.{name}.rate_per_s"),
+                    format!("expected a rate of at least 0.001 webhooks a second, found {rate}"),
+                ));
+            }
+            if source.burst == Some(0) {
+                return Err(invalid(
+                    format!("sources.{name}.burst"),
+                    "expected at least 1".into(),
+                ));
+            }
+            if source.burst.is_some() && source.rate_per_s.is_none() {
+                return Err(invalid(
+                    format!("sources.{name}.burst"),
+                    "set only with rate_per_s".into(),
+                ));
+            }
         }
         let mut sync_campaign_of_source: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, campaign) in &self.campaigns {
@@ -1328,6 +1356,31 @@ mod tests {
         }
         let err = parse(&format!("[store]\nbackend = \"redis\"\n{BASE}")).unwrap_err();
         assert!(err.to_string().contains("key `store.backend`"), "{err}");
+    }
+
+    #[test]
+    fn a_source_rate_is_checked_naming_its_key() {
+        let ok = parse(&BASE.replace(
+            "[sources.forms]",
+            "[sources.forms]\nrate_per_s = 0.5\nburst = 3",
+        ));
+        let forms = &ok.unwrap().sources["forms"];
+        assert_eq!((forms.rate_per_s, forms.burst), (Some(0.5), Some(3)));
+        for (setting, message) in [
+            (
+                "rate_per_s = 0.0",
+                "key `sources.forms.rate_per_s`: expected a rate of at least 0.001 webhooks a second, found 0",
+            ),
+            (
+                "rate_per_s = 5\nburst = 0",
+                "key `sources.forms.burst`: expected at least 1",
+            ),
+            ("burst = 2", "key `sources.forms.burst`: set only with rate_per_s"),
+        ] {
+            let err = parse(&BASE.replace("[sources.forms]", &format!("[sources.forms]\n{setting}")))
+                .unwrap_err();
+            assert_eq!(err.to_string(), format!("/etc/hooklane.toml: {message}"));
+        }
     }
 
     #[test]

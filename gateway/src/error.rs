@@ -26,6 +26,8 @@ pub struct ApiError {
     pub detail: String,
     /// Extra JSON fields (campaign, cause, event id).
     pub context: Map<String, Value>,
+    /// `Retry-After` of a 429 or 503, in seconds; 1 unless set.
+    pub retry_after_s: u64,
 }
 
 impl ApiError {
@@ -35,7 +37,14 @@ impl ApiError {
             error,
             detail: detail.into(),
             context: Map::new(),
+            retry_after_s: 1,
         }
+    }
+
+    /// Ask the caller to come back in `seconds` (429 and 503 only).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = seconds;
+        self
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -192,7 +201,7 @@ impl IntoResponse for ApiError {
         {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after_s));
         }
         response
     }

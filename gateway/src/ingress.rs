@@ -68,6 +68,17 @@ pub fn is_for_speed(router: &Routes, head: &[u8]) -> bool {
         .is_some_and(|route| route.speed)
 }
 
+/// 429 for a source over its `rate_per_s`, with when to come back.
+fn rate_limited(source: &str, per_s: f64, wait: Duration) -> ApiError {
+    let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("source `{source}` may send at most {per_s} webhooks a second; try again in {retry_after} s"),
+    )
+    .retry_after(retry_after)
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -122,6 +133,10 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
             format!("no source named `{source}` is configured"),
         ));
     };
+    if let Some(rate) = &route.rate {
+        rate.take()
+            .map_err(|wait| rate_limited(&source, rate.per_s, wait))?;
+    }
     let (parts, body) = request.into_parts();
     let body = read_body(body, ingress.max_body_bytes, ingress.body_read_timeout).await?;
     let content_type = parts

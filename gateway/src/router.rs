@@ -1,11 +1,16 @@
 //! Where an event from a source goes: the source's ingress policy (how it
-//! signs, how its duplicates are recognised) and the campaigns subscribed
-//! to it. Built whole from a config, so a reload swaps it in one step.
+//! signs, how its duplicates are recognised, how fast it may send) and the
+//! campaigns subscribed to it. Built whole from a config, so a reload swaps it in one step.
 //! Knows nothing of lanes' internals or plugins: names in, names out.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
-use crate::config::{Config, DedupConfig, Lane, Mode};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::config::{Config, DedupConfig, Lane, Mode, SourceConfig};
 use crate::verify::{SecretError, Verifier};
 
 /// One source's policy and campaigns.
@@ -25,6 +30,41 @@ pub struct Route {
     /// are then served on the speed lane's threads, the others' at a lower
     /// priority (see [`crate::server`]).
     pub speed: bool,
+    /// The source's `rate_per_s`, if it has one.
+    pub rate: Option<SourceRate>,
+}
+
+/// A source's allowance of webhooks: `rate_per_s`, `burst` at once.
+pub struct SourceRate {
+    pub per_s: f64,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl std::fmt::Debug for SourceRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SourceRate({}/s)", self.per_s)
+    }
+}
+
+impl SourceRate {
+    fn of(source: &SourceConfig) -> Option<SourceRate> {
+        let per_s = source.rate_per_s?;
+        let one_second = per_s.ceil().clamp(1.0, u32::MAX as f64) as u32;
+        let burst = NonZeroU32::new(source.burst.unwrap_or(one_second)).unwrap_or(NonZeroU32::MIN);
+        // Config checks the rate is at least 0.001/s: a period of 1000 s at most.
+        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_s))?.allow_burst(burst);
+        Some(SourceRate {
+            per_s,
+            limiter: RateLimiter::direct(quota),
+        })
+    }
+
+    /// Take one webhook's allowance, or say how long until there is one.
+    pub fn take(&self) -> Result<(), Duration> {
+        self.limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
 }
 
 /// A source's secrets could not be read.
@@ -61,6 +101,7 @@ impl Router {
             let route = Route {
                 verifier,
                 dedup: source.dedup.clone(),
+                rate: SourceRate::of(source),
                 ..Route::default()
             };
             routes.insert(name.clone(), route);

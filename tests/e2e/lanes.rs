@@ -168,3 +168,31 @@ async fn connections_for_other_lanes_and_unknown_sources_are_served_on_the_bulk_
         ])
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_over_its_rate_is_refused_before_its_body_is_read_and_others_are_not() {
+    let mut sms = Recorder::start(json!({})).await;
+    // One webhook every 10 s, two at once: the third within the test is over.
+    let gateway = Gateway::start(&format!(
+        "{}[sources.partner]\nrate_per_s = 0.1\nburst = 2\n[campaigns.partner-greet]\nsource = \"partner\"\nlane = \"speed\"\nplugin = \"{}\"\n",
+        login_code_toml(&sms),
+        plugin("trivial")
+    ))
+    .await;
+    for _ in 0..2 {
+        assert_eq!(gateway.post("partner", "{}").await.status, 200);
+    }
+    let refused = gateway.post("partner", "{}").await;
+    assert_eq!(refused.status, 429);
+    let body = refused.json();
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    let retry_after = refused.headers.get("retry-after").expect("Retry-After");
+    let retry_after: u64 = retry_after.to_str().unwrap().parse().expect("seconds");
+    assert!((1..=10).contains(&retry_after), "Retry-After {retry_after}");
+    assert_speed_lane_answers(&gateway, &mut sms, "another source is over its rate").await;
+    gateway
+        .metrics_eventually(&[
+            r#"hooklane_refusals_total{source="partner",reason="rate_limited"} 1"#,
+        ])
+        .await;
+}
