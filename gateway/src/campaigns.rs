@@ -771,6 +771,7 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
             "body_read_timeout_ms",
             old.body_read_timeout_ms != new.body_read_timeout_ms,
         ),
+        ("bulk_ingress", old.bulk_ingress != new.bulk_ingress),
         ("admin", old.admin != new.admin),
         ("runtime", old.runtime != new.runtime),
         ("lanes", old.lanes != new.lanes),

@@ -63,6 +63,13 @@ pub struct Config {
     /// ... and its body within this many ms (408 otherwise). Default 30000.
     #[serde(default = "defaults::body_read_timeout_ms")]
     pub body_read_timeout_ms: u64,
+    /// Serve connections whose first request is not for a source with a
+    /// speed campaign on the bulk ingress threads, at the segmentation
+    /// lane's niceness. Default true; false serves every connection on the
+    /// speed lane's threads (behind a proxy that mixes sources on its
+    /// connections, say).
+    #[serde(default = "defaults::bulk_ingress")]
+    pub bulk_ingress: bool,
     /// The operator API (health, readiness, state inspection).
     #[serde(default)]
     pub admin: AdminConfig,
@@ -751,6 +758,9 @@ mod defaults {
     }
     pub fn body_read_timeout_ms() -> u64 {
         30_000
+    }
+    pub fn bulk_ingress() -> bool {
+        true
     }
     pub fn max_instances() -> u32 {
         1000

@@ -137,18 +137,20 @@ pub async fn serve(
         let _ = rx.changed().await;
     };
     let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms);
-    let bulk = bulk_ingress_threads(&config)?;
-    let placement = Placement {
+    let bulk = (config.bulk_ingress)
+        .then(|| bulk_ingress_threads(&config))
+        .transpose()?;
+    let placement = bulk.as_ref().map(|bulk| Placement {
         gateway: gateway.clone(),
         bulk: bulk.handle().clone(),
         header_read_timeout,
-    };
+    });
     let ingress = serve_listener(
         "ingress",
         ingress_listener,
         crate::ingress::routes(gateway.clone(), &config),
         header_read_timeout,
-        Some(placement),
+        placement,
         stopped(stop_rx.clone()),
     );
     let admin = serve_listener(
@@ -162,7 +164,9 @@ pub async fn serve(
     tokio::try_join!(ingress, admin)?;
     tracing::info!("Listeners closed; waiting for the runs in progress");
     gateway.stop().await;
-    bulk.shutdown_background();
+    if let Some(bulk) = bulk {
+        bulk.shutdown_background();
+    }
     Ok(())
 }
 

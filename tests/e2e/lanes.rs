@@ -167,6 +167,27 @@ async fn connections_for_other_lanes_and_unknown_sources_are_served_on_the_bulk_
             r#"hooklane_ingress_connections_total{threads="bulk"} 4"#,
         ])
         .await;
+
+    // Turned off, every connection stays on the speed lane's threads.
+    let dir = gateway.stop().await;
+    let config = format!(
+        "bulk_ingress = false\n{}{}",
+        login_code_toml(&sms),
+        care_forwarder_toml("relay", &sink, "", "")
+    );
+    let gateway = Gateway::start_in(dir, &config, &[]).await;
+    assert_eq!(
+        gateway
+            .post_json("orders", json!({ "order": 9 }))
+            .await
+            .status,
+        202
+    );
+    let metrics = gateway.open_admin_text("/metrics").await;
+    assert!(
+        !metrics.contains("hooklane_ingress_connections_total"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

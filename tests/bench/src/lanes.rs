@@ -134,6 +134,10 @@ pub struct LanesReport {
     pub speed_p99_flood_over_idle: Option<f64>,
     /// Each round's ratio, sorted.
     pub speed_p99_flood_ratio_per_round: Vec<f64>,
+    /// The same with `bulk_ingress = false`: every connection on the speed
+    /// lane's threads.
+    pub speed_p99_flood_unsplit_over_idle: Option<f64>,
+    pub speed_p99_flood_unsplit_ratio_per_round: Vec<f64>,
     /// Over all rounds.
     pub speed_errors_in_flood: u64,
 }
@@ -207,6 +211,12 @@ impl LanesReport {
                 )
             }
             None => out += "speed p99, refused flood / idle: n/a (no successful speed request)\n",
+        }
+        if let Some(ratio) = self.speed_p99_flood_unsplit_over_idle {
+            out += &format!(
+                "  without bulk ingress threads:  {ratio:.2}  (median of rounds {})\n",
+                rounds(&self.speed_p99_flood_unsplit_ratio_per_round)
+            );
         }
         out += &format!(
             "speed-lane errors in the flood:  {}  (target 0: {})\n",
@@ -350,10 +360,19 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         )
         + &store.toml;
     let flooded = options.start_gateway("flood", &flood_config).await?;
-    let flooded_hooks = format!("http://{}/hooks", flooded.addr("ingress"));
-    let login = || speed(flooded_hooks.clone());
-    let flood = |source: &str, connections: usize, payload: &'static [u8]| {
-        let url = format!("{flooded_hooks}/{source}");
+    // The same with every connection on the speed lane's threads: what
+    // the bulk ingress threads are worth, in the same run.
+    let unsplit = options
+        .start_gateway(
+            "flood-unsplit",
+            &format!("bulk_ingress = false\n{flood_config}"),
+        )
+        .await?;
+    let base_of =
+        |gateway: &crate::process::Server| format!("http://{}/hooks", gateway.addr("ingress"));
+    let (split_hooks, unsplit_hooks) = (base_of(&flooded), base_of(&unsplit));
+    let flood = |hooks: &str, source: &str, connections: usize, payload: &'static [u8]| {
+        let url = format!("{hooks}/{source}");
         async move {
             let body = Bytes::from_static(payload);
             let window = load.latency_window;
@@ -368,34 +387,48 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             .await
         }
     };
-    let mut flood_rounds = Vec::with_capacity(load.rounds);
+    // Speed idle, then under the floods, on `hooks`: the p99 ratio and
+    // what was measured.
+    let flooded_round = |hooks: String| {
+        let speed_only = plan(vec![speed(hooks.clone())]);
+        async move {
+            let idle = loadgen::run_open_loop(&speed_only).await?;
+            let (speed, segmentation, care) = tokio::try_join!(
+                loadgen::run_open_loop(&speed_only),
+                flood(&hooks, "scoring", load.flood_segmentation, b"{}"),
+                flood(
+                    &hooks,
+                    "crm",
+                    load.flood_care,
+                    br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#
+                ),
+            )?;
+            let ratio = match (idle[0].p99_us, speed[0].p99_us) {
+                (Some(idle), Some(flooded)) => Some(flooded as f64 / idle.max(1) as f64),
+                _ => None,
+            };
+            Ok::<_, BenchError>((ratio, idle, speed, segmentation, care))
+        }
+    };
+    let (mut flood_rounds, mut unsplit_rounds) = (Vec::new(), Vec::new());
     let mut last_flood = None;
     let mut speed_errors_in_flood = 0;
     for round in 1..=load.rounds {
         eprintln!(
-            "bench: round {round}/{}: speed idle, then a refused flood, {:?} each",
+            "bench: round {round}/{}: speed idle, then a refused flood, {:?} each, with bulk ingress threads and without",
             load.rounds, load.latency_window
         );
-        let speed_only = plan(vec![login()]);
-        let idle = loadgen::run_open_loop(&speed_only).await?;
-        let (speed, segmentation, care) = tokio::try_join!(
-            loadgen::run_open_loop(&speed_only),
-            flood("scoring", load.flood_segmentation, b"{}"),
-            flood(
-                "crm",
-                load.flood_care,
-                br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#
-            ),
-        )?;
-        if let (Some(idle), Some(flooded)) = (idle[0].p99_us, speed[0].p99_us) {
-            flood_rounds.push(flooded as f64 / idle.max(1) as f64);
-        }
+        let (ratio, idle, speed, segmentation, care) = flooded_round(split_hooks.clone()).await?;
+        flood_rounds.extend(ratio);
         speed_errors_in_flood += speed[0].errors + speed[0].refused;
         last_flood = Some((idle, speed, segmentation, care));
+        let (ratio, ..) = flooded_round(unsplit_hooks.clone()).await?;
+        unsplit_rounds.extend(ratio);
     }
     let (flood_speed_idle, flood_speed, flood_segmentation, flood_care) =
         last_flood.expect("at least one round");
     flood_rounds.sort_by(f64::total_cmp);
+    unsplit_rounds.sort_by(f64::total_cmp);
     let report = LanesReport {
         smoke: options.smoke,
         store: backend,
@@ -416,6 +449,8 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         flood_care,
         speed_p99_flood_over_idle: flood_rounds.get(flood_rounds.len() / 2).copied(),
         speed_p99_flood_ratio_per_round: flood_rounds,
+        speed_p99_flood_unsplit_over_idle: unsplit_rounds.get(unsplit_rounds.len() / 2).copied(),
+        speed_p99_flood_unsplit_ratio_per_round: unsplit_rounds,
         speed_errors_in_flood,
     };
     write_report(&options.out, &report)?;

@@ -125,6 +125,10 @@ fn assert_lanes_ran((printed, report): (String, Value), store: &str) {
         report["flood_speed"][0]["ok"].as_u64().unwrap() > 0,
         "{report}"
     );
+    assert!(
+        printed.contains("without bulk ingress threads:"),
+        "{printed}"
+    );
     for flood in ["flood_segmentation", "flood_care"] {
         let answered =
             report[flood]["ok"].as_u64().unwrap() + report[flood]["refused"].as_u64().unwrap();
