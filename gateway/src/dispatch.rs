@@ -403,12 +403,8 @@ impl Gateway {
             return self.bury(queued, &error).await;
         };
         queued.attempts.push(error.attempt());
-        (self.recent).ended(
-            &loaded.name,
-            &queued.event.id,
-            Ended::Retrying,
-            &queued.attempts,
-        );
+        let tries = queued.attempts.clone();
+        (self.recent).ended(&loaded.name, &queued.event.id, Ended::Retrying, tries);
         crate::telemetry::retry(&loaded.name, loaded.config.lane);
         queued.not_before_ms = now_ms() + delay.as_millis() as u64;
         match persist(|| self.queue().retry_event(&queued)).await {
@@ -423,10 +419,10 @@ impl Gateway {
 
     /// Give up on a stored event: a dead letter, logged and counted.
     async fn bury(&self, queued: QueuedEvent, error: &RunError) {
-        let mut attempts = queued.attempts.clone();
-        attempts.push(error.attempt());
-        (self.recent).ended(&queued.campaign, &queued.event.id, Ended::Dead, &attempts);
-        crate::retry::bury(self.queue(), DeadItem::Event(queued), error.attempt()).await;
+        let last = error.attempt();
+        let tries = queued.attempts.iter().chain([&last]).cloned().collect();
+        (self.recent).ended(&queued.campaign, &queued.event.id, Ended::Dead, tries);
+        crate::retry::bury(self.queue(), DeadItem::Event(queued), last).await;
     }
 
     /// Run the plugin and commit what it asked for — KV changes,
@@ -454,14 +450,18 @@ impl Gateway {
             Ok(output) => self.commit(loaded, event, output, ack).await,
             Err(failure) => Err(failure.into()),
         };
-        self.recent.record(match &committed {
-            Ok((_, actions)) => record.ok(actions.clone()),
-            Err(error) => record.failed(error.cause(), error.to_string()),
-        });
+        let (answer, record) = match committed {
+            Ok((reply, actions)) => (Ok(reply), record.ok(actions)),
+            Err(error) => {
+                let record = record.failed(error.cause(), error.to_string());
+                (Err(error), record)
+            }
+        };
+        self.recent.record(record);
         if let Some(shadow) = &loaded.config.shadow {
             self.recordings.record(&loaded.name, shadow, event);
         }
-        committed.map(|(reply, _)| reply)
+        answer
     }
 
     /// Check `output`, commit it with the acknowledgement of `ack`, and

@@ -152,41 +152,43 @@ impl RecentRuns {
 
     /// Say how `campaign`'s latest run of `event_id` ended after all: it is
     /// to be retried, or it is dead.
-    pub fn ended(&self, campaign: &str, event_id: &str, ended: Ended, attempts: &[Attempt]) {
+    pub fn ended(&self, campaign: &str, event_id: &str, ended: Ended, attempts: Vec<Attempt>) {
         let Some(runs) = self.by_campaign.get(campaign) else {
             return;
         };
         let mut runs = runs.lock().expect("recent runs lock");
         if let Some(run) = runs.iter_mut().rev().find(|r| r.event_id == event_id) {
             run.ended = ended;
-            run.attempts = attempts.to_vec();
+            run.attempts = attempts;
         }
     }
 
     /// The kept records `filter` selects, newest first.
     pub fn list(&self, filter: &Filter) -> Vec<RunRecord> {
-        let mut all: Vec<RunRecord> = Vec::new();
+        let ended = |r: &RunRecord| filter.ended.is_none_or(|e| r.ended == e);
+        let mut selected = self.select(filter.campaign.as_deref(), ended);
+        selected.truncate(filter.limit.unwrap_or(usize::MAX));
+        selected
+    }
+
+    /// Every kept run of event `event_id`, by any campaign, newest first.
+    pub fn event(&self, event_id: &str) -> Vec<RunRecord> {
+        self.select(None, |r| r.event_id == event_id)
+    }
+
+    /// Copies of the records of `campaign` (or of all) that `keep`
+    /// selects, newest first; only those are copied.
+    fn select(&self, campaign: Option<&str>, keep: impl Fn(&RunRecord) -> bool) -> Vec<RunRecord> {
+        let mut selected: Vec<RunRecord> = Vec::new();
         for runs in self.by_campaign.iter() {
-            if filter.campaign.as_ref().is_some_and(|c| c != runs.key()) {
+            if campaign.is_some_and(|c| c != runs.key()) {
                 continue;
             }
             let runs = runs.lock().expect("recent runs lock");
-            let selected = runs
-                .iter()
-                .filter(|r| filter.ended.is_none_or(|e| r.ended == e));
-            all.extend(selected.cloned());
+            selected.extend(runs.iter().filter(|r| keep(r)).cloned());
         }
-        all.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
-        all.truncate(filter.limit.unwrap_or(usize::MAX));
-        all
-    }
-
-    /// Every kept run of event `event_id`, by any campaign.
-    pub fn event(&self, event_id: &str) -> Vec<RunRecord> {
-        self.list(&Filter::default())
-            .into_iter()
-            .filter(|r| r.event_id == event_id)
-            .collect()
+        selected.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
+        selected
     }
 }
 
@@ -272,7 +274,7 @@ mod tests {
             cause: "trap".into(),
             detail: "boom".into(),
         }];
-        recent.ended("a", &first.id, Ended::Retrying, &tried);
+        recent.ended("a", &first.id, Ended::Retrying, tried.to_vec());
         let retrying = recent.event(&first.id);
         assert_eq!(retrying.len(), 1);
         assert_eq!(retrying[0].ended, Ended::Retrying);

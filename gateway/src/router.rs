@@ -1,6 +1,7 @@
 //! Where an event from a source goes: the source's ingress policy (how it
 //! signs, how its duplicates are recognised, how fast it may send) and the
-//! campaigns subscribed to it. Built whole from a config, so a reload swaps it in one step.
+//! campaigns subscribed to it. Built whole from a config, so a reload swaps
+//! it in one step.
 //! Knows nothing of lanes' internals or plugins: names in, names out.
 
 use std::collections::HashMap;
