@@ -259,7 +259,8 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
     // Tables last: the config's top-level keys come first.
     let config = gateway_config(&plugins, &floor_url, never) + &store.toml;
     let gateway = options.start_gateway("gateway", &config).await?;
-    let hooks = |source: &str| format!("http://{}/hooks/{source}", gateway.addr("ingress"));
+    let base = hooks_url(&gateway);
+    let hooks = |source: &str| format!("{base}/{source}");
 
     // Floor and trivial alternate too, for the same reason as idle and mix.
     let saturate = |url: String| {
@@ -313,7 +314,6 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             br#"{"phone": "+4915112345678"}"#,
         )
     };
-    let base = format!("http://{}/hooks", gateway.addr("ingress"));
     let login = || speed(base.clone());
     let plan = |classes| Plan {
         classes,
@@ -368,9 +368,7 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             &format!("bulk_ingress = false\n{flood_config}"),
         )
         .await?;
-    let base_of =
-        |gateway: &crate::process::Server| format!("http://{}/hooks", gateway.addr("ingress"));
-    let (split_hooks, unsplit_hooks) = (base_of(&flooded), base_of(&unsplit));
+    let (split_hooks, unsplit_hooks) = (hooks_url(&flooded), hooks_url(&unsplit));
     let flood = |hooks: &str, source: &str, connections: usize, payload: &'static [u8]| {
         let url = format!("{hooks}/{source}");
         async move {
@@ -455,6 +453,11 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
     };
     write_report(&options.out, &report)?;
     Ok(report)
+}
+
+/// Where `gateway` takes webhooks: `<this>/<source>`.
+fn hooks_url(gateway: &crate::process::Server) -> String {
+    format!("http://{}/hooks", gateway.addr("ingress"))
 }
 
 /// The bench gateway: one campaign per traffic class.
