@@ -158,11 +158,16 @@ fn recorder(admin: &Admin) -> Result<&PrometheusHandle, ApiError> {
     })
 }
 
-/// Prometheus text format; lane depths are sampled now.
+/// Prometheus text format; lane depths and throttled campaigns are
+/// sampled now.
 async fn render_metrics(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
     let handle = recorder(&admin)?;
     for (lane, depth, backlog) in lane_loads(&admin.gateway) {
         telemetry::lane_depth(lane, depth.queued, depth.running, backlog);
+    }
+    for c in admin.gateway.campaigns().all() {
+        let throttled = c.guard.throttled().is_some();
+        telemetry::is_throttled(&c.name, c.config.lane, throttled);
     }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -240,6 +245,7 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
                     "memory_mb": c.limits.memory_mb,
                     "max_concurrency": c.limits.max_concurrency,
                 },
+                "throttled": c.guard.throttled(),
             })
         })
         .collect();

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use crate::config::{CampaignConfig, CampaignLimits, Config, ConfigError, LanesConfig};
 use crate::dispatch::RunError;
 use crate::gateway::StartError;
+use crate::guard::Guard;
 use crate::router::Router;
 use crate::runtime::{self, Compiled, Compiler, LoadError, Plugin, Runtime};
 use crate::versions::{History, Origin, PluginVersions, Version, VersionError};
@@ -50,13 +51,22 @@ pub enum DeployError {
 }
 
 /// A campaign ready to run: its config, effective limits, the version of
-/// its plugin that runs, and that plugin.
+/// its plugin that runs, that plugin, and its lane's guard over it.
 pub struct LoadedCampaign {
     pub name: Arc<str>,
     pub config: CampaignConfig,
     pub limits: CampaignLimits,
     pub version: Version,
     pub plugin: Plugin,
+    pub guard: Guard,
+}
+
+impl LoadedCampaign {
+    /// Runs at once it may have now: its cap, unless its lane's guard
+    /// throttles it.
+    pub fn concurrency(&self) -> usize {
+        self.guard.concurrency(self.limits.max_concurrency)
+    }
 }
 
 /// A configured campaign that cannot run: the stored component of its
@@ -476,13 +486,6 @@ impl Campaigns {
         started: Instant,
         changed_by: &str,
     ) {
-        let plugin = self.runtime.plugin(
-            compiled,
-            &target.name,
-            &target.config,
-            &target.limits,
-            &version.label(),
-        );
         let previous = target.running.as_ref().map(Version::label);
         tracing::info!(
             campaign = %target.name,
@@ -494,13 +497,13 @@ impl Campaigns {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "Switched plugin version"
         );
-        let loaded = LoadedCampaign {
-            name: target.name.clone(),
-            config: target.config.clone(),
-            limits: target.limits,
+        let loaded = self.ready(
+            target.name.clone(),
+            target.config.clone(),
+            target.limits,
             version,
-            plugin,
-        };
+            compiled,
+        );
         self.loaded
             .insert(target.name.to_string(), Arc::new(loaded));
         self.unavailable.remove(&*target.name);
@@ -686,21 +689,31 @@ impl Campaigns {
             }
         };
         let limits = prepared.config.limits(&self.lanes);
-        let plugin = self.runtime.plugin(
-            &prepared.compiled,
-            &prepared.name,
-            &prepared.config,
-            &limits,
-            &version.label(),
-        );
-        let loaded = LoadedCampaign {
-            name: prepared.name.as_str().into(),
-            config: prepared.config,
+        let name = prepared.name.as_str().into();
+        let loaded = self.ready(name, prepared.config, limits, version, &prepared.compiled);
+        Ok((loaded, from_config))
+    }
+
+    /// A campaign ready to run `version`, freshly judged by its lane's guard.
+    fn ready(
+        &self,
+        name: Arc<str>,
+        config: CampaignConfig,
+        limits: CampaignLimits,
+        version: Version,
+        compiled: &Compiled,
+    ) -> LoadedCampaign {
+        let plugin = self
+            .runtime
+            .plugin(compiled, &name, &config, &limits, &version.label());
+        LoadedCampaign {
+            guard: Guard::new(self.lanes.get(config.lane)),
+            name,
+            config,
             limits,
             version,
             plugin,
-        };
-        Ok((loaded, from_config))
+        }
     }
 }
 

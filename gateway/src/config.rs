@@ -552,6 +552,8 @@ struct LaneSettings {
     max_attempts: Option<u32>,
     retry_base_ms: Option<u64>,
     retry_max_ms: Option<u64>,
+    guard_fuel: Option<u64>,
+    guard_concurrency: Option<usize>,
 }
 
 impl From<LaneOverrides> for LanesConfig {
@@ -621,6 +623,14 @@ pub struct LaneConfig {
     pub retry_base_ms: u64,
     /// Cap of the retry backoff, in ms. Defaults 60000 / 300000 / 3600000.
     pub retry_max_ms: u64,
+    /// The lane's guard (see [`crate::guard`]): a campaign whose recent runs
+    /// average more fuel than this is throttled to `guard_concurrency` runs
+    /// at once, until its average falls under half of it, so the lane's
+    /// other campaigns keep their latency. 0 turns the guard off. Defaults
+    /// 1e7 (about 1 ms of CPU) / 1e8 / 0.
+    pub guard_fuel: u64,
+    /// Runs at once a throttled campaign keeps. Default 1.
+    pub guard_concurrency: usize,
 }
 
 impl LaneConfig {
@@ -639,6 +649,8 @@ impl LaneConfig {
             max_attempts: written.max_attempts.unwrap_or(self.max_attempts),
             retry_base_ms: written.retry_base_ms.unwrap_or(self.retry_base_ms),
             retry_max_ms: written.retry_max_ms.unwrap_or(self.retry_max_ms),
+            guard_fuel: written.guard_fuel.unwrap_or(self.guard_fuel),
+            guard_concurrency: written.guard_concurrency.unwrap_or(self.guard_concurrency),
         }
     }
 
@@ -655,6 +667,8 @@ impl LaneConfig {
             max_attempts: 3,
             retry_base_ms: 1000,
             retry_max_ms: 60_000,
+            guard_fuel: 10_000_000,
+            guard_concurrency: 1,
         }
     }
 
@@ -671,6 +685,8 @@ impl LaneConfig {
             max_attempts: 5,
             retry_base_ms: 1000,
             retry_max_ms: 300_000,
+            guard_fuel: 100_000_000,
+            guard_concurrency: 1,
         }
     }
 
@@ -687,6 +703,8 @@ impl LaneConfig {
             max_attempts: 10,
             retry_base_ms: 5000,
             retry_max_ms: 3_600_000,
+            guard_fuel: 0,
+            guard_concurrency: 1,
         }
     }
 }
@@ -942,6 +960,7 @@ impl Config {
                 ("fuel", config.fuel),
                 ("deadline_ms", config.deadline_ms),
                 ("memory_mb", config.memory_mb),
+                ("guard_concurrency", config.guard_concurrency as u64),
             ] {
                 if value == 0 {
                     return Err(invalid(key(field), "expected at least 1".into()));

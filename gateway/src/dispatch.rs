@@ -20,6 +20,7 @@ use crate::campaigns::LoadedCampaign;
 use crate::config::Lane;
 use crate::event::{now_ms, Event};
 use crate::gateway::Gateway;
+use crate::guard::Change;
 use crate::lanes::LaneFull;
 use crate::recent::{self, Actions, Ended};
 use crate::retry::Backoff;
@@ -193,7 +194,7 @@ impl Gateway {
             .into_iter()
             .filter(|c| c.config.lane == lane && self.queue().backlog(&c.name) > 0)
             .filter(|c| {
-                let room = self.lanes().in_window(lane, &c.name) < c.limits.max_concurrency;
+                let room = self.lanes().in_window(lane, &c.name) < c.concurrency();
                 capped |= !room;
                 room
             })
@@ -255,7 +256,7 @@ impl Gateway {
         let metrics = &loaded.plugin.sandbox().metrics;
         let deadline = Duration::from_millis(loaded.limits.deadline_ms);
         let lane = loaded.config.lane;
-        let cap = loaded.limits.max_concurrency;
+        let cap = loaded.concurrency();
         if let Some(_slot) = self.lanes().try_run_here(lane, &loaded.name, cap) {
             metrics.waited(0.0);
             return self.run(&loaded, event, deadline, None).await;
@@ -367,7 +368,7 @@ impl Gateway {
         let (lane, name, cap) = (
             loaded.config.lane,
             loaded.name.clone(),
-            loaded.limits.max_concurrency,
+            loaded.concurrency(),
         );
         let queued_at = Instant::now();
         self.lanes().submit_admitted(lane, &name, cap, async move {
@@ -438,6 +439,9 @@ impl Gateway {
         ack: Option<u64>,
     ) -> Result<Option<Reply>, RunError> {
         let ran = loaded.plugin.run(event, deadline).await;
+        if let Some(change) = loaded.guard.observe(ran.fuel_used) {
+            report_guard(loaded, change);
+        }
         let record = recent::Run {
             event,
             campaign: &loaded.name,
@@ -526,6 +530,22 @@ pub(crate) fn check_emit_depth(
         }
     }
     Ok(())
+}
+
+/// Tell operators, once per change, that a campaign's lane guard throttled
+/// it or let it go.
+fn report_guard(loaded: &LoadedCampaign, change: Change) {
+    let (campaign, lane) = (&loaded.name, loaded.config.lane);
+    match change {
+        Change::Throttled(throttled) => {
+            crate::telemetry::throttled(campaign, lane);
+            let reason = throttled.reason;
+            tracing::warn!(%campaign, %lane, "Campaign throttled by its lane's guard: {reason}");
+        }
+        Change::Released => {
+            tracing::info!(%campaign, %lane, "Campaign no longer throttled by its lane's guard: its runs' average fuel fell under half of guard_fuel")
+        }
+    }
 }
 
 pub fn log_failure(loaded: &LoadedCampaign, event: &Event, error: &RunError) {

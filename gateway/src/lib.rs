@@ -21,6 +21,7 @@ pub mod dispatch;
 pub mod error;
 pub mod event;
 pub mod gateway;
+pub mod guard;
 pub mod ingress;
 pub mod lanes;
 pub mod plugin_test;

@@ -125,6 +125,17 @@ impl PluginMetrics {
     }
 }
 
+/// A campaign's lane guard throttled it.
+pub fn throttled(campaign: &str, lane: Lane) {
+    counter!("hooklane_campaign_throttles_total", "campaign" => campaign.to_owned(), "lane" => lane.as_str()).increment(1);
+}
+
+/// Whether a campaign is throttled now, sampled when metrics are read.
+pub fn is_throttled(campaign: &str, lane: Lane, throttled: bool) {
+    gauge!("hooklane_campaign_throttled", "campaign" => campaign.to_owned(), "lane" => lane.as_str())
+        .set(if throttled { 1.0 } else { 0.0 });
+}
+
 /// A webhook refused at ingress. `source` must be a configured source (or
 /// `unknown`), so a caller cannot mint label values.
 pub fn refusal(source: &str, reason: &'static str) {

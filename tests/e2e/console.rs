@@ -1,7 +1,7 @@
 //! The console in a real headless Chromium (`tests/console/console.mjs`,
 //! puppeteer-core on Debian's chromium, both installed by
 //! `scripts/setup.sh`): an operator logs in, watches the lanes, deploys a
-//! version and rolls it back, shadow-runs a version on greet's kept
+//! version and rolls it back, sees why a campaign is throttled, shadow-runs a version on greet's kept
 //! events, enables a destination, replays dead
 //! letters, looks through the recent events and reads the advice in the
 //! pages; the gateway shows the effects.
@@ -22,13 +22,21 @@ use crate::harness::{care_forwarder_toml, plugin, Gateway, Recorder, ADMIN_TOKEN
 const BROWSER_PATIENCE: Duration = Duration::from_secs(180);
 
 /// `greet` (speed, sync, keeping its events for shadow runs), `relay`
-/// (care, to `sink`), `crash` (segmentation, panics, one attempt) and
-/// `broken` (speed).
+/// (care, to `sink`), `crash` (segmentation, panics, one attempt),
+/// `broken` (speed) and `score` (speed, heavier than its lane's guard).
 fn console_toml(sink: &Recorder) -> String {
     format!(
         r#"
+[lanes.speed]
+guard_fuel = 1000000
 [lanes.segmentation]
 max_attempts = 1
+[sources.score]
+[campaigns.score]
+source = "score"
+lane = "speed"
+plugin = "{burn}"
+settings = {{ iterations = "300000" }}
 {greet}shadow = {{ record = 20 }}
 {relay}
 [sources.crash]
@@ -46,6 +54,7 @@ plugin = "{trivial}"
         relay = care_forwarder_toml("relay", sink, "", ""),
         panic = plugin("panic"),
         trivial = plugin("trivial"),
+        burn = plugin("burn"),
     )
 }
 
@@ -87,6 +96,10 @@ async fn an_operator_deploys_rolls_back_and_replays_dead_letters_in_the_console(
     );
     dead_letters_eventually(&gateway, 2).await;
     assert_eq!(gateway.post_json("crash", json!({})).await.status, 202);
+    // Judged after eight runs: throttled by the speed lane's guard.
+    for _ in 0..8 {
+        assert_eq!(gateway.post("score", "{}").await.status, 200);
+    }
     dead_letters_eventually(&gateway, 3).await;
     assert_eq!(who_answers(&gateway).await, Answered::Trivial);
 

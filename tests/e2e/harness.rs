@@ -442,6 +442,11 @@ impl Recorder {
         self.answering.send_replace(true);
     }
 
+    /// Hold every answer from now on, until [`Recorder::release`].
+    pub fn hold(&self) {
+        self.answering.send_replace(false);
+    }
+
     /// Answer the first requests with `statuses`, then 200 with `answer`.
     pub async fn failing_first(statuses: &[u16], answer: Value) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -3,9 +3,11 @@
 //! room in memory for a sync caller; the speed lane keeps answering
 //! meanwhile, and a campaign at its cap does not block the others in its
 //! lane; connections for other lanes are served off the speed lane's
-//! threads.
+//! threads; the lane's guard throttles a campaign whose runs are too heavy
+//! for it, says why, and its neighbours keep running.
 
-use serde_json::json;
+use reqwest::Method;
+use serde_json::{json, Value};
 
 use crate::harness::{
     assert_speed_lane_answers, black_hole, care_forwarder_toml, hanging_campaign_toml,
@@ -216,4 +218,137 @@ async fn a_source_over_its_rate_is_refused_before_its_body_is_read_and_others_ar
             r#"hooklane_refusals_total{source="partner",reason="rate_limited"} 1"#,
         ])
         .await;
+}
+
+/// `score` burns about 3e6 fuel a run (more than the lane's guard of 1e6),
+/// then looks the customer up at `lookup`, which holds its answers while the
+/// test counts how many runs wait on it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lane_guard_throttles_a_heavy_campaign_and_its_neighbours_keep_running() {
+    let mut lookup = Recorder::holding(json!({ "segment": "vip" })).await;
+    let gateway = Gateway::start(&format!(
+        r#"
+[lanes.speed]
+guard_fuel = 1000000
+guard_concurrency = 1
+
+[sources.score]
+[campaigns.score]
+source = "score"
+lane = "speed"
+plugin = "{burn}"
+deadline_ms = 60000
+allowed_hosts = ["{lookup}"]
+settings = {{ iterations = "300000", then_fetch = "{url}" }}
+
+[sources.quick]
+[campaigns.quick]
+source = "quick"
+lane = "speed"
+plugin = "{trivial}"
+"#,
+        burn = plugin("burn"),
+        trivial = plugin("trivial"),
+        lookup = lookup.addr,
+        url = lookup.url(),
+    ))
+    .await;
+    let gateway = std::sync::Arc::new(gateway);
+    let score_three_at_once = || {
+        (0..3)
+            .map(|n| {
+                let gateway = gateway.clone();
+                tokio::spawn(async move { gateway.post_json("score", json!({ "n": n })).await })
+            })
+            .collect::<Vec<_>>()
+    };
+    let answered = |replies: Vec<Reply>| {
+        for reply in replies {
+            assert_eq!(
+                reply.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            assert_eq!(reply.json(), json!({ "segment": "vip" }));
+        }
+    };
+    let join = |calls: Vec<tokio::task::JoinHandle<Reply>>| async {
+        let mut replies = Vec::new();
+        for call in calls {
+            replies.push(call.await.expect("caller"));
+        }
+        replies
+    };
+
+    // Not judged yet: its three runs wait on the lookup at once.
+    let calls = score_three_at_once();
+    for _ in 0..3 {
+        lookup.next().await;
+    }
+    lookup.release();
+    answered(join(calls).await);
+    for n in 3..8 {
+        answered(vec![gateway.post_json("score", json!({ "n": n })).await]);
+    }
+    lookup.drain();
+
+    // Judged after eight runs: throttled, and the operator is told why.
+    let throttled = &listed(&gateway, "score").await["throttled"];
+    assert_eq!(throttled["concurrency"], 1, "{throttled}");
+    assert_eq!(throttled["guard_fuel"], 1_000_000, "{throttled}");
+    assert!(throttled["mean_fuel"].as_u64().expect("mean_fuel") > 1_000_000);
+    let reason = throttled["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("above its lane's guard_fuel of 1000000"),
+        "{reason}"
+    );
+    assert_eq!(listed(&gateway, "quick").await["throttled"], Value::Null);
+
+    // Throttled: one run waits on the lookup, the other two wait in the
+    // lane — while the lane's other campaign still runs at once.
+    lookup.hold();
+    let calls = score_three_at_once();
+    lookup.next().await;
+    gateway
+        .metrics_eventually(&[r#"hooklane_lane_queued{lane="speed"} 2"#])
+        .await;
+    let quick = gateway.post("quick", "{}").await;
+    assert_eq!(quick.status, 200);
+    assert_eq!(&quick.body[..], b"ok");
+    assert!(lookup.drain().is_empty(), "a second run reached the lookup");
+    lookup.release();
+    answered(join(calls).await);
+    assert_eq!(lookup.drain().len(), 2);
+
+    gateway
+        .metrics_eventually(&[
+            r#"hooklane_campaign_throttled{campaign="score",lane="speed"} 1"#,
+            r#"hooklane_campaign_throttled{campaign="quick",lane="speed"} 0"#,
+            r#"hooklane_campaign_throttles_total{campaign="score",lane="speed"} 1"#,
+        ])
+        .await;
+    let warned = gateway
+        .log()
+        .matches("Campaign throttled by its lane's guard")
+        .count();
+    assert_eq!(warned, 1, "logged once");
+
+    // A new version starts unjudged.
+    crate::faults::deploy(&gateway, "score", "trivial").await;
+    let score = listed(&gateway, "score").await;
+    assert_eq!(score["version"], 2);
+    assert_eq!(score["throttled"], Value::Null, "{score}");
+}
+
+/// `campaign` as `GET /v1/campaigns` lists it.
+async fn listed(gateway: &Gateway, campaign: &str) -> Value {
+    let listed = gateway.admin(Method::GET, "/v1/campaigns").await;
+    let found = listed["campaigns"]
+        .as_array()
+        .expect("campaigns")
+        .iter()
+        .find(|c| c["name"] == campaign)
+        .cloned();
+    found.unwrap_or_else(|| panic!("{campaign} not listed: {listed}"))
 }

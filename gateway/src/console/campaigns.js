@@ -1,4 +1,5 @@
-// Campaigns: lane, mode, limits, status and failures by cause; one
+// Campaigns: lane, mode, limits, status (running, throttled by its lane's
+// guard, unavailable) and failures by cause; one
 // campaign's stored versions, with deploy (upload a .wasm), a shadow run of
 // an upload on the campaign's kept events (then deploy it), and rollback.
 
@@ -7,7 +8,8 @@ import { h, table, statusLine, action, when, reason, causes } from './dom.js';
 import { shadowReport } from './shadow.js';
 
 function status(c) {
-  return c.status === 'running' ? 'running' : reason(`${c.status}: ${c.reason}`);
+  if (c.status !== 'running') return reason(`${c.status}: ${c.reason}`);
+  return c.throttled ? reason(`throttled: ${c.throttled.reason}`) : 'running';
 }
 
 export function show(root) {

@@ -1,8 +1,10 @@
 //! `burn`: a CPU-heavy campaign for load benchmarks — spends `iterations`
 //! (a setting; default 10 million) rounds of arithmetic, the stand-in for a
-//! segmentation model scoring many customer variables.
+//! segmentation model scoring many customer variables; then, if the setting
+//! `then_fetch` names a URL, looks the customer up there (its answer is the
+//! response's body) — a model that also reads an external source.
 
-use hooklane_sdk::{config, Action, Campaign, Error, Event};
+use hooklane_sdk::{config, http, Action, Campaign, Error, Event};
 
 struct Burn;
 
@@ -18,7 +20,11 @@ impl Campaign for Burn {
             x ^= x >> 7;
             x ^= x << 17;
         }
-        Ok(vec![Action::respond(200, vec![], x.to_string())])
+        let body = match config::get("then_fetch") {
+            Some(url) => http::get(&url)?.body,
+            None => x.to_string().into_bytes(),
+        };
+        Ok(vec![Action::respond(200, vec![], body)])
     }
 }
 

@@ -17,7 +17,13 @@
 //!    rate, idle and then while closed-loop floods (64 connections on the
 //!    segmentation source, 16 on the care source, sent from threads at
 //!    niceness [`FLOOD_NICE`]) get nearly all 429 — refusals are cheap but
-//!    not free, and must not cost the speed lane.
+//!    not free, and must not cost the speed lane;
+//! 6. **slow neighbour** — `login-code` at the same rate, idle and then
+//!    while a closed loop of [`Load::neighbour_connections`] floods
+//!    `neighbour`, a speed campaign of about 5 ms of CPU a run: on a gateway
+//!    with the speed lane's guard (the default), which throttles the
+//!    neighbour, and on one without it (`guard_fuel = 0`), in the same
+//!    rounds.
 //!
 //! It prints the two ratios that matter — trivial ÷ floor throughput and
 //! speed p99 in the mix ÷ speed p99 idle — as a table and as JSON. All traffic
@@ -30,6 +36,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::try_join_all;
 use serde::Serialize;
 
 use crate::ceiling::{Ceiling, Judged};
@@ -44,6 +51,7 @@ use crate::{
 const TARGET_TRIVIAL_OVER_FLOOR: f64 = 0.5;
 const TARGET_MIX_OVER_IDLE_P99: f64 = 1.5;
 const TARGET_FLOOD_OVER_IDLE_P99: f64 = 1.5;
+const TARGET_NEIGHBOUR_OVER_IDLE_P99: f64 = 1.5;
 /// The floods' generator threads' niceness: a flood comes from other
 /// machines and takes none of this one's CPU, so on one machine its
 /// generator gets only what the gateway and the speed measurement leave.
@@ -66,6 +74,8 @@ struct Load {
     /// Closed-loop connections of the refused floods.
     flood_segmentation: usize,
     flood_care: usize,
+    /// Closed-loop connections on the slow neighbour.
+    neighbour_connections: usize,
 }
 
 impl Load {
@@ -82,6 +92,7 @@ impl Load {
                 hang_rate: 5.0,
                 flood_segmentation: 4,
                 flood_care: 2,
+                neighbour_connections: 2,
             }
         } else {
             Load {
@@ -95,6 +106,7 @@ impl Load {
                 hang_rate: 20.0,
                 flood_segmentation: 64,
                 flood_care: 16,
+                neighbour_connections: 16,
             }
         }
     }
@@ -140,6 +152,18 @@ pub struct LanesReport {
     pub speed_p99_flood_unsplit_ratio_per_round: Vec<f64>,
     /// Over all rounds.
     pub speed_errors_in_flood: u64,
+    /// The slow neighbour's last round: speed idle, speed beside the
+    /// neighbour's flood, and the flood, with the speed lane's guard.
+    pub neighbour_speed_idle: Vec<ClassReport>,
+    pub neighbour_speed: Vec<ClassReport>,
+    pub neighbour_flood: ThroughputReport,
+    /// The median of the rounds' ratios, with the guard and without it.
+    pub speed_p99_neighbour_over_idle: Option<f64>,
+    pub speed_p99_neighbour_ratio_per_round: Vec<f64>,
+    pub speed_p99_neighbour_unguarded_over_idle: Option<f64>,
+    pub speed_p99_neighbour_unguarded_ratio_per_round: Vec<f64>,
+    /// Over all rounds, with the guard.
+    pub speed_errors_beside_neighbour: u64,
 }
 
 impl LanesReport {
@@ -222,6 +246,33 @@ impl LanesReport {
             "speed-lane errors in the flood:  {}  (target 0: {})\n",
             self.speed_errors_in_flood,
             verdict(self.speed_errors_in_flood == 0)
+        );
+        out += "\n== slow neighbour in the speed lane (last round, with the guard)\n";
+        out += &throughput("neighbour", &self.neighbour_flood);
+        out += "speed idle:\n";
+        out += &loadgen::table(&self.neighbour_speed_idle);
+        out += "speed beside the neighbour:\n";
+        out += &loadgen::table(&self.neighbour_speed);
+        match self.speed_p99_neighbour_over_idle {
+            Some(ratio) => {
+                out += &format!(
+                    "speed p99, slow neighbour / idle: {ratio:.2}  (target <= {TARGET_NEIGHBOUR_OVER_IDLE_P99}: {}; median of rounds {})\n",
+                    verdict(ratio <= TARGET_NEIGHBOUR_OVER_IDLE_P99),
+                    rounds(&self.speed_p99_neighbour_ratio_per_round)
+                )
+            }
+            None => out += "speed p99, slow neighbour / idle: n/a (no successful speed request)\n",
+        }
+        if let Some(ratio) = self.speed_p99_neighbour_unguarded_over_idle {
+            out += &format!(
+                "  without the lane's guard:       {ratio:.2}  (median of rounds {})\n",
+                rounds(&self.speed_p99_neighbour_unguarded_ratio_per_round)
+            );
+        }
+        out += &format!(
+            "speed errors beside it:          {}  (target 0: {})\n",
+            self.speed_errors_beside_neighbour,
+            verdict(self.speed_errors_beside_neighbour == 0)
         );
         out
     }
@@ -385,28 +436,33 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             .await
         }
     };
-    // Speed idle, then under the floods, on `hooks`: the p99 ratio and
-    // what was measured.
-    let flooded_round = |hooks: String| {
+    // Speed idle, then beside `floods` (source, connections, body) on
+    // `hooks`: the p99 ratio and what was measured.
+    let flooded_round = |hooks: String, floods: Vec<(&'static str, usize, &'static [u8])>| {
         let speed_only = plan(vec![speed(hooks.clone())]);
         async move {
             let idle = loadgen::run_open_loop(&speed_only).await?;
-            let (speed, segmentation, care) = tokio::try_join!(
-                loadgen::run_open_loop(&speed_only),
-                flood(&hooks, "scoring", load.flood_segmentation, b"{}"),
-                flood(
-                    &hooks,
-                    "crm",
-                    load.flood_care,
-                    br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#
-                ),
-            )?;
+            let floods = floods
+                .into_iter()
+                .map(|(source, connections, body)| flood(&hooks, source, connections, body));
+            let (speed, floods) =
+                tokio::try_join!(loadgen::run_open_loop(&speed_only), try_join_all(floods),)?;
             let ratio = match (idle[0].p99_us, speed[0].p99_us) {
                 (Some(idle), Some(flooded)) => Some(flooded as f64 / idle.max(1) as f64),
                 _ => None,
             };
-            Ok::<_, BenchError>((ratio, idle, speed, segmentation, care))
+            Ok::<_, BenchError>((ratio, idle, speed, floods))
         }
+    };
+    let refused_floods = || {
+        vec![
+            ("scoring", load.flood_segmentation, &b"{}"[..]),
+            (
+                "crm",
+                load.flood_care,
+                &br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#[..],
+            ),
+        ]
     };
     let (mut flood_rounds, mut unsplit_rounds) = (Vec::new(), Vec::new());
     let mut last_flood = None;
@@ -416,17 +472,48 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             "bench: round {round}/{}: speed idle, then a refused flood, {:?} each, with bulk ingress threads and without",
             load.rounds, load.latency_window
         );
-        let (ratio, idle, speed, segmentation, care) = flooded_round(split_hooks.clone()).await?;
+        let (ratio, idle, speed, floods) =
+            flooded_round(split_hooks.clone(), refused_floods()).await?;
         flood_rounds.extend(ratio);
         speed_errors_in_flood += speed[0].errors + speed[0].refused;
-        last_flood = Some((idle, speed, segmentation, care));
-        let (ratio, ..) = flooded_round(unsplit_hooks.clone()).await?;
+        last_flood = Some((idle, speed, floods));
+        let (ratio, ..) = flooded_round(unsplit_hooks.clone(), refused_floods()).await?;
         unsplit_rounds.extend(ratio);
     }
-    let (flood_speed_idle, flood_speed, flood_segmentation, flood_care) =
-        last_flood.expect("at least one round");
+    let (flood_speed_idle, flood_speed, floods) = last_flood.expect("at least one round");
+    let [flood_segmentation, flood_care] = <[_; 2]>::try_from(floods).expect("two floods");
     flood_rounds.sort_by(f64::total_cmp);
     unsplit_rounds.sort_by(f64::total_cmp);
+    drop((flooded, unsplit));
+
+    let guarded = options.start_gateway("neighbour", &flood_config).await?;
+    let unguarded = options
+        .start_gateway(
+            "neighbour-unguarded",
+            &format!("{flood_config}[lanes.speed]\nguard_fuel = 0\n"),
+        )
+        .await?;
+    let neighbour = || vec![("neighbour", load.neighbour_connections, &b"{}"[..])];
+    let (mut neighbour_rounds, mut unguarded_rounds) = (Vec::new(), Vec::new());
+    let mut last_neighbour = None;
+    let mut speed_errors_beside_neighbour = 0;
+    for round in 1..=load.rounds {
+        eprintln!(
+            "bench: round {round}/{}: speed idle, then beside a slow neighbour in its lane, {:?} each, with the lane's guard and without",
+            load.rounds, load.latency_window
+        );
+        let (ratio, idle, speed, floods) = flooded_round(hooks_url(&guarded), neighbour()).await?;
+        neighbour_rounds.extend(ratio);
+        speed_errors_beside_neighbour += speed[0].errors + speed[0].refused;
+        last_neighbour = Some((idle, speed, floods));
+        let (ratio, ..) = flooded_round(hooks_url(&unguarded), neighbour()).await?;
+        unguarded_rounds.extend(ratio);
+    }
+    let (neighbour_speed_idle, neighbour_speed, mut floods) =
+        last_neighbour.expect("at least one round");
+    let neighbour_flood = floods.pop().expect("the neighbour's flood");
+    neighbour_rounds.sort_by(f64::total_cmp);
+    unguarded_rounds.sort_by(f64::total_cmp);
     let report = LanesReport {
         smoke: options.smoke,
         store: backend,
@@ -450,6 +537,16 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         speed_p99_flood_unsplit_over_idle: unsplit_rounds.get(unsplit_rounds.len() / 2).copied(),
         speed_p99_flood_unsplit_ratio_per_round: unsplit_rounds,
         speed_errors_in_flood,
+        neighbour_speed_idle,
+        neighbour_speed,
+        neighbour_flood,
+        speed_p99_neighbour_over_idle: neighbour_rounds.get(neighbour_rounds.len() / 2).copied(),
+        speed_p99_neighbour_ratio_per_round: neighbour_rounds,
+        speed_p99_neighbour_unguarded_over_idle: unguarded_rounds
+            .get(unguarded_rounds.len() / 2)
+            .copied(),
+        speed_p99_neighbour_unguarded_ratio_per_round: unguarded_rounds,
+        speed_errors_beside_neighbour,
     };
     write_report(&options.out, &report)?;
     Ok(report)
@@ -495,6 +592,15 @@ plugin = {burn}
 fuel = 10_000_000_000
 deadline_ms = 10_000
 settings = {{ iterations = "25000000" }}
+
+# About 5 ms of CPU per event: a slow neighbour in the speed lane, above
+# the lane's guard_fuel.
+[sources.neighbour]
+[campaigns.neighbour]
+source = "neighbour"
+lane = "speed"
+plugin = {burn}
+settings = {{ iterations = "2500000" }}
 
 [sources.crm]
 [campaigns.daily-enrich]
