@@ -445,7 +445,10 @@ async fn advice(
                 .as_deref()
                 .is_none_or(|name| *c.name == *name)
         })
-        .map(|c| advice::Observed::of(&c.name, &c.config, &c.limits, speed_deadline_ms, &stats))
+        .map(|c| advice::Observed {
+            throttled: c.guard.throttled().map(|throttled| throttled.reason),
+            ..advice::Observed::of(&c.name, &c.config, &c.limits, speed_deadline_ms, &stats)
+        })
         .collect();
     if let Some(name) = query.campaign.filter(|_| observed.is_empty()) {
         return Err(ApiError::new(

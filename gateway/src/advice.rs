@@ -68,6 +68,8 @@ pub struct Observed {
     pub speed_deadline_ms: u64,
     /// Its runs in its lane since the gateway started.
     pub runs: Runs,
+    /// Why its lane's guard throttles it, if it does.
+    pub throttled: Option<String>,
 }
 
 impl Observed {
@@ -93,6 +95,7 @@ impl Observed {
             fuel_limit: limits.fuel,
             speed_deadline_ms,
             runs: runs.cloned().unwrap_or_default(),
+            throttled: None,
         }
     }
 }
@@ -362,7 +365,10 @@ fn notes(observed: &Observed, figures: &Figures) -> Vec<String> {
     let mut notes = Vec::new();
     let queue_wait = figures.queue_wait_p99_ms.unwrap_or(0.0);
     let waited = queue_wait / observed.deadline_ms as f64;
-    if observed.mode == Mode::Sync && waited >= QUEUE_WAIT_SHARE {
+    if let Some(reason) = &observed.throttled {
+        // Its wait is the guard's doing: more concurrency would not help.
+        notes.push(format!("throttled by its lane's guard: {reason}"));
+    } else if observed.mode == Mode::Sync && waited >= QUEUE_WAIT_SHARE {
         notes.push(format!(
             "waits {} in its lane's queue at p99, {} of its {} ms deadline: raise its max_concurrency or the lane's max_in_flight",
             ms(queue_wait),
@@ -478,6 +484,7 @@ mod tests {
             fuel_limit: 100_000_000,
             speed_deadline_ms: 250,
             runs,
+            throttled: None,
         }
     }
 
@@ -742,8 +749,14 @@ mod tests {
             ]
         );
         // An async campaign's queue wait costs no caller anything.
-        let async_busy = with(busy, |o| o.mode = Mode::Async);
+        let async_busy = with(busy.clone(), |o| o.mode = Mode::Async);
         assert_eq!(advise(&async_busy).reasons.len(), 3);
+        // A throttled one waits because its lane's guard says so.
+        let throttled = with(busy, |o| o.throttled = Some("its runs average 5 fuel".into()));
+        assert_eq!(
+            advise(&throttled).reasons[1],
+            "throttled by its lane's guard: its runs average 5 fuel"
+        );
     }
 
     #[test]
