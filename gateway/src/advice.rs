@@ -752,7 +752,9 @@ mod tests {
         let async_busy = with(busy.clone(), |o| o.mode = Mode::Async);
         assert_eq!(advise(&async_busy).reasons.len(), 3);
         // A throttled one waits because its lane's guard says so.
-        let throttled = with(busy, |o| o.throttled = Some("its runs average 5 fuel".into()));
+        let throttled = with(busy, |o| {
+            o.throttled = Some("its runs average 5 fuel".into())
+        });
         assert_eq!(
             advise(&throttled).reasons[1],
             "throttled by its lane's guard: its runs average 5 fuel"

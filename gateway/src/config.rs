@@ -190,6 +190,11 @@ pub struct RuntimeConfig {
     /// How instance memory is allocated. Default `pooling`.
     #[serde(default)]
     pub allocator: Allocator,
+    /// Memory for wasmtime's incremental compilation cache, in MiB: a new
+    /// version of a plugin compiles only the functions whose code differs
+    /// from what was compiled before. 0 turns it off. Default 64.
+    #[serde(default = "defaults::incremental_cache_mb")]
+    pub incremental_cache_mb: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -198,6 +203,7 @@ impl Default for RuntimeConfig {
             max_instances: defaults::max_instances(),
             fuel_yield_interval: defaults::fuel_yield_interval(),
             allocator: Allocator::default(),
+            incremental_cache_mb: defaults::incremental_cache_mb(),
         }
     }
 }
@@ -785,6 +791,9 @@ mod defaults {
     }
     pub fn fuel_yield_interval() -> u64 {
         1_000_000
+    }
+    pub fn incremental_cache_mb() -> u64 {
+        64
     }
     pub fn max_output_kb() -> usize {
         1024

@@ -136,6 +136,17 @@ pub fn is_throttled(campaign: &str, lane: Lane, throttled: bool) {
         .set(if throttled { 1.0 } else { 0.0 });
 }
 
+/// Cranelift looked a function up in the incremental compilation cache.
+pub fn compile_cache_lookup(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    counter!("hooklane_compile_cache_lookups_total", "result" => result).increment(1);
+}
+
+/// What the incremental compilation cache holds, in bytes.
+pub fn compile_cache_bytes(bytes: usize) {
+    gauge!("hooklane_compile_cache_bytes").set(bytes as f64);
+}
+
 /// A webhook refused at ingress. `source` must be a configured source (or
 /// `unknown`), so a caller cannot mint label values.
 pub fn refusal(source: &str, reason: &'static str) {

@@ -19,6 +19,7 @@ mod cache;
 mod compiler;
 mod failure;
 mod host;
+mod incremental;
 mod output;
 mod state;
 
@@ -138,6 +139,12 @@ impl Runtime {
                 Allocator::Pooling => InstanceAllocationStrategy::Pooling(pool),
                 Allocator::OnDemand => InstanceAllocationStrategy::OnDemand,
             });
+        if config.incremental_cache_mb > 0 {
+            let bytes = usize::try_from(config.incremental_cache_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX);
+            wasm.enable_incremental_compilation(Arc::new(incremental::FunctionCache::new(bytes)))
+                .map_err(engine_error)?;
+        }
         let engine = Engine::new(&wasm).map_err(engine_error)?;
 
         let mut linker = Linker::new(&engine);

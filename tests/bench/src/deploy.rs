@@ -1,14 +1,20 @@
 //! `hooklane-bench deploy`: a gateway holding 1,000 campaigns, each running
 //! its own version of a small plugin — its resident memory, the time to
-//! deploy one more version, the speed lane's p99 while versions are
-//! deployed back to back, and the time to restart with a warm compiled
-//! cache. Each figure is printed beside its baseline from the same run: a
-//! gateway with one campaign (memory, deploy), the same traffic with no
-//! deploy going on (p99), and the cold first start (restart).
+//! deploy one more version and the time to restart with a warm compiled
+//! cache — and the speed lane's p99 while new builds of a campaign are
+//! deployed during traffic, with wasmtime's incremental compilation cache
+//! and without. Each figure is printed beside its baseline from the same
+//! run: a gateway with one campaign (memory, deploy), the same traffic with
+//! no deploy going on (p99), the same deploys on a gateway without the
+//! incremental cache, and the cold first start (restart).
 //!
-//! The versions are the `trivial` plugin with a custom section naming the
-//! variant appended: behaviour alike, digests all different, so every one
-//! is compiled, cached and held in memory on its own, as real versions are.
+//! The 1,000 versions are the `trivial` plugin with a custom section naming
+//! the variant appended: behaviour alike, digests all different, so every one
+//! is compiled, cached and held in memory on its own. Their gateways run
+//! without the incremental cache, which would serve every function of such
+//! a variant: their deploy times are full compiles. The builds deployed
+//! under traffic are real ones ([`crate::revisions`]): each differs from the
+//! one before in its `handle` code, as an author's next build does.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,6 +33,8 @@ const TARGET_RESTART_S: f64 = 5.0;
 const TARGET_P99_DEPLOYING_OVER_IDLE: f64 = 1.5;
 /// Open-loop rate of the speed campaign in the p99 rounds.
 const SPEED_RATE: f64 = 200.0;
+/// The incremental cache's series in `/metrics`.
+const CACHE_LOOKUPS: &str = "hooklane_compile_cache_lookups_total";
 
 #[derive(Debug, Serialize)]
 pub struct DeployReport {
@@ -38,21 +46,38 @@ pub struct DeployReport {
     pub rss_one_campaign_mb: f64,
     pub rss_per_campaign_kb: f64,
     /// Deploying one more version to a gateway with all the campaigns.
+    /// (Full compiles: these gateways run without the incremental cache.)
     pub deploy_ms: Timings,
     /// ... and to the gateway with one campaign.
     pub deploy_one_campaign_ms: Timings,
-    /// Speed p99 (ms) of campaign `c1` at a fixed rate, with no deploy
-    /// going on and while versions are deployed to `c0` back to back, per
-    /// round; the ratio is the median of the rounds'.
-    pub speed_p99_idle_ms: Vec<f64>,
-    pub speed_p99_deploying_ms: Vec<f64>,
-    pub speed_p99_deploying_over_idle: f64,
-    /// Deploys done during the p99 rounds.
-    pub deploys_under_traffic: usize,
+    /// New builds deployed under traffic, on a gateway with the
+    /// incremental compilation cache (the default).
+    pub under_traffic: UnderTraffic,
+    /// The same builds on a gateway without it (`incremental_cache_mb = 0`).
+    pub under_traffic_uncached: UnderTraffic,
+    /// Of the functions Cranelift looked up in the incremental cache while
+    /// compiling the builds deployed under traffic, the share it served.
+    pub compile_cache_hit_share: f64,
     /// First start: every version compiled.
     pub cold_start_s: f64,
     /// Restart with the compiled cache warm.
     pub restart_s: f64,
+}
+
+/// Speed p99 idle and while new builds are deployed, on one gateway.
+#[derive(Debug, Serialize)]
+pub struct UnderTraffic {
+    /// Speed p99 (ms) of campaign `c1` at [`SPEED_RATE`] with no deploy
+    /// going on, per round.
+    pub speed_p99_idle_ms: Vec<f64>,
+    /// ... while `builds_per_round` new builds are deployed to `c0` back
+    /// to back from the start of an equally long window, per round.
+    pub speed_p99_deploying_ms: Vec<f64>,
+    /// The median of the rounds' ratios.
+    pub speed_p99_deploying_over_idle: f64,
+    pub builds_per_round: usize,
+    /// Each deploy's admin call, upload to answer.
+    pub deploy_ms: Timings,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,13 +118,28 @@ impl DeployReport {
             self.deploy_one_campaign_ms.median,
             verdict(self.deploy_ms.median <= TARGET_DEPLOY_MS)
         );
+        let (cached, uncached) = (&self.under_traffic, &self.under_traffic_uncached);
         out += &format!(
-            "speed p99, deploying / idle: {:.2}  (p99 {:.2} vs {:.2} ms, {} deploys)  (target <= {TARGET_P99_DEPLOYING_OVER_IDLE}: {})\n",
-            self.speed_p99_deploying_over_idle,
-            median(&self.speed_p99_deploying_ms),
-            median(&self.speed_p99_idle_ms),
-            self.deploys_under_traffic,
-            verdict(self.speed_p99_deploying_over_idle <= TARGET_P99_DEPLOYING_OVER_IDLE)
+            "deploy a new build:        {:.1} ms median, {:.1} ms max of {}  (without the incremental cache: {:.1} ms median; the cache served {:.0}% of functions)\n",
+            cached.deploy_ms.median,
+            cached.deploy_ms.max,
+            cached.deploy_ms.runs,
+            uncached.deploy_ms.median,
+            self.compile_cache_hit_share * 100.0
+        );
+        out += &format!(
+            "speed p99, deploying / idle: {:.2}  (p99 {:.2} vs {:.2} ms; {} new builds back to back per round)  (target <= {TARGET_P99_DEPLOYING_OVER_IDLE}: {})\n",
+            cached.speed_p99_deploying_over_idle,
+            median(&cached.speed_p99_deploying_ms),
+            median(&cached.speed_p99_idle_ms),
+            cached.builds_per_round,
+            verdict(cached.speed_p99_deploying_over_idle <= TARGET_P99_DEPLOYING_OVER_IDLE)
+        );
+        out += &format!(
+            "  without the incremental cache: {:.2}  (p99 {:.2} vs {:.2} ms)\n",
+            uncached.speed_p99_deploying_over_idle,
+            median(&uncached.speed_p99_deploying_ms),
+            median(&uncached.speed_p99_idle_ms),
         );
         out += &format!(
             "restart, warm cache:       {:.2} s  (cold first start: {:.2} s, ratio {:.2})  (target <= {TARGET_RESTART_S} s: {})\n",
@@ -114,10 +154,10 @@ impl DeployReport {
 
 pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
     let (campaigns, deploys) = if options.smoke { (20, 3) } else { (1000, 20) };
-    let (rounds, window) = if options.smoke {
-        (1, Duration::from_millis(500))
+    let (rounds, window, builds_per_round) = if options.smoke {
+        (1, Duration::from_millis(500), 2)
     } else {
-        (3, Duration::from_secs(5))
+        (3, Duration::from_secs(3), 10)
     };
     let work = std::path::absolute(options.out.with_extension("deploy"))?;
     let _ = std::fs::remove_dir_all(&work);
@@ -130,46 +170,48 @@ pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
     let (deploy_one, deploy_all) = to_deploy.split_at(deploys);
 
     eprintln!("bench: one campaign");
-    let one = Gateway::start(options, &work.join("one"), &installed[..1]).await?;
+    let one = Gateway::start(options, &work.join("one"), &installed[..1], Cache::Off).await?;
     one.touch_every_campaign(1).await?;
     let rss_one_campaign_mb = one.rss_mb()?;
-    let deploy_one_campaign_ms = one.deploy_each(deploy_one).await?;
+    let deploy_one_campaign_ms = Timings::of(one.deploy_each(deploy_one).await?);
     drop(one);
 
     eprintln!("bench: {campaigns} campaigns, cold start (compiles every version)");
     let started = Instant::now();
-    let all = Gateway::start(options, &work.join("all"), installed).await?;
+    let all = Gateway::start(options, &work.join("all"), installed, Cache::Off).await?;
     let cold_start_s = started.elapsed().as_secs_f64();
     all.touch_every_campaign(campaigns).await?;
     let rss_mb = all.rss_mb()?;
     eprintln!("bench: deploying {deploys} versions");
-    let deploy_ms = all.deploy_each(deploy_all).await?;
-    eprintln!("bench: speed p99, idle and while deploying, {rounds} rounds of {window:?}");
-    let trivial = std::fs::read(&installed[0])?;
-    let (mut speed_p99_idle_ms, mut speed_p99_deploying_ms) = (Vec::new(), Vec::new());
-    let mut ratios = Vec::new();
-    let mut deploys_under_traffic = 0;
-    for round in 0..rounds {
-        let idle = all.speed_p99_ms(window).await?;
-        let until = Instant::now() + window;
-        let (deploying, deployed) = tokio::join!(
-            all.speed_p99_ms(window),
-            all.deploy_until(&trivial, round, until)
-        );
-        let deploying = deploying?;
-        deploys_under_traffic += deployed?;
-        ratios.push(deploying / idle);
-        speed_p99_idle_ms.push(idle);
-        speed_p99_deploying_ms.push(deploying);
-    }
+    let deploy_ms = Timings::of(all.deploy_each(deploy_all).await?);
 
     eprintln!("bench: restart with the compiled cache warm");
     all.stop().await?;
     let started = Instant::now();
-    let again = Gateway::start(options, &work.join("all"), installed).await?;
+    let again = Gateway::start(options, &work.join("all"), installed, Cache::Off).await?;
     let restart_s = started.elapsed().as_secs_f64();
     again.touch_every_campaign(1).await?;
     drop(again);
+
+    let builds = rounds * builds_per_round;
+    eprintln!("bench: building {builds} revisions of plugins/revision (kept for later runs)");
+    let revisions = crate::revisions::revisions(builds + 1)?;
+    eprintln!(
+        "bench: speed p99, idle and while {builds_per_round} new builds are deployed, {rounds} rounds of {window:?}, with the incremental cache and without"
+    );
+    // Each starts on revision 0, compiled at start: the cache holds its
+    // functions as it would hold the running version's.
+    let plugins = [revisions[0].clone(), options.plugin("trivial")?];
+    let cached = Gateway::start(options, &work.join("cached"), &plugins, Cache::On).await?;
+    let uncached = Gateway::start(options, &work.join("uncached"), &plugins, Cache::Off).await?;
+    let lookups_before = cached.cache_lookups().await?;
+    let (mut with_cache, mut without_cache) = (Rounds::default(), Rounds::default());
+    for round in revisions[1..].chunks(builds_per_round) {
+        with_cache.measure(&cached, round, window).await?;
+        without_cache.measure(&uncached, round, window).await?;
+    }
+    let lookups = cached.cache_lookups().await?;
+    let (hits, misses) = (lookups.0 - lookups_before.0, lookups.1 - lookups_before.1);
 
     let report = DeployReport {
         smoke: options.smoke,
@@ -180,15 +222,54 @@ pub async fn run(options: &BenchOptions) -> Result<DeployReport, BenchError> {
             / (campaigns.max(2) - 1) as f64,
         deploy_ms,
         deploy_one_campaign_ms,
-        speed_p99_idle_ms,
-        speed_p99_deploying_ms,
-        speed_p99_deploying_over_idle: median(&ratios),
-        deploys_under_traffic,
+        under_traffic: with_cache.report(builds_per_round),
+        under_traffic_uncached: without_cache.report(builds_per_round),
+        compile_cache_hit_share: hits as f64 / (hits + misses).max(1) as f64,
         cold_start_s,
         restart_s,
     };
     crate::write_report(&options.out, &report)?;
     Ok(report)
+}
+
+/// One gateway's p99 rounds so far.
+#[derive(Default)]
+struct Rounds {
+    idle_ms: Vec<f64>,
+    deploying_ms: Vec<f64>,
+    ratios: Vec<f64>,
+    deploys_ms: Vec<f64>,
+}
+
+impl Rounds {
+    /// The speed p99 for `window` with no deploy going on, then for as long
+    /// again while `builds` are deployed back to back from its start.
+    async fn measure(
+        &mut self,
+        gateway: &Gateway,
+        builds: &[PathBuf],
+        window: Duration,
+    ) -> Result<(), BenchError> {
+        let idle = gateway.speed_p99_ms(window).await?;
+        let (deploying, deploys) =
+            tokio::join!(gateway.speed_p99_ms(window), gateway.deploy_each(builds));
+        let deploying = deploying?;
+        self.deploys_ms.extend(deploys?);
+        self.ratios.push(deploying / idle);
+        self.idle_ms.push(idle);
+        self.deploying_ms.push(deploying);
+        Ok(())
+    }
+
+    fn report(self, builds_per_round: usize) -> UnderTraffic {
+        UnderTraffic {
+            speed_p99_deploying_over_idle: median(&self.ratios),
+            speed_p99_idle_ms: self.idle_ms,
+            speed_p99_deploying_ms: self.deploying_ms,
+            builds_per_round,
+            deploy_ms: Timings::of(self.deploys_ms),
+        }
+    }
 }
 
 /// Write `count` variants of the component at `original` into `dir`.
@@ -232,6 +313,15 @@ fn leb128(mut value: usize, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether a bench gateway keeps wasmtime's incremental compilation cache.
+#[derive(Clone, Copy)]
+enum Cache {
+    /// The default size.
+    On,
+    /// `incremental_cache_mb = 0`.
+    Off,
+}
+
 /// A bench gateway whose campaign `c<i>` runs `plugins[i]` for source
 /// `s<i>`, synchronously in the speed lane.
 struct Gateway {
@@ -246,10 +336,14 @@ impl Gateway {
         options: &BenchOptions,
         dir: &Path,
         plugins: &[PathBuf],
+        cache: Cache,
     ) -> Result<Gateway, BenchError> {
         let mut config = String::from(
             "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         );
+        if let Cache::Off = cache {
+            config += "[runtime]\nincremental_cache_mb = 0\n";
+        }
         for (i, plugin) in plugins.iter().enumerate() {
             config += &format!(
                 "[sources.s{i}]\n[campaigns.c{i}]\nsource = \"s{i}\"\nlane = \"speed\"\nplugin = {}\n",
@@ -289,13 +383,14 @@ impl Gateway {
         Ok(())
     }
 
-    /// Deploy each of `versions` to campaign `c0` in turn.
-    async fn deploy_each(&self, versions: &[PathBuf]) -> Result<Timings, BenchError> {
+    /// Deploy each of `versions` to campaign `c0` in turn; each one's time
+    /// in ms.
+    async fn deploy_each(&self, versions: &[PathBuf]) -> Result<Vec<f64>, BenchError> {
         let mut samples = Vec::new();
         for version in versions {
             samples.push(self.deploy(std::fs::read(version)?).await?);
         }
-        Ok(Timings::of(samples))
+        Ok(samples)
     }
 
     /// Deploy `component` to campaign `c0`; the admin call's time in ms,
@@ -350,21 +445,20 @@ impl Gateway {
         }
     }
 
-    /// Deploy fresh variants of `component` to `c0` back to back until
-    /// `until`; how many. `round` keeps the variants of each round unique.
-    async fn deploy_until(
-        &self,
-        component: &[u8],
-        round: usize,
-        until: Instant,
-    ) -> Result<usize, BenchError> {
-        let mut deployed = 0;
-        while Instant::now() < until {
-            let variant = with_custom_section(component, &format!("round-{round}-{deployed}"));
-            self.deploy(variant).await?;
-            deployed += 1;
-        }
-        Ok(deployed)
+    /// The incremental cache's lookups so far: hits, misses.
+    async fn cache_lookups(&self) -> Result<(u64, u64), BenchError> {
+        let metrics = self
+            .http
+            .get(format!("http://{}/metrics", self.server.addr("admin")))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(std::io::Error::other)?
+            .text()
+            .await
+            .map_err(std::io::Error::other)?;
+        let lookups = |result| crate::soak::counter(&metrics, CACHE_LOOKUPS, &[("result", result)]);
+        Ok((lookups("hit"), lookups("miss")))
     }
 
     fn rss_mb(&self) -> Result<f64, BenchError> {

@@ -12,8 +12,8 @@
 //! [`loadgen`] sends the traffic; [`floor`] is the bare hyper server a
 //! gateway's figures are compared with, and [`ceiling`] what the generator
 //! drove it to (no throughput ratio without headroom above the gateway);
-//! [`process`] starts a server and learns its ports (the end-to-end tests
-//! use it too).
+//! [`process`] starts a server and learns its ports and [`revisions`]
+//! builds real new versions of a plugin (the end-to-end tests use both).
 
 pub mod backlog;
 pub mod ceiling;
@@ -24,6 +24,7 @@ pub mod lanes;
 pub mod loadgen;
 pub mod nodes;
 pub mod process;
+pub mod revisions;
 pub mod soak;
 
 use std::net::SocketAddr;
