@@ -166,7 +166,7 @@ async fn render_metrics(State(admin): State<Arc<Admin>>) -> Result<Response, Api
         telemetry::lane_depth(lane, depth.queued, depth.running, backlog);
     }
     for c in admin.gateway.campaigns().all() {
-        let throttled = c.guard.throttled().is_some();
+        let throttled = c.guard.is_throttled();
         telemetry::is_throttled(&c.name, c.config.lane, throttled);
     }
     Ok((

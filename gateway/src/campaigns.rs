@@ -707,7 +707,7 @@ impl Campaigns {
             .runtime
             .plugin(compiled, &name, &config, &limits, &version.label());
         LoadedCampaign {
-            guard: Guard::new(self.lanes.get(config.lane)),
+            guard: Guard::new(config.lane, self.lanes.get(config.lane)),
             name,
             config,
             limits,

@@ -394,6 +394,15 @@ impl Lane {
             Lane::Care => "care",
         }
     }
+
+    /// The lane whose threads run at the next lower priority: where the
+    /// guard moves a throttled campaign's runs. Care is the lowest.
+    pub fn below(self) -> Lane {
+        match self {
+            Lane::Speed => Lane::Segmentation,
+            Lane::Segmentation | Lane::Care => Lane::Care,
+        }
+    }
 }
 
 impl fmt::Display for Lane {

@@ -438,7 +438,23 @@ impl Gateway {
         deadline: Duration,
         ack: Option<u64>,
     ) -> Result<Option<Reply>, RunError> {
-        let ran = loaded.plugin.run(event, deadline).await;
+        let ran = match loaded.guard.moved_to() {
+            // Its slot stays in its own lane; the run takes the lower
+            // lane's threads, which the kernel runs after this lane's.
+            Some(lane) => {
+                let (moved, event) = (loaded.clone(), event.clone());
+                let moved = self
+                    .lanes()
+                    .threads(lane)
+                    .spawn(async move { moved.plugin.run(&event, deadline).await });
+                match moved.await {
+                    Ok(ran) => ran,
+                    Err(stopped) if stopped.is_cancelled() => return Err(RunError::ShuttingDown),
+                    Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+                }
+            }
+            None => loaded.plugin.run(event, deadline).await,
+        };
         if let Some(change) = loaded.guard.observe(ran.fuel_used) {
             report_guard(loaded, change);
         }

@@ -1,24 +1,30 @@
 //! The guard inside a lane: a campaign whose runs cost far more CPU than
-//! its lane is meant for is throttled — its concurrency cut — so the lane's
-//! other campaigns keep their latency.
+//! its lane is meant for is throttled — its concurrency cut, and its runs
+//! moved to the threads of the lane below — so the lane's other campaigns
+//! keep their latency.
 //!
 //! A run's cost is its fuel (the guest's CPU work, the same however busy
 //! the machine is), averaged over the campaign's recent runs. Above the
 //! lane's `guard_fuel` the campaign keeps at most `guard_concurrency` runs
-//! at once; once its average falls under half of that, its own cap again.
+//! at once, and they run on the lower-priority threads of the lane below
+//! (speed → segmentation → care) while still counted in its own lane; once
+//! its average falls under half of that, its own cap and threads again.
 //!
-//! Why concurrency and not a shorter deadline: a run gives its thread back
-//! every `fuel_yield_interval`, so what delays a neighbour is how many heavy
-//! runs take turns on the lane's threads ahead of it, not how long one run
-//! takes. And since the cut does not change what a run costs, the guard
-//! does not flap. A new version of a campaign starts unjudged.
+//! Why not a shorter deadline: a run gives its thread back every
+//! `fuel_yield_interval`, so what delays a neighbour is how many heavy runs
+//! take turns on the lane's threads ahead of it, not how long one run takes.
+//! Fewer of them at once bounds the slots they hold; lower-priority threads
+//! let the kernel run the neighbours first even while one of them runs (one
+//! heavy run on a speed thread still took a core from them). And since
+//! neither changes what a run costs, the guard does not flap. A new version
+//! of a campaign starts unjudged.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::config::LaneConfig;
+use crate::config::{Lane, LaneConfig};
 
 /// Runs a campaign is judged on at the earliest: one slow first run (a
 /// cold cache, a first fetch) must not throttle it.
@@ -34,6 +40,8 @@ const RELEASE_BELOW: f64 = 0.5;
 /// One campaign's guard, with its lane's settings.
 #[derive(Debug)]
 pub struct Guard {
+    /// The campaign's lane.
+    lane: Lane,
     /// Fuel per run above which the campaign is throttled; 0: never.
     limit: u64,
     /// Runs at once a throttled campaign keeps.
@@ -68,14 +76,18 @@ pub struct Throttled {
     pub guard_fuel: u64,
     /// Runs at once it keeps meanwhile.
     pub concurrency: usize,
+    /// The lane whose threads its runs move to meanwhile.
+    pub runs_on: Lane,
     pub reason: String,
 }
 
 impl Guard {
-    pub fn new(lane: &LaneConfig) -> Self {
+    /// The guard of a campaign in `lane`, configured as `config`.
+    pub fn new(lane: Lane, config: &LaneConfig) -> Self {
         Guard {
-            limit: lane.guard_fuel,
-            throttled_concurrency: lane.guard_concurrency,
+            lane,
+            limit: config.guard_fuel,
+            throttled_concurrency: config.guard_concurrency,
             cut: AtomicUsize::new(0),
             judged: Mutex::new(Judged::default()),
         }
@@ -87,6 +99,18 @@ impl Guard {
             0 => cap,
             cut => cut.min(cap),
         }
+    }
+
+    /// Whether the campaign is throttled now (cheap: read per event).
+    pub fn is_throttled(&self) -> bool {
+        self.cut.load(Ordering::Relaxed) != 0
+    }
+
+    /// The lane whose threads the campaign's runs take now, if the guard
+    /// moved them off its own lane's (care, the lowest, keeps its own).
+    pub fn moved_to(&self) -> Option<Lane> {
+        let below = self.lane.below();
+        (self.is_throttled() && below != self.lane).then_some(below)
     }
 
     /// Count one run that used `fuel`; what it changed, if anything.
@@ -132,10 +156,12 @@ impl Guard {
             mean_fuel,
             guard_fuel: self.limit,
             concurrency: self.throttled_concurrency,
+            runs_on: self.lane.below(),
             reason: format!(
-                "its runs average {mean_fuel} fuel, above its lane's guard_fuel of {}: it keeps {} run(s) at once until its average falls under {}",
+                "its runs average {mean_fuel} fuel, above its lane's guard_fuel of {}: it keeps {} run(s) at once, on the {} lane's threads, until its average falls under {}",
                 self.limit,
                 self.throttled_concurrency,
+                self.lane.below(),
                 (self.limit as f64 * RELEASE_BELOW) as u64
             ),
         })
@@ -147,10 +173,14 @@ mod tests {
     use super::*;
 
     fn guard(limit: u64) -> Guard {
-        let mut lane = crate::config::LanesConfig::default().speed;
-        lane.guard_fuel = limit;
-        lane.guard_concurrency = 2;
-        Guard::new(&lane)
+        guard_in(Lane::Speed, limit)
+    }
+
+    fn guard_in(lane: Lane, limit: u64) -> Guard {
+        let mut config = crate::config::LanesConfig::default().speed;
+        config.guard_fuel = limit;
+        config.guard_concurrency = 2;
+        Guard::new(lane, &config)
     }
 
     fn observe_each(guard: &Guard, fuel: u64, runs: u32) -> Vec<Change> {
@@ -162,11 +192,13 @@ mod tests {
         let guard = guard(1000);
         assert_eq!(observe_each(&guard, 5000, JUDGED_AFTER - 1), vec![]);
         assert_eq!(guard.concurrency(16), 16, "not judged yet");
+        assert_eq!(guard.moved_to(), None);
         let Some(Change::Throttled(throttled)) = guard.observe(5000) else {
             panic!("throttled once judged");
         };
         assert_eq!(Some(throttled), guard.throttled());
         assert_eq!(guard.concurrency(16), 2);
+        assert_eq!(guard.moved_to(), Some(Lane::Segmentation));
         assert_eq!(guard.concurrency(1), 1, "never above its own cap");
         assert_eq!(observe_each(&guard, 5000, 100), vec![], "told once");
         let throttled = guard.throttled().expect("throttled");
@@ -197,6 +229,30 @@ mod tests {
         assert_eq!(observe_each(&guard, 100, 100), vec![Change::Released]);
         assert_eq!(guard.concurrency(16), 16);
         assert_eq!(guard.throttled(), None);
+        assert_eq!(guard.moved_to(), None, "back on its own lane's threads");
+    }
+
+    #[test]
+    fn runs_move_one_lane_down_and_care_keeps_its_own_threads() {
+        for (lane, below, moved) in [
+            (Lane::Speed, Lane::Segmentation, Some(Lane::Segmentation)),
+            (Lane::Segmentation, Lane::Care, Some(Lane::Care)),
+            (Lane::Care, Lane::Care, None),
+        ] {
+            let guard = guard_in(lane, 1000);
+            observe_each(&guard, 5000, JUDGED_AFTER);
+            assert!(guard.is_throttled(), "{lane}");
+            assert_eq!(guard.moved_to(), moved, "{lane}");
+            let throttled = guard.throttled().expect("throttled");
+            assert_eq!(throttled.runs_on, below);
+            assert!(
+                throttled
+                    .reason
+                    .contains(&format!("on the {below} lane's threads")),
+                "{}",
+                throttled.reason
+            );
+        }
     }
 
     #[test]

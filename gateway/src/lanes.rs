@@ -136,6 +136,11 @@ impl Lanes {
         debug_assert!(admitted.is_ok(), "admitted work is never refused");
     }
 
+    /// The threads `lane`'s events run on.
+    pub fn threads(&self, lane: Lane) -> &Handle {
+        &self.get(lane).shared.threads
+    }
+
     /// Whether `lane` could take one more event of `campaign` right now.
     pub fn has_room(&self, lane: Lane, campaign: &str, campaign_cap: usize) -> bool {
         self.get(lane).shared.lock().admits(campaign, campaign_cap)

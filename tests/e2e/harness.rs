@@ -172,6 +172,25 @@ impl Gateway {
         write_config(self.dir.path(), campaigns_toml, &self.admin_toml);
     }
 
+    /// CPU time so far, in ns, of the gateway's threads whose name starts
+    /// with `prefix` (thread names are cut at 15 bytes), from the kernel's
+    /// per-thread accounting (`/proc/<pid>/task/<tid>/schedstat`).
+    pub fn threads_cpu_ns(&self, prefix: &str) -> u64 {
+        let pid = self.server.child.id().expect("running");
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the gateway's threads");
+        tasks
+            .filter_map(|task| {
+                let task = task.ok()?.path();
+                let name = std::fs::read_to_string(task.join("comm")).ok()?;
+                if !name.starts_with(prefix) {
+                    return None;
+                }
+                let schedstat = std::fs::read_to_string(task.join("schedstat")).ok()?;
+                schedstat.split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
     /// Send the process a signal (`TERM`, `HUP`, …).
     pub async fn signal(&self, name: &str) {
         let pid = self.server.child.id().expect("running").to_string();

@@ -288,9 +288,11 @@ plugin = "{trivial}"
     }
     lookup.release();
     answered(join(calls).await);
+    let before = gateway.threads_cpu_ns("lane-segmentati");
     for n in 3..8 {
         answered(vec![gateway.post_json("score", json!({ "n": n })).await]);
     }
+    let unthrottled_segmentation_cpu = gateway.threads_cpu_ns("lane-segmentati") - before;
     lookup.drain();
 
     // Judged after eight runs: throttled, and the operator is told why.
@@ -303,6 +305,7 @@ plugin = "{trivial}"
         reason.contains("above its lane's guard_fuel of 1000000"),
         "{reason}"
     );
+    assert_eq!(throttled["runs_on"], "segmentation", "{throttled}");
     assert_eq!(listed(&gateway, "quick").await["throttled"], Value::Null);
 
     // Throttled: one run waits on the lookup, the other two wait in the
@@ -320,6 +323,21 @@ plugin = "{trivial}"
     lookup.release();
     answered(join(calls).await);
     assert_eq!(lookup.drain().len(), 2);
+
+    // Its runs take the segmentation lane's threads (no campaign of that
+    // lane here): those burn CPU now, as they did not while it ran on the
+    // speed lane's.
+    let segmentation_cpu = || gateway.threads_cpu_ns("lane-segmentati");
+    let before = segmentation_cpu();
+    for n in 0..8 {
+        answered(vec![gateway.post_json("score", json!({ "n": n })).await]);
+    }
+    let moved = segmentation_cpu() - before;
+    assert!(
+        moved > unthrottled_segmentation_cpu + 1_000_000,
+        "8 throttled runs took {moved} ns of the segmentation threads; 8 unthrottled ones {unthrottled_segmentation_cpu} ns"
+    );
+    lookup.drain();
 
     gateway
         .metrics_eventually(&[

@@ -78,6 +78,10 @@ pub struct UnderTraffic {
     pub builds_per_round: usize,
     /// Each deploy's admin call, upload to answer.
     pub deploy_ms: Timings,
+    /// The gateway's CPU time per build deployed: its CPU time in the
+    /// deploying windows less that in the idle ones (the same traffic),
+    /// over the builds.
+    pub cpu_ms_per_build: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,11 +124,13 @@ impl DeployReport {
         );
         let (cached, uncached) = (&self.under_traffic, &self.under_traffic_uncached);
         out += &format!(
-            "deploy a new build:        {:.1} ms median, {:.1} ms max of {}  (without the incremental cache: {:.1} ms median; the cache served {:.0}% of functions)\n",
+            "deploy a new build:        {:.1} ms median, {:.1} ms max of {}, {:.0} ms of CPU each  (without the incremental cache: {:.1} ms median, {:.0} ms of CPU; the cache served {:.0}% of functions)\n",
             cached.deploy_ms.median,
             cached.deploy_ms.max,
             cached.deploy_ms.runs,
+            cached.cpu_ms_per_build,
             uncached.deploy_ms.median,
+            uncached.cpu_ms_per_build,
             self.compile_cache_hit_share * 100.0
         );
         out += &format!(
@@ -239,6 +245,9 @@ struct Rounds {
     deploying_ms: Vec<f64>,
     ratios: Vec<f64>,
     deploys_ms: Vec<f64>,
+    /// The gateway's CPU seconds beyond the idle windows' in the deploying
+    /// ones, all rounds together.
+    deploy_cpu_s: f64,
 }
 
 impl Rounds {
@@ -250,10 +259,14 @@ impl Rounds {
         builds: &[PathBuf],
         window: Duration,
     ) -> Result<(), BenchError> {
+        let cpu = || crate::process::cpu_seconds(gateway.server.pid()?);
+        let before_idle = cpu()?;
         let idle = gateway.speed_p99_ms(window).await?;
+        let before_deploying = cpu()?;
         let (deploying, deploys) =
             tokio::join!(gateway.speed_p99_ms(window), gateway.deploy_each(builds));
         let deploying = deploying?;
+        self.deploy_cpu_s += (cpu()? - before_deploying) - (before_deploying - before_idle);
         self.deploys_ms.extend(deploys?);
         self.ratios.push(deploying / idle);
         self.idle_ms.push(idle);
@@ -267,6 +280,7 @@ impl Rounds {
             speed_p99_idle_ms: self.idle_ms,
             speed_p99_deploying_ms: self.deploying_ms,
             builds_per_round,
+            cpu_ms_per_build: self.deploy_cpu_s * 1000.0 / self.deploys_ms.len().max(1) as f64,
             deploy_ms: Timings::of(self.deploys_ms),
         }
     }
