@@ -7,8 +7,9 @@
 //! kernel — not a cooperative queue — decides that the speed lane's threads
 //! run first. Inside a lane, at most `max_in_flight` runs go at once, each
 //! campaign is capped at its own concurrency (the caller's to say: the
-//! lane's guard cuts it for a campaign too heavy for the lane, see
-//! [`crate::guard`]), and campaigns with work waiting
+//! lane's guard cuts it, and moves the runs to the lane below's threads,
+//! for a campaign too heavy for the lane, see [`crate::guard`]), and
+//! campaigns with work waiting
 //! take turns (round robin), so one campaign cannot take a whole lane. At
 //! most `max_in_flight` events wait in memory (sync callers, and stored
 //! events pulled ahead from the backlog on disk); beyond that a sync caller
