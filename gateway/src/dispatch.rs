@@ -440,13 +440,14 @@ impl Gateway {
     ) -> Result<Option<Reply>, RunError> {
         let ran = match loaded.guard.moved_to() {
             // Its slot stays in its own lane; the run takes the lower
-            // lane's threads, which the kernel runs after this lane's.
+            // lane's threads, which the kernel runs after this lane's. Its
+            // wait for one counts against its deadline.
             Some(lane) => {
-                let (moved, event) = (loaded.clone(), event.clone());
-                let moved = self
-                    .lanes()
-                    .threads(lane)
-                    .spawn(async move { moved.plugin.run(&event, deadline).await });
+                let (moved, event, handed_over) = (loaded.clone(), event.clone(), Instant::now());
+                let moved = self.lanes().threads(lane).spawn(async move {
+                    let left = deadline.saturating_sub(handed_over.elapsed());
+                    moved.plugin.run(&event, left).await
+                });
                 match moved.await {
                     Ok(ran) => ran,
                     Err(stopped) if stopped.is_cancelled() => return Err(RunError::ShuttingDown),
