@@ -143,7 +143,11 @@ impl RecentRuns {
     pub fn record(&self, record: RunRecord) {
         let runs = self.by_campaign.entry(record.campaign.clone()).or_default();
         let mut runs = runs.lock().expect("recent runs lock");
-        runs.retain(|r| r.event_id != record.event_id);
+        // Only a stored event runs again (a retry); a sync caller's event
+        // runs once, so its run is not looked for (a scan per request).
+        if record.mode == "async" {
+            runs.retain(|r| r.event_id != record.event_id);
+        }
         runs.push_back(record);
         if runs.len() > PER_CAMPAIGN {
             runs.pop_front();
