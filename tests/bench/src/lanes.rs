@@ -11,7 +11,8 @@
 //! 4. **hostile mix** — `login-code` at the same rate, plus a flood of the
 //!    CPU-heavy `burn` plugin above the segmentation lane's capacity, a care
 //!    backlog of `daily-enrich`, and `hang` plugins waiting on a host that
-//!    never answers;
+//!    never answers (the segmentation lane's guard is off there: it would
+//!    cut `burn` to one run at once, which is not the load this measures);
 //! 5. **refused flood** — on a gateway whose segmentation and care lanes
 //!    hold at most [`FLOOD_QUEUE`] stored events: `login-code` at the same
 //!    rate, idle and then while closed-loop floods (64 connections on the
@@ -308,7 +309,9 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
     let never = black_hole().await?;
     let store = BenchStore::start(backend, &options.out.with_extension("nats")).await?;
     // Tables last: the config's top-level keys come first.
-    let config = gateway_config(&plugins, &floor_url, never) + &store.toml;
+    let config = gateway_config(&plugins, &floor_url, never)
+        + &store.toml
+        + "[lanes.segmentation]\nguard_fuel = 0\n";
     let gateway = options.start_gateway("gateway", &config).await?;
     let base = hooks_url(&gateway);
     let hooks = |source: &str| format!("{base}/{source}");
