@@ -315,12 +315,12 @@ settings = {{ recommendation_url = "{}" }}
 /// The incremental cache's lookups in `/metrics` so far: hits, misses.
 async fn cache_lookups(gateway: &Gateway) -> (u64, u64) {
     let metrics = gateway.open_admin_text("/metrics").await;
-    let lookups = |result: &str| {
-        let series = format!("hooklane_compile_cache_lookups_total{{result=\"{result}\"}} ");
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&series)?.parse().ok())
-            .unwrap_or(0)
+    let lookups = |result| {
+        hooklane_bench::soak::counter(
+            &metrics,
+            "hooklane_compile_cache_lookups_total",
+            &[("result", result)],
+        )
     };
     (lookups("hit"), lookups("miss"))
 }
@@ -351,14 +351,7 @@ async fn a_new_build_compiles_only_the_functions_that_changed() {
     let (hits, misses) = cache_lookups(&gateway).await;
     assert!(misses > 0, "compiling revision 0 filled the cache");
 
-    let reply = gateway
-        .admin_with(
-            Method::POST,
-            "/v1/campaigns/shop/versions",
-            std::fs::read(&revisions[1]).expect("revision 1"),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    crate::faults::deploy_file(&gateway, "shop", &revisions[1]).await;
     assert_eq!(revision_answering(&gateway).await, 1);
     let (hits, misses) = {
         let now = cache_lookups(&gateway).await;
@@ -374,14 +367,7 @@ async fn a_new_build_compiles_only_the_functions_that_changed() {
 
     // Without the cache every function compiles, and none is looked up.
     let uncached = Gateway::start(&shop_toml(&revisions[0], "incremental_cache_mb = 0")).await;
-    let reply = uncached
-        .admin_with(
-            Method::POST,
-            "/v1/campaigns/shop/versions",
-            std::fs::read(&revisions[2]).expect("revision 2"),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    crate::faults::deploy_file(&uncached, "shop", &revisions[2]).await;
     assert_eq!(revision_answering(&uncached).await, 2);
     assert_eq!(cache_lookups(&uncached).await, (0, 0));
 }

@@ -418,7 +418,17 @@ plugin = "{trivial}"
 
 /// Deploy `plugin_name` as the next version of `campaign`; its digest.
 pub(crate) async fn deploy(gateway: &Gateway, campaign: &str, plugin_name: &str) -> String {
-    let bytes = std::fs::read(plugin(plugin_name)).expect("plugin");
+    deploy_file(gateway, campaign, plugin(plugin_name)).await
+}
+
+/// Deploy the component at `file` to `campaign` (it must be taken: 201);
+/// its digest.
+pub(crate) async fn deploy_file(
+    gateway: &Gateway,
+    campaign: &str,
+    file: impl AsRef<std::path::Path>,
+) -> String {
+    let bytes = std::fs::read(file).expect("plugin");
     let path = format!("/v1/campaigns/{campaign}/versions");
     let deployed = gateway.admin_with(Method::POST, &path, bytes).await;
     assert_eq!(deployed.status, 201, "{:?}", deployed.body);

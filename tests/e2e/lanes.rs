@@ -288,11 +288,14 @@ plugin = "{trivial}"
     }
     lookup.release();
     answered(join(calls).await);
-    let before = gateway.threads_cpu_ns("lane-segmentati");
+    // CPU time of the segmentation lane's threads (no campaign of that
+    // lane here).
+    let segmentation_cpu = || gateway.threads_cpu_ns("lane-segmentati");
+    let before = segmentation_cpu();
     for n in 3..8 {
         answered(vec![gateway.post_json("score", json!({ "n": n })).await]);
     }
-    let unthrottled_segmentation_cpu = gateway.threads_cpu_ns("lane-segmentati") - before;
+    let unthrottled_segmentation_cpu = segmentation_cpu() - before;
     lookup.drain();
 
     // Judged after eight runs: throttled, and the operator is told why.
@@ -324,10 +327,8 @@ plugin = "{trivial}"
     answered(join(calls).await);
     assert_eq!(lookup.drain().len(), 2);
 
-    // Its runs take the segmentation lane's threads (no campaign of that
-    // lane here): those burn CPU now, as they did not while it ran on the
-    // speed lane's.
-    let segmentation_cpu = || gateway.threads_cpu_ns("lane-segmentati");
+    // Its runs take the segmentation lane's threads: those burn CPU now,
+    // as they did not while it ran on the speed lane's.
     let before = segmentation_cpu();
     for n in 0..8 {
         answered(vec![gateway.post_json("score", json!({ "n": n })).await]);

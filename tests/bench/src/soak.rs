@@ -796,7 +796,7 @@ impl DeadLetters {
 
 /// The sum of the samples of counter `name` whose labels include all of
 /// `labels`, in Prometheus' text format (label values without commas).
-pub(crate) fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+pub fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     metrics
         .lines()
         .filter_map(|line| {
