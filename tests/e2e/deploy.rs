@@ -350,6 +350,12 @@ async fn a_new_build_compiles_only_the_functions_that_changed() {
     assert_eq!(revision_answering(&gateway).await, 0);
     let (hits, misses) = cache_lookups(&gateway).await;
     assert!(misses > 0, "compiling revision 0 filled the cache");
+    let metrics = gateway.open_admin_text("/metrics").await;
+    let held = hooklane_bench::soak::counter(&metrics, "hooklane_compile_cache_bytes", &[]);
+    assert!(
+        held > 0,
+        "the cache holds revision 0's functions: {metrics}"
+    );
 
     crate::faults::deploy_file(&gateway, "shop", &revisions[1]).await;
     assert_eq!(revision_answering(&gateway).await, 1);
