@@ -10,6 +10,7 @@
 //! one commit ([`actions::plan`]) that settles its lease; a failed run is
 //! retried with the lane's backoff or buried.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,14 +106,36 @@ const ORPHAN_BATCH: usize = 256;
 #[derive(Default)]
 pub struct Wakers {
     lanes: [tokio::sync::Notify; 3],
+    /// Per lane: whether a wake is on its way that the pull loop has not
+    /// yet answered with a pull. Wakes of a burst of events collapse into
+    /// one (waking a task on another runtime costs a syscall), and none is
+    /// lost: the loop clears the flag before it pulls.
+    pending: [AtomicBool; 3],
 }
 
 impl Wakers {
-    fn get(&self, lane: Lane) -> &tokio::sync::Notify {
-        &self.lanes[lane as usize]
+    fn wake(&self, lane: Lane) {
+        if !self.pending[lane as usize].swap(true, Ordering::AcqRel) {
+            self.lanes[lane as usize].notify_one();
+        }
+    }
+
+    /// Called before each pull: wakes from now on are for events it may
+    /// not see.
+    fn pulling(&self, lane: Lane) {
+        self.pending[lane as usize].store(false, Ordering::Release);
+    }
+
+    async fn woken(&self, lane: Lane) {
+        self.lanes[lane as usize].notified().await;
     }
 }
 
+/// How long a segmentation or care pull loop lets stored events gather
+/// after a wake before it pulls: while it waits, further wakes cost
+/// nothing, so a burst takes one wake and one pull instead of one per
+/// event. The speed lane pulls at once.
+const GATHER: Duration = Duration::from_millis(1);
 /// How long a stored event of an unavailable campaign that was pulled waits
 /// before it is pulled again (unavailable campaigns are not pulled).
 const UNAVAILABLE_RECHECK: Duration = Duration::from_secs(1);
@@ -135,7 +158,7 @@ impl Gateway {
     /// Tell `campaign`'s lane that it has events to pull.
     pub fn wake(&self, campaign: &str) {
         if let Some(loaded) = self.campaigns().get(campaign) {
-            self.wakers.get(loaded.config.lane).notify_one();
+            self.wakers.wake(loaded.config.lane);
         }
     }
 
@@ -147,6 +170,7 @@ impl Gateway {
         let mut turn = 0;
         loop {
             room_changed.borrow_and_update();
+            self.wakers.pulling(lane);
             let depth = self.lanes().depth(lane);
             let room = window.saturating_sub(depth.queued + depth.running);
             let mut wait = IDLE_POLL;
@@ -173,7 +197,11 @@ impl Gateway {
                 }
             }
             tokio::select! {
-                () = self.wakers.get(lane).notified() => {}
+                () = self.wakers.woken(lane) => {
+                    if lane != Lane::Speed {
+                        tokio::time::sleep(GATHER).await;
+                    }
+                }
                 changed = room_changed.changed(), if held_back => {
                     if changed.is_err() {
                         return;

@@ -5,7 +5,7 @@
 //! never touch wasmtime.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -24,11 +24,14 @@ use crate::gateway::Gateway;
 use crate::router::Router as Routes;
 use crate::store::Dedup;
 use crate::telemetry;
+use crate::telemetry::sampled::Sampled;
 
 struct Ingress {
     gateway: Arc<Gateway>,
     max_body_bytes: usize,
     body_read_timeout: Duration,
+    /// The log lines of refusals of unknown sources, sampled together.
+    unknown_source_refusals: Sampled,
 }
 
 /// The source-facing routes.
@@ -41,6 +44,7 @@ pub fn routes(gateway: Arc<Gateway>, config: &Config) -> Router {
             gateway,
             max_body_bytes: config.max_body_kb << 10,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
+            unknown_source_refusals: Sampled::default(),
         }))
 }
 
@@ -102,22 +106,28 @@ async fn receive(
 ) -> Result<Response, ApiError> {
     let result = handle(&ingress, source.clone(), request).await;
     if let Err(refusal) = &result {
+        let router = ingress.gateway.campaigns().router();
         // Only configured names become label values.
-        let known = ingress
-            .gateway
-            .campaigns()
-            .router()
-            .route(&source)
-            .is_some();
-        let label = if known { source.as_str() } else { "unknown" };
+        let (label, log) = match router.route(&source) {
+            Some(route) => (source.as_str(), &route.refusals),
+            None => ("unknown", &ingress.unknown_source_refusals),
+        };
         telemetry::refusal(label, refusal.error);
-        tracing::info!(
-            source = label,
-            reason = refusal.error,
-            status = refusal.status.as_u16(),
-            "Refused a webhook: {}",
-            refusal.detail
-        );
+        if let Some(held_back) = log.admit(refusal.error, Instant::now()) {
+            tracing::info!(
+                source = label,
+                reason = refusal.error,
+                status = refusal.status.as_u16(),
+                held_back,
+                "Refused a webhook: {}{}",
+                refusal.detail,
+                if held_back > 0 {
+                    format!(" ({held_back} more refused for this reason since the last line)")
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     result
 }
@@ -136,6 +146,17 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
     if let Some(rate) = &route.rate {
         rate.take()
             .map_err(|wait| rate_limited(&source, rate.per_s, wait))?;
+    }
+    // Refuse before any work on the request when a lane is already full,
+    // so overload is answered early and never by an unbounded backlog, and
+    // a flood of refusals stays cheap. hyper drains a small unread body
+    // itself and keeps the connection; a large one closes it.
+    if let Some(lane) = route
+        .async_campaigns
+        .iter()
+        .find_map(|c| gateway.full_lane(c))
+    {
+        return Err(ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, lane));
     }
     let (parts, body) = request.into_parts();
     let body = read_body(body, ingress.max_body_bytes, ingress.body_read_timeout).await?;
@@ -170,15 +191,6 @@ async fn handle(ingress: &Ingress, source: String, request: Request) -> Result<R
     }
     let mut accepted = json!({ "event_id": event.id, "campaigns": route.async_campaigns });
     if !route.async_campaigns.is_empty() {
-        // Refuse before storing anything when a lane is already full, so
-        // overload is answered early and never by an unbounded backlog.
-        if let Some(lane) = route
-            .async_campaigns
-            .iter()
-            .find_map(|c| gateway.full_lane(c))
-        {
-            return Err(ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, lane));
-        }
         if gateway.store_full() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

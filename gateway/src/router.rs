@@ -12,6 +12,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::{Config, DedupConfig, Lane, Mode, SourceConfig};
+use crate::telemetry::sampled::Sampled;
 use crate::verify::{SecretError, Verifier};
 
 /// One source's policy and campaigns.
@@ -33,6 +34,8 @@ pub struct Route {
     pub speed: bool,
     /// The source's `rate_per_s`, if it has one.
     pub rate: Option<SourceRate>,
+    /// The log lines of its refusals, one per reason and second.
+    pub refusals: Sampled,
 }
 
 /// A source's allowance of webhooks: `rate_per_s`, `burst` at once.

@@ -15,6 +15,7 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::Lane;
 
+pub mod sampled;
 pub mod stats;
 
 /// Names of the plugin-run series, which [`stats`] reads back.
