@@ -8,11 +8,39 @@
 
 use reqwest::Method;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::harness::{
     assert_speed_lane_answers, black_hole, care_forwarder_toml, hanging_campaign_toml,
     login_code_toml, plugin, Gateway, Recorder, Reply,
 };
+
+/// The next response on a kept-alive connection, head and body.
+async fn next_response(stream: &mut TcpStream) -> String {
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&read));
+        read.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&read).into_owned();
+        let Some(head_end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = text[..head_end]
+            .lines()
+            .find_map(|line| {
+                line.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        if read.len() >= head_end + 4 + length {
+            return text;
+        }
+    }
+}
 
 fn assert_overloaded(reply: &Reply, status: u16, lane: &str) {
     let body = reply.json();
@@ -66,6 +94,24 @@ plugin = "{hang}"
         429,
         "segmentation",
     );
+    // Decided from the request head: a body that never comes is not waited
+    // for (after the read this would be a 408 once body_read_timeout_ms
+    // passed).
+    let mut stream = TcpStream::connect(gateway.ingress).await.unwrap();
+    let head = "POST /hooks/slow HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = next_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
+    // A refused request's small body is drained: the connection goes on.
+    let mut stream = TcpStream::connect(gateway.ingress).await.unwrap();
+    for _ in 0..2 {
+        stream
+            .write_all(format!("{head}{{}}").as_bytes())
+            .await
+            .unwrap();
+        let answer = next_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
+    }
     // With two running and two waiting in memory, a sync caller finds no room.
     gateway
         .metrics_eventually(&[
@@ -78,10 +124,11 @@ plugin = "{hang}"
         503,
         "segmentation",
     );
-    // Counted per campaign; the two that started waited in the lane.
+    // Counted per campaign (four refused webhooks for `slow`); the two
+    // that started waited in the lane.
     gateway
         .metrics_eventually(&[
-            r#"hooklane_plugin_runs_total{campaign="slow",lane="segmentation",outcome="refused"} 1"#,
+            r#"hooklane_plugin_runs_total{campaign="slow",lane="segmentation",outcome="refused"} 4"#,
             r#"hooklane_plugin_runs_total{campaign="slow-sync",lane="segmentation",outcome="refused"} 1"#,
             r#"hooklane_queue_wait_seconds_count{campaign="slow",lane="segmentation"} 2"#,
             r#"hooklane_lane_queued{lane="segmentation"} 2"#,

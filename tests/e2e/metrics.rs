@@ -1,6 +1,8 @@
 //! After traffic, `/metrics` on the admin listener has the series operators
 //! watch, with the right counts and low-cardinality labels.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use crate::harness::{login_code_toml, plugin, Gateway, Recorder};
@@ -46,4 +48,54 @@ async fn metrics_count_runs_failures_refusals_and_deliveries() {
         !metrics.contains("no-such-source"),
         "caller-made label values"
     );
+}
+
+/// A flood of refusals is counted in full by the metric but logged once a
+/// second per source and reason, each line saying how many it stands for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_logged_once_a_second_with_the_count_held_back() {
+    let gateway = Gateway::start(&format!(
+        "[sources.forms]\n[campaigns.sink]\nsource = \"forms\"\nlane = \"care\"\nplugin = \"{}\"\n",
+        plugin("trivial")
+    ))
+    .await;
+    let started = Instant::now();
+    assert_eq!(gateway.post("no-such-source", "{}").await.status, 404);
+    // The first line was written before its answer came.
+    let first_logged_by = Instant::now();
+    for _ in 1..20 {
+        assert_eq!(gateway.post("no-such-source", "{}").await.status, 404);
+    }
+    let burst = started.elapsed();
+    // A refusal a second after the first line is logged again.
+    tokio::time::sleep_until((first_logged_by + Duration::from_millis(1050)).into()).await;
+    assert_eq!(gateway.post("no-such-source", "{}").await.status, 404);
+
+    let log = gateway.log();
+    let held_back: Vec<u64> = log
+        .lines()
+        .filter(|line| {
+            line.contains("Refused a webhook") && line.contains(r#"reason="unknown_source""#)
+        })
+        .map(|line| {
+            let (_, count) = line.split_once("held_back=").expect("a held_back field");
+            count
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|digits| digits.parse().ok())
+                .expect("a count")
+        })
+        .collect();
+    // Every refusal is in exactly one line: itself or a count.
+    assert_eq!(held_back.iter().map(|n| n + 1).sum::<u64>(), 21, "{log}");
+    if burst < Duration::from_secs(1) {
+        assert_eq!(held_back, [0, 19], "{log}");
+    } else {
+        assert!(held_back.len() < 21, "{log}");
+    }
+    gateway
+        .metrics_eventually(&[
+            r#"hooklane_refusals_total{source="unknown",reason="unknown_source"} 21"#,
+        ])
+        .await;
 }
