@@ -1261,6 +1261,20 @@ mod tests {
         assert_eq!(login.limits(&config.lanes).deadline_ms, 250);
     }
 
+    /// The README's configuration reference shows the engine's defaults.
+    #[test]
+    fn the_readme_shows_the_runtime_defaults() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        let (_, from_runtime) = readme
+            .split_once("\n[runtime]\n")
+            .expect("a [runtime] table");
+        let shown = from_runtime.split("\n\n").next().unwrap();
+        let config = parse(&format!("[runtime]\n{shown}\n{BASE}")).unwrap();
+        assert_eq!(config.runtime, RuntimeConfig::default(), "{shown}");
+        assert_eq!(config.runtime.incremental_cache_mb, 64);
+    }
+
     #[test]
     fn unknown_emit_target_names_file_and_key() {
         let err = parse(&format!("{BASE}\nemits = [\"nope\"]")).unwrap_err();
