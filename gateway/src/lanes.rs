@@ -464,6 +464,43 @@ pub(crate) fn lower_priority(work: impl std::fmt::Display, nice: i32) {
     }
 }
 
+/// The time slice the threads of ingress and the speed lane ask for.
+const SPEED_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Ask the kernel for short time slices on the calling thread (EEVDF,
+/// Linux 6.12 and later): a waking thread with a shorter slice than the
+/// running one preempts it at once, so a speed request does not wait out
+/// the slice of a niced thread refusing a flood (milliseconds). For the
+/// threads of ingress and the speed lane, at niceness 0. Older kernels
+/// ignore the slice; failure only costs latency, so it is logged.
+pub fn ask_for_short_slices() {
+    let attr = libc::sched_attr {
+        size: std::mem::size_of::<libc::sched_attr>() as u32,
+        sched_policy: libc::SCHED_OTHER as u32,
+        sched_flags: 0,
+        sched_nice: 0,
+        sched_priority: 0,
+        sched_runtime: SPEED_SLICE.as_nanos() as u64,
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    // SAFETY: `attr` is a fully initialised `sched_attr` whose `size` is
+    // its own; pid 0 is the calling thread; the kernel only reads `attr`.
+    #[allow(unsafe_code)]
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setattr,
+            0,
+            &attr as *const libc::sched_attr,
+            0,
+        )
+    };
+    if result != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "Could not ask for short time slices on a speed lane thread");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -439,7 +439,12 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     // Ingress and the speed lane share these threads (see `lanes`).
-    runtime(Some(config.lanes.speed.workers))?.block_on(serve_config(config))
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.lanes.speed.workers)
+        .on_thread_start(hooklane::lanes::ask_for_short_slices)
+        .enable_all()
+        .build()?
+        .block_on(serve_config(config))
 }
 
 async fn serve_config(config: Config) -> anyhow::Result<()> {

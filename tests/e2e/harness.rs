@@ -172,23 +172,48 @@ impl Gateway {
         write_config(self.dir.path(), campaigns_toml, &self.admin_toml);
     }
 
-    /// CPU time so far, in ns, of the gateway's threads whose name starts
-    /// with `prefix` (thread names are cut at 15 bytes), from the kernel's
-    /// per-thread accounting (`/proc/<pid>/task/<tid>/schedstat`).
-    pub fn threads_cpu_ns(&self, prefix: &str) -> u64 {
+    /// The `/proc` entries of the gateway's threads whose name starts with
+    /// `prefix` (thread names are cut at 15 bytes).
+    fn threads(&self, prefix: &str) -> Vec<PathBuf> {
         let pid = self.server.child.id().expect("running");
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the gateway's threads");
         tasks
             .filter_map(|task| {
                 let task = task.ok()?.path();
                 let name = std::fs::read_to_string(task.join("comm")).ok()?;
-                if !name.starts_with(prefix) {
-                    return None;
-                }
+                name.starts_with(prefix).then_some(task)
+            })
+            .collect()
+    }
+
+    /// CPU time so far, in ns, of the gateway's threads whose name starts
+    /// with `prefix`, from the kernel's per-thread accounting
+    /// (`/proc/<pid>/task/<tid>/schedstat`).
+    pub fn threads_cpu_ns(&self, prefix: &str) -> u64 {
+        self.threads(prefix)
+            .iter()
+            .filter_map(|task| {
                 let schedstat = std::fs::read_to_string(task.join("schedstat")).ok()?;
                 schedstat.split_whitespace().next()?.parse::<u64>().ok()
             })
             .sum()
+    }
+
+    /// The time slice, in ns, of each of the gateway's threads whose name
+    /// starts with `prefix` (`se.slice` in `/proc/<pid>/task/<tid>/sched`).
+    pub fn threads_slice_ns(&self, prefix: &str) -> Vec<u64> {
+        self.threads(prefix)
+            .iter()
+            .map(|task| {
+                let sched =
+                    std::fs::read_to_string(task.join("sched")).expect("the thread's sched");
+                sched
+                    .lines()
+                    .find_map(|line| line.strip_prefix("se.slice"))
+                    .and_then(|rest| rest.trim_start_matches([' ', ':']).trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no se.slice in {sched}"))
+            })
+            .collect()
     }
 
     /// Send the process a signal (`TERM`, `HUP`, …).

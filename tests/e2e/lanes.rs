@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::harness::{
     assert_speed_lane_answers, black_hole, care_forwarder_toml, hanging_campaign_toml,
-    login_code_toml, plugin, Gateway, Recorder, Reply,
+    login_code_toml, plugin, within, Gateway, Recorder, Reply,
 };
 
 /// The next response on a kept-alive connection, head and body.
@@ -417,4 +417,39 @@ async fn listed(gateway: &Gateway, campaign: &str) -> Value {
         .find(|c| c["name"] == campaign)
         .cloned();
     found.unwrap_or_else(|| panic!("{campaign} not listed: {listed}"))
+}
+
+/// The threads of ingress and the speed lane ask the kernel for 100 µs time
+/// slices, so they preempt a niced thread at once on wakeup; every other
+/// thread keeps the kernel's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_speed_lane_threads_run_with_short_time_slices() {
+    let gateway = Gateway::start(&format!(
+        "[sources.s]\n[campaigns.c]\nsource = \"s\"\nlane = \"speed\"\nplugin = \"{}\"\n",
+        plugin("trivial")
+    ))
+    .await;
+    // Threads name themselves and set their slice as they start: wait for
+    // what each group shows once started.
+    let slices_once = |prefix: &'static str, expected: fn(u64) -> bool| {
+        let gateway = &gateway;
+        within(prefix, async move {
+            loop {
+                let slices = gateway.threads_slice_ns(prefix);
+                if !slices.is_empty() && slices.iter().all(|&ns| expected(ns)) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    slices_once("tokio-rt-worker", |ns| ns == 100_000).await;
+    for other in [
+        "lane-segmentati",
+        "lane-care",
+        "ingress-bulk",
+        "hooklane-store",
+    ] {
+        slices_once(other, |ns| ns > 100_000).await;
+    }
 }
