@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::plugin;
+use crate::harness::{one_campaign_toml, plugin};
 
 fn check_config(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -36,10 +36,7 @@ fn emit_to_an_unknown_campaign_is_a_config_error() {
 
 #[test]
 fn a_valid_config_with_real_plugins_checks_out() {
-    let (ok, output) = check_config(&format!(
-        "[sources.s]\n[campaigns.a]\nsource = \"s\"\nlane = \"speed\"\nplugin = \"{}\"\n",
-        plugin("login-code")
-    ));
+    let (ok, output) = check_config(&one_campaign_toml("s", "a", "speed", &plugin("login-code")));
     assert!(ok, "{output}");
     assert!(
         output.contains("FILE: ok (1 sources, 1 campaigns, 0 destinations)"),
@@ -52,9 +49,11 @@ fn a_file_that_is_not_a_component_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fake = dir.path().join("fake.wasm");
     std::fs::write(&fake, b"not wasm at all").expect("write");
-    let (ok, output) = check_config(&format!(
-        "[sources.s]\n[campaigns.a]\nsource = \"s\"\nlane = \"speed\"\nplugin = \"{}\"\n",
-        fake.display()
+    let (ok, output) = check_config(&one_campaign_toml(
+        "s",
+        "a",
+        "speed",
+        &fake.display().to_string(),
     ));
     assert!(!ok, "{output}");
     assert!(output.contains("campaign `a`"), "{output}");

@@ -11,15 +11,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::harness::{
-    plugin, serve_command, until_closed, within, Gateway, Launch, Reply, ADMIN_TOKEN,
+    one_campaign_toml, plugin, serve_command, until_closed, within, Gateway, Launch, Reply,
+    ADMIN_TOKEN,
 };
 
 /// A sync campaign on source `orders` that answers every webhook.
 fn orders_toml() -> String {
-    format!(
-        "[sources.orders]\n[campaigns.orders]\nsource = \"orders\"\nlane = \"speed\"\nplugin = \"{}\"\n",
-        plugin("trivial")
-    )
+    one_campaign_toml("orders", "orders", "speed", &plugin("trivial"))
 }
 
 /// The value of a counter `series` (name and labels) in `/metrics`.

@@ -601,6 +601,14 @@ pub async fn black_hole() -> SocketAddr {
 
 /// The `login-code` speed campaign on source `login-form`, delivering to the
 /// `sms` recorder, as config TOML.
+/// Source `source` with one campaign, `campaign` in `lane`, running the
+/// component at `plugin_path` (as [`plugin`] gives it).
+pub fn one_campaign_toml(source: &str, campaign: &str, lane: &str, plugin_path: &str) -> String {
+    format!(
+        "[sources.{source}]\n[campaigns.{campaign}]\nsource = \"{source}\"\nlane = \"{lane}\"\nplugin = \"{plugin_path}\"\n"
+    )
+}
+
 pub fn login_code_toml(sms: &Recorder) -> String {
     format!(
         r#"

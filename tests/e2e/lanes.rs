@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::harness::{
     assert_speed_lane_answers, black_hole, care_forwarder_toml, hanging_campaign_toml,
-    login_code_toml, plugin, within, Gateway, Recorder, Reply,
+    login_code_toml, one_campaign_toml, plugin, within, Gateway, Recorder, Reply,
 };
 
 /// The next response on a kept-alive connection, head and body.
@@ -424,11 +424,7 @@ async fn listed(gateway: &Gateway, campaign: &str) -> Value {
 /// thread keeps the kernel's default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_speed_lane_threads_run_with_short_time_slices() {
-    let gateway = Gateway::start(&format!(
-        "[sources.s]\n[campaigns.c]\nsource = \"s\"\nlane = \"speed\"\nplugin = \"{}\"\n",
-        plugin("trivial")
-    ))
-    .await;
+    let gateway = Gateway::start(&one_campaign_toml("s", "c", "speed", &plugin("trivial"))).await;
     // Threads name themselves and set their slice as they start: wait for
     // what each group shows once started.
     let slices_once = |prefix: &'static str, expected: fn(u64) -> bool| {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{login_code_toml, plugin, Gateway, Recorder};
+use crate::harness::{login_code_toml, one_campaign_toml, plugin, Gateway, Recorder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_runs_failures_refusals_and_deliveries() {
@@ -54,9 +54,11 @@ async fn metrics_count_runs_failures_refusals_and_deliveries() {
 /// second per source and reason, each line saying how many it stands for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_logged_once_a_second_with_the_count_held_back() {
-    let gateway = Gateway::start(&format!(
-        "[sources.forms]\n[campaigns.sink]\nsource = \"forms\"\nlane = \"care\"\nplugin = \"{}\"\n",
-        plugin("trivial")
+    let gateway = Gateway::start(&one_campaign_toml(
+        "forms",
+        "sink",
+        "care",
+        &plugin("trivial"),
     ))
     .await;
     let started = Instant::now();

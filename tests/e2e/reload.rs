@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::deploy::{greet_toml, who_answers, Answered};
-use crate::harness::{plugin, within, Gateway};
+use crate::harness::{one_campaign_toml, plugin, within, Gateway};
 
 /// `greet` with `burn` as its plugin and `greet_extra` in its table, plus
 /// whatever `rest` adds.
@@ -46,10 +46,7 @@ async fn sighup_applies_a_new_plugin_lane_limits_and_campaigns() {
     let gateway = Gateway::start(&greet_toml()).await;
     assert_eq!(who_answers(&gateway).await, Answered::Trivial);
 
-    let later = format!(
-        "[sources.shop]\n[campaigns.later]\nsource = \"shop\"\nlane = \"speed\"\nplugin = \"{}\"\n",
-        plugin("trivial")
-    );
+    let later = one_campaign_toml("shop", "later", "speed", &plugin("trivial"));
     gateway.rewrite_config(&greet_with_burn(
         "lane = \"segmentation\"\nmode = \"sync\"",
         &later,
