@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::http::StatusCode;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -145,10 +147,11 @@ pub async fn serve(
         bulk: bulk.handle().clone(),
         header_read_timeout,
     });
+    let ingress = crate::ingress::Ingress::new(gateway.clone(), &config);
     let ingress = serve_listener(
         "ingress",
         ingress_listener,
-        crate::ingress::routes(gateway.clone(), &config),
+        service_fn(move |request| ingress.clone().answer(request)),
         header_read_timeout,
         placement,
         stopped(stop_rx.clone()),
@@ -156,7 +159,10 @@ pub async fn serve(
     let admin = serve_listener(
         "admin",
         admin_listener,
-        crate::admin::routes(gateway.clone(), config.admin.clone(), metrics),
+        TowerToHyperService::new(
+            crate::admin::routes(gateway.clone(), config.admin.clone(), metrics)
+                .layer(axum::middleware::map_request(refuse_large_head)),
+        ),
         header_read_timeout,
         None,
         stopped(stop_rx),
@@ -210,7 +216,7 @@ impl Placement {
     }
 }
 
-/// Most headers a request may carry; [`refuse_large_head`] answers beyond.
+/// Most headers a request may carry; [`check_head`] answers beyond.
 const MAX_HEADERS: usize = 64;
 /// Largest request head (request line and headers) in bytes; likewise.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -223,28 +229,35 @@ const HYPER_MAX_HEAD_BYTES: usize = 4 * MAX_HEAD_BYTES;
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Serve `routes` on `listener` with the limits every caller gets, on the
+/// Serve `service` on `listener` with the limits every caller gets, on the
 /// ingress and the admin listener alike: bounded request heads, and a
 /// deadline on reading them so a slow client cannot hold a connection
 /// (slowloris); ingress bodies have their own deadline in
 /// [`crate::ingress`]. An accept error (out of file descriptors and the
 /// like) pauses accepting rather than spinning, and the connections already
 /// open keep being served.
-async fn serve_listener(
+async fn serve_listener<S, B>(
     name: &'static str,
     listener: TcpListener,
-    routes: axum::Router,
+    service: S,
     header_read_timeout: Duration,
     placement: Option<Placement>,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut http = http1::Builder::new();
     http.max_headers(HYPER_MAX_HEADERS)
         .max_header_size(HYPER_MAX_HEAD_BYTES)
         .max_buf_size(HYPER_MAX_HEAD_BYTES)
         .header_read_timeout(header_read_timeout)
         .timer(TokioTimer::new());
-    let routes = routes.layer(axum::middleware::map_request(refuse_large_head));
     let connections = GracefulShutdown::new();
     let mut errors = AcceptErrors::default();
     tokio::pin!(shutdown);
@@ -275,8 +288,8 @@ async fn serve_listener(
                 }
             }
         };
-        let service = TowerToHyperService::new(routes.clone());
         let (http, watcher, placement) = (http.clone(), connections.watcher(), placement.clone());
+        let service = service.clone();
         let serve = move |stream: tokio::net::TcpStream| async move {
             let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             // A client hanging up mid-request is no error of ours.
@@ -318,7 +331,7 @@ async fn serve_listener(
 /// Refuse a request head over [`MAX_HEADERS`] or [`MAX_HEAD_BYTES`] with
 /// 431 and a JSON body. The size counts the head as HTTP/1.1 writes it:
 /// request line, `name: value` lines and the blank line.
-async fn refuse_large_head(request: Request) -> Result<Request, ApiError> {
+pub(crate) fn check_head<B>(request: &http::Request<B>) -> Result<(), ApiError> {
     let headers = request.headers();
     // `METHOD target HTTP/1.1\r\n`
     let target = request
@@ -333,7 +346,7 @@ async fn refuse_large_head(request: Request) -> Result<Request, ApiError> {
         + request_line
         + 2;
     if headers.len() <= MAX_HEADERS && size <= MAX_HEAD_BYTES {
-        return Ok(request);
+        return Ok(());
     }
     Err(ApiError::new(
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -343,6 +356,11 @@ async fn refuse_large_head(request: Request) -> Result<Request, ApiError> {
             headers.len()
         ),
     ))
+}
+
+/// [`check_head`] as the admin router's middleware.
+async fn refuse_large_head(request: Request) -> Result<Request, ApiError> {
+    check_head(&request).map(|()| request)
 }
 
 /// The first pause after an accept error; it doubles with each error ...
@@ -429,8 +447,8 @@ mod tests {
         assert_eq!(errors.failed(at(1002)).wait, Duration::from_millis(5));
     }
 
-    #[tokio::test]
-    async fn heads_over_the_limits_get_a_json_431() {
+    #[test]
+    fn heads_over_the_limits_get_a_json_431() {
         let request = |headers: usize, value: &str| {
             let mut request = Request::new(axum::body::Body::empty());
             for i in 0..headers {
@@ -439,10 +457,8 @@ mod tests {
             }
             request
         };
-        assert!(refuse_large_head(request(MAX_HEADERS, "x")).await.is_ok());
-        let many = refuse_large_head(request(MAX_HEADERS + 1, "x"))
-            .await
-            .unwrap_err();
+        assert!(check_head(&request(MAX_HEADERS, "x")).is_ok());
+        let many = check_head(&request(MAX_HEADERS + 1, "x")).unwrap_err();
         assert_eq!(many.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         assert_eq!(many.error, "headers_too_large");
         assert_eq!(
@@ -450,7 +466,7 @@ mod tests {
             "the request has 65 headers in 658 bytes of head; at most 64 headers and 16384 bytes are accepted"
         );
         let long = "x".repeat(MAX_HEAD_BYTES);
-        assert!(refuse_large_head(request(1, &long)).await.is_err());
+        assert!(check_head(&request(1, &long)).is_err());
     }
 
     #[test]
