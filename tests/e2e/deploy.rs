@@ -371,6 +371,26 @@ async fn a_new_build_compiles_only_the_functions_that_changed() {
         "the cache served {hits} functions of revision 1 and missed {misses}"
     );
 
+    // Not kept across restarts: the restart loads revision 1 from the
+    // compiled-component cache on disk, compiling nothing, and the first
+    // deploy after it compiles in full.
+    let restarted =
+        Gateway::start_in(gateway.stop().await, &shop_toml(&revisions[0], ""), &[]).await;
+    assert_eq!(revision_answering(&restarted).await, 1);
+    assert_eq!(
+        cache_lookups(&restarted).await,
+        (0, 0),
+        "nothing compiled at start"
+    );
+    crate::faults::deploy_file(&restarted, "shop", &revisions[2]).await;
+    assert_eq!(revision_answering(&restarted).await, 2);
+    let (cold_hits, cold_misses) = cache_lookups(&restarted).await;
+    // Its hits are functions that repeat within the one build.
+    assert!(
+        cold_misses > 4 * misses,
+        "the first deploy after the restart compiled {cold_misses} functions ({cold_hits} hits); one with the cache warm {misses}"
+    );
+
     // Without the cache every function compiles, and none is looked up.
     let uncached = Gateway::start(&shop_toml(&revisions[0], "incremental_cache_mb = 0")).await;
     crate::faults::deploy_file(&uncached, "shop", &revisions[2]).await;
