@@ -365,7 +365,14 @@ mod tests {
     fn webhooks_are_taken_at_hooks_and_one_source_name() {
         assert_eq!(source_of("/hooks/orders").as_deref(), Some("orders"));
         assert_eq!(source_of("/hooks/shop%20eu").as_deref(), Some("shop eu"));
-        for path in ["/hooks/", "/hooks", "/hooks/a/b", "/hooks/a/", "/other", "/hooks/%FF"] {
+        for path in [
+            "/hooks/",
+            "/hooks",
+            "/hooks/a/b",
+            "/hooks/a/",
+            "/other",
+            "/hooks/%FF",
+        ] {
             assert_eq!(source_of(path), None, "{path}");
         }
     }
