@@ -99,6 +99,10 @@ pub enum Accepted {
 
 /// The longest a pull loop sleeps: leases that ran out are noticed within it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long a pull loop waits after a failed pull. A store that fails one
+/// (a NATS leader election, a lost connection) fails the next too, and
+/// each accepted event's wake would otherwise retry at once.
+pub(crate) const PULL_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Most events the orphan sweep buries per pull.
 const ORPHAN_BATCH: usize = 256;
 
@@ -192,7 +196,11 @@ impl Gateway {
                                 self.submit_stored(event);
                             }
                         }
-                        Err(error) => tracing::warn!(%lane, %error, "Could not pull stored events"),
+                        Err(error) => {
+                            tracing::warn!(%lane, %error, "Could not pull stored events");
+                            tokio::time::sleep(PULL_ERROR_PAUSE).await;
+                            continue;
+                        }
                     }
                 }
             }

@@ -235,7 +235,9 @@ impl Deliveries {
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(destination = %destination.name, %error, "Could not pull deliveries")
+                        tracing::warn!(destination = %destination.name, %error, "Could not pull deliveries");
+                        tokio::time::sleep(crate::dispatch::PULL_ERROR_PAUSE).await;
+                        continue;
                     }
                 }
             }

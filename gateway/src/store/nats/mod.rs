@@ -34,6 +34,11 @@
 //!   again, so a reopen forgets its leases at once; a node that dies (or
 //!   exits without dropping its store) leaves them to run out, within
 //!   [`SERVER_LEASE`].
+//! - **stranded items**: a pull that leases nothing checks, at most every
+//!   [`STRANDED_CHECK`], that the consumer has not lost track of a stored
+//!   item, as a consumer's leader elected after a cluster server died was
+//!   seen to; the same stranded item found twice resets the consumer to it
+//!   ([`Inner::unstrand`]).
 //! - **due times**: a retry republishes the item with its attempts and
 //!   `not_before_ms` (message id `r.<seq>.<attempts>`, so a repeat is
 //!   dropped by the duplicate window), then acks the old message. A pull
@@ -126,6 +131,9 @@ const STREAM_TRIES: u32 = 3;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Where a stopping node leaves the ack subjects of its leases.
 const LEASE_FILE: &str = "leases.nak";
+/// How often a consumer whose fetch came back empty is checked for stored
+/// items it lost track of.
+const STRANDED_CHECK: Duration = Duration::from_secs(5);
 
 const SEQ_HEADER: &str = "Hooklane-Seq";
 const EXPIRES_HEADER: &str = "Hooklane-Expires";
@@ -183,6 +191,8 @@ struct Inner {
     leases: Mutex<HashMap<u64, Lease>>,
     /// Due times of items this node nak'd until then, by consumer.
     due: Mutex<HashMap<String, BTreeSet<u64>>>,
+    /// The last check for stranded items, by consumer.
+    stranded: Mutex<HashMap<String, StrandedCheck>>,
     backlog: Backlog,
     disk_bytes: AtomicU64,
     lease_file: PathBuf,
@@ -195,6 +205,14 @@ struct Lease {
     owner: String,
     /// Until when the item is to stay with this node, as last asked.
     until: Instant,
+}
+
+/// When a consumer was last checked for stranded items, and the stream
+/// sequence of the stranded item that check found, if any.
+#[derive(Clone, Copy)]
+struct StrandedCheck {
+    at: Instant,
+    stranded: Option<u64>,
 }
 
 /// Events or deliveries: which stream, subjects, consumers and seqs.
@@ -352,6 +370,7 @@ impl NatsStore {
             buckets: Mutex::default(),
             leases: Mutex::default(),
             due: Mutex::default(),
+            stranded: Mutex::default(),
             backlog: Backlog::default(),
             disk_bytes: AtomicU64::new(0),
             lease_file: data_dir.join(LEASE_FILE),
@@ -870,7 +889,78 @@ impl Inner {
         if let Some(e) = broke_off.filter(|_| leased == 0) {
             return Err(self.fail(what(), e));
         }
+        if leased == 0 {
+            if let Err(e) = self.unstrand(kind, owner, &consumer).await {
+                tracing::debug!(consumer = %name, error = %e, "Cannot check a NATS consumer for stranded items");
+            }
+        }
         Ok(earliest(next_due, self.next_due(&name)))
+    }
+
+    /// Reset `owner`'s consumer when two checks [`STRANDED_CHECK`] apart
+    /// find the same stored item stranded: at or below the consumer's ack
+    /// floor, or stored while the consumer has nothing to hand out and
+    /// nothing out. A work-queue stream drops what is acked, so the
+    /// consumer's leader lost track of the item and would never hand it out
+    /// again (JetStream after leader changes on a cluster: nats-server
+    /// issues #5412, #8036). The reset hands out every stored item from it
+    /// on again; one leased meanwhile runs twice, which at-least-once
+    /// allows.
+    async fn unstrand(
+        &self,
+        kind: Kind,
+        owner: &str,
+        consumer: &PullConsumer,
+    ) -> Result<(), StoreError> {
+        let name = kind.consumer(owner);
+        let last = self
+            .stranded
+            .lock()
+            .expect("stranded lock")
+            .get(&name)
+            .copied();
+        if last.is_some_and(|check| check.at.elapsed() < STRANDED_CHECK) {
+            return Ok(());
+        }
+        let what = || format!("cannot check NATS consumer `{name}` for stranded items");
+        let stream = self.stream(kind);
+        let first = match stream
+            .direct_get_next_for_subject(self.subject(kind, owner), Some(1))
+            .await
+        {
+            Ok(message) => Some(message.sequence),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
+            Err(e) => return Err(self.fail(what(), e)),
+        };
+        let stranded = match first {
+            Some(seq) => {
+                let info = consumer
+                    .get_info()
+                    .await
+                    .map_err(|e| self.fail(what(), e))?;
+                let idle = info.num_pending == 0 && info.num_ack_pending == 0;
+                (seq <= info.ack_floor.stream_sequence || idle).then_some(seq)
+            }
+            None => None,
+        };
+        let check = StrandedCheck {
+            at: Instant::now(),
+            stranded,
+        };
+        self.stranded
+            .lock()
+            .expect("stranded lock")
+            .insert(name.clone(), check);
+        let Some(seq) = stranded.filter(|seq| last.and_then(|l| l.stranded) == Some(*seq)) else {
+            return Ok(());
+        };
+        tracing::warn!(consumer = %name, stream_seq = seq, "A NATS consumer lost track of stored items; resetting it to hand them out again");
+        stream
+            .reset_consumer(&name, Some(seq))
+            .await
+            .map_err(|e| self.fail(format!("cannot reset NATS consumer `{name}`"), e))?;
+        self.stranded.lock().expect("stranded lock").remove(&name);
+        Ok(())
     }
 
     fn note_due(&self, consumer: &str, due_ms: u64) {
@@ -1743,6 +1833,42 @@ mod tests {
             (1, 1),
             "on the server too"
         );
+    }
+
+    #[tokio::test]
+    async fn items_a_consumer_lost_track_of_are_handed_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let Enqueued::Stored(stored) = store.enqueue(webhook(&["a"], None)).await.unwrap() else {
+            panic!("stored");
+        };
+        // What a consumer's leader elected after a server died was seen to
+        // hold: an ack floor past an item the work queue still stores.
+        store.inner.consumer(Kind::Event, "a").await.unwrap();
+        let past = (stored[0].seq >> 1) + 1;
+        let consumer = Kind::Event.consumer("a");
+        store
+            .inner
+            .events
+            .reset_consumer(&consumer, Some(past))
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let started = Instant::now();
+        let pulled = loop {
+            let pulled = store.next_events(vec!["a".into()], 10, lease).await;
+            let items = pulled.unwrap().items;
+            if !items.is_empty() {
+                break items;
+            }
+            assert!(
+                started.elapsed() < 2 * STRANDED_CHECK + Duration::from_secs(5),
+                "the stranded event is handed out again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let seqs: Vec<u64> = pulled.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [stored[0].seq]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
