@@ -200,6 +200,16 @@ pub fn ingress_connection(threads: &'static str) {
     counter!("hooklane_ingress_connections_total", "threads" => threads).increment(1);
 }
 
+/// One group commit of the embedded store: how long its transaction took
+/// to apply and commit (with its fsync when `durable`), and how many
+/// writes it carried. Every lane's writes share these commits.
+pub fn store_commit(seconds: f64, writes: usize, durable: bool) {
+    let durability = if durable { "durable" } else { "unsynced" };
+    histogram!("hooklane_store_commit_seconds", "durability" => durability).record(seconds);
+    counter!("hooklane_store_commit_writes_total", "durability" => durability)
+        .increment(writes as u64);
+}
+
 /// A lane's depth, set when metrics are scraped.
 pub fn lane_depth(lane: Lane, queued: usize, running: usize, backlog: u64) {
     gauge!("hooklane_lane_queued", "lane" => lane.as_str()).set(queued as f64);

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use hooklane_bench::soak::counter;
 use serde_json::json;
 
 use crate::harness::{login_code_toml, one_campaign_toml, plugin, Gateway, Recorder};
@@ -47,6 +48,15 @@ async fn metrics_count_runs_failures_refusals_and_deliveries() {
     assert!(
         !metrics.contains("no-such-source"),
         "caller-made label values"
+    );
+    // Each run's outcome (its delivery) was a durable write of a timed
+    // group commit.
+    let durable = [("durability", "durable")];
+    let writes = counter(&metrics, "hooklane_store_commit_writes_total", &durable);
+    let commits = counter(&metrics, "hooklane_store_commit_seconds_count", &durable);
+    assert!(
+        writes >= 3 && (1..=writes).contains(&commits),
+        "{writes} durable writes in {commits} commits"
     );
 }
 

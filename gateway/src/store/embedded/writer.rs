@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::event::now_ms;
 use crate::store::StoreError;
+use crate::telemetry;
 
 /// Most operations in one commit; bounds the latency one commit can add.
 const MAX_BATCH: usize = 4096;
@@ -292,6 +293,8 @@ fn refuse(batch: Vec<Operation>, why: &StoreError) {
 /// Commit `batch` in one transaction; the storage failure, if the store
 /// itself failed (a write's own refusal is its caller's business).
 fn commit(db: &Database, batch: Vec<Operation>, fsync: bool) -> Option<String> {
+    let started = Instant::now();
+    let writes = batch.len();
     let mut txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(error) => {
@@ -330,6 +333,9 @@ fn commit(db: &Database, batch: Vec<Operation>, fsync: bool) -> Option<String> {
         let refused = "a write in the same commit failed; nothing was stored";
         (Err(StoreError::Backend(refused.into())), None)
     };
+    if committed.is_ok() {
+        telemetry::store_commit(started.elapsed().as_secs_f64(), writes, must_sync);
+    }
     for completion in completions {
         completion(committed.clone());
     }
