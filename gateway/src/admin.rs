@@ -40,6 +40,10 @@ struct Admin {
     metrics: Option<PrometheusHandle>,
     /// Where the bearer token comes from.
     token: AdminConfig,
+    /// The campaigns (name, lane) whose throttled gauge the last scrape
+    /// set: one gone since (removed, or moved to another lane) is set to 0
+    /// once, instead of keeping the value last scraped.
+    throttle_gauges: std::sync::Mutex<std::collections::HashSet<(Arc<str>, Lane)>>,
 }
 
 /// The admin routes. `/v1/*` needs the bearer token `config` names, and is
@@ -53,6 +57,7 @@ pub fn routes(
         gateway,
         metrics,
         token: config,
+        throttle_gauges: Default::default(),
     });
     let v1 = Router::new()
         .route("/v1/campaigns", get(campaigns))
@@ -165,10 +170,17 @@ async fn render_metrics(State(admin): State<Arc<Admin>>) -> Result<Response, Api
     for (lane, depth, backlog) in lane_loads(&admin.gateway) {
         telemetry::lane_depth(lane, depth.queued, depth.running, backlog);
     }
+    let mut gauges = std::collections::HashSet::new();
     for c in admin.gateway.campaigns().all() {
-        let throttled = c.guard.is_throttled();
-        telemetry::is_throttled(&c.name, c.config.lane, throttled);
+        telemetry::is_throttled(&c.name, c.config.lane, c.guard.is_throttled());
+        gauges.insert((c.name.clone(), c.config.lane));
     }
+    let mut last = admin.throttle_gauges.lock().expect("throttle gauges lock");
+    for (gone, lane) in last.difference(&gauges) {
+        telemetry::is_throttled(gone, *lane, false);
+    }
+    *last = gauges;
+    drop(last);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),

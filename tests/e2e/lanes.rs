@@ -273,7 +273,7 @@ async fn a_source_over_its_rate_is_refused_before_its_body_is_read_and_others_ar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lane_guard_throttles_a_heavy_campaign_and_its_neighbours_keep_running() {
     let mut lookup = Recorder::holding(json!({ "segment": "vip" })).await;
-    let gateway = Gateway::start(&format!(
+    let config = format!(
         r#"
 [lanes.speed]
 guard_fuel = 1000000
@@ -298,9 +298,8 @@ plugin = "{trivial}"
         trivial = plugin("trivial"),
         lookup = lookup.addr,
         url = lookup.url(),
-    ))
-    .await;
-    let gateway = std::sync::Arc::new(gateway);
+    );
+    let gateway = std::sync::Arc::new(Gateway::start(&config).await);
     let score_three_at_once = || {
         (0..3)
             .map(|n| {
@@ -405,6 +404,22 @@ plugin = "{trivial}"
     let score = listed(&gateway, "score").await;
     assert_eq!(score["version"], 2);
     assert_eq!(score["throttled"], Value::Null, "{score}");
+
+    // Moved to another lane, its old lane's series no longer says
+    // throttled (the last scrape above set it to 1).
+    gateway.rewrite_config(&config.replacen(
+        "source = \"score\"\nlane = \"speed\"",
+        "source = \"score\"\nlane = \"segmentation\"",
+        1,
+    ));
+    let reloaded = gateway.admin_with(Method::POST, "/v1/reload", "").await;
+    assert_eq!(reloaded.status, 200, "{:?}", reloaded.body);
+    gateway
+        .metrics_eventually(&[
+            r#"hooklane_campaign_throttled{campaign="score",lane="speed"} 0"#,
+            r#"hooklane_campaign_throttled{campaign="score",lane="segmentation"} 0"#,
+        ])
+        .await;
 }
 
 /// `campaign` as `GET /v1/campaigns` lists it.
