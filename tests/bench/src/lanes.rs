@@ -42,6 +42,7 @@ use serde::Serialize;
 
 use crate::ceiling::{Ceiling, Judged};
 use crate::loadgen::{self, ClassReport, Plan, ThroughputReport, TrafficClass};
+use crate::steal::{self, Steal};
 use crate::{
     black_hole, floor, median, toml_path, write_report, Backend, BenchError, BenchOptions,
     BenchStore, REQUEST_TIMEOUT,
@@ -165,6 +166,8 @@ pub struct LanesReport {
     pub speed_p99_neighbour_unguarded_ratio_per_round: Vec<f64>,
     /// Over all rounds, with the guard.
     pub speed_errors_beside_neighbour: u64,
+    /// The host's steal in every latency window above.
+    pub host_steal: Steal,
 }
 
 impl LanesReport {
@@ -275,6 +278,8 @@ impl LanesReport {
             self.speed_errors_beside_neighbour,
             verdict(self.speed_errors_beside_neighbour == 0)
         );
+        out += "\n";
+        out += &self.host_steal.render();
         out
     }
 }
@@ -380,13 +385,16 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
     let mut rounds = Vec::with_capacity(load.rounds);
     let mut last = None;
     let mut speed_errors_in_mix = 0;
+    let mut host_steal = Steal::default();
     for round in 1..=load.rounds {
         eprintln!(
             "bench: round {round}/{}: speed idle, then hostile mix, {:?} each",
             load.rounds, load.latency_window
         );
-        let speed_idle = loadgen::run_open_loop(&plan(vec![login()])).await?;
-        let hostile_mix = loadgen::run_open_loop(&plan(vec![
+        let (speed_idle, stolen) =
+            steal::measured(loadgen::run_open_loop(&plan(vec![login()]))).await;
+        host_steal.add(stolen);
+        let (hostile_mix, stolen) = steal::measured(loadgen::run_open_loop(&plan(vec![
             login(),
             class("segmentation-burn", hooks("scoring"), load.burn_rate, b"{}"),
             class(
@@ -396,8 +404,10 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
                 br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#,
             ),
             class("segmentation-hang", hooks("partner"), load.hang_rate, b"{}"),
-        ]))
-        .await?;
+        ])))
+        .await;
+        host_steal.add(stolen);
+        let (speed_idle, hostile_mix) = (speed_idle?, hostile_mix?);
         if let (Some(idle), Some(mix)) = (speed_idle[0].p99_us, hostile_mix[0].p99_us) {
             rounds.push(mix as f64 / idle.max(1) as f64);
         }
@@ -440,21 +450,26 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         }
     };
     // Speed idle, then beside `floods` (source, connections, body) on
-    // `hooks`: the p99 ratio and what was measured.
+    // `hooks`: the p99 ratio, what was measured, and the host's steal in
+    // each of the two windows.
     let flooded_round = |hooks: String, floods: Vec<(&'static str, usize, &'static [u8])>| {
         let speed_only = plan(vec![speed(hooks.clone())]);
         async move {
-            let idle = loadgen::run_open_loop(&speed_only).await?;
+            let (idle, idle_stolen) = steal::measured(loadgen::run_open_loop(&speed_only)).await;
+            let idle = idle?;
             let floods = floods
                 .into_iter()
                 .map(|(source, connections, body)| flood(&hooks, source, connections, body));
-            let (speed, floods) =
-                tokio::try_join!(loadgen::run_open_loop(&speed_only), try_join_all(floods),)?;
+            let (flooded, stolen) = steal::measured(async {
+                tokio::try_join!(loadgen::run_open_loop(&speed_only), try_join_all(floods))
+            })
+            .await;
+            let (speed, floods) = flooded?;
             let ratio = match (idle[0].p99_us, speed[0].p99_us) {
                 (Some(idle), Some(flooded)) => Some(flooded as f64 / idle.max(1) as f64),
                 _ => None,
             };
-            Ok::<_, BenchError>((ratio, idle, speed, floods))
+            Ok::<_, BenchError>((ratio, idle, speed, floods, [idle_stolen, stolen]))
         }
     };
     let refused_floods = || {
@@ -475,12 +490,14 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             "bench: round {round}/{}: speed idle, then a refused flood, {:?} each, with bulk ingress threads and without",
             load.rounds, load.latency_window
         );
-        let (ratio, idle, speed, floods) =
+        let (ratio, idle, speed, floods, stolen) =
             flooded_round(split_hooks.clone(), refused_floods()).await?;
+        stolen.into_iter().for_each(|s| host_steal.add(s));
         flood_rounds.extend(ratio);
         speed_errors_in_flood += speed[0].errors + speed[0].refused;
         last_flood = Some((idle, speed, floods));
-        let (ratio, ..) = flooded_round(unsplit_hooks.clone(), refused_floods()).await?;
+        let (ratio, .., stolen) = flooded_round(unsplit_hooks.clone(), refused_floods()).await?;
+        stolen.into_iter().for_each(|s| host_steal.add(s));
         unsplit_rounds.extend(ratio);
     }
     let (flood_speed_idle, flood_speed, floods) = last_flood.expect("at least one round");
@@ -505,11 +522,14 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             "bench: round {round}/{}: speed idle, then beside a slow neighbour in its lane, {:?} each, with the lane's guard and without",
             load.rounds, load.latency_window
         );
-        let (ratio, idle, speed, floods) = flooded_round(hooks_url(&guarded), neighbour()).await?;
+        let (ratio, idle, speed, floods, stolen) =
+            flooded_round(hooks_url(&guarded), neighbour()).await?;
+        stolen.into_iter().for_each(|s| host_steal.add(s));
         neighbour_rounds.extend(ratio);
         speed_errors_beside_neighbour += speed[0].errors + speed[0].refused;
         last_neighbour = Some((idle, speed, floods));
-        let (ratio, ..) = flooded_round(hooks_url(&unguarded), neighbour()).await?;
+        let (ratio, .., stolen) = flooded_round(hooks_url(&unguarded), neighbour()).await?;
+        stolen.into_iter().for_each(|s| host_steal.add(s));
         unguarded_rounds.extend(ratio);
     }
     let (neighbour_speed_idle, neighbour_speed, mut floods) =
@@ -550,6 +570,7 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             .copied(),
         speed_p99_neighbour_unguarded_ratio_per_round: unguarded_rounds,
         speed_errors_beside_neighbour,
+        host_steal,
     };
     write_report(&options.out, &report)?;
     Ok(report)

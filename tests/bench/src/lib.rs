@@ -26,6 +26,7 @@ pub mod nodes;
 pub mod process;
 pub mod revisions;
 pub mod soak;
+pub mod steal;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

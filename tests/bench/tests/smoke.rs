@@ -90,6 +90,15 @@ fn the_load_bench_runs_on_nats_end_to_end() {
 
 fn assert_lanes_ran((printed, report): (String, Value), store: &str) {
     assert_eq!(report["store"], store, "{report}");
+    // An idle and a loaded window per round on each of the five gateways.
+    let steal = report["host_steal"]["percent_per_window"]
+        .as_array()
+        .unwrap();
+    assert!(steal.len() >= 10, "{report}");
+    assert!(
+        printed.contains("host steal (CPU time the hypervisor took): median"),
+        "{printed}"
+    );
     assert!(printed.contains("trivial / floor throughput:"), "{printed}");
     assert!(
         printed.contains("speed p99, hostile mix / idle:"),
