@@ -42,7 +42,7 @@ use serde::Serialize;
 
 use crate::ceiling::{Ceiling, Judged};
 use crate::loadgen::{self, ClassReport, Plan, ThroughputReport, TrafficClass};
-use crate::steal::{self, Steal};
+use crate::steal::{self, Rounds, Steal, QUIET_PERCENT};
 use crate::{
     black_hole, floor, median, toml_path, write_report, Backend, BenchError, BenchOptions,
     BenchStore, REQUEST_TIMEOUT,
@@ -132,10 +132,8 @@ pub struct LanesReport {
     pub trivial_over_floor: Judged,
     /// Each round's ratio, sorted.
     pub trivial_over_floor_per_round: Vec<f64>,
-    /// The median of the rounds' ratios.
-    pub speed_p99_mix_over_idle: Option<f64>,
-    /// Each round's ratio, sorted.
-    pub speed_p99_ratio_per_round: Vec<f64>,
+    /// Speed p99 in the mix over idle, per round.
+    pub speed_p99_mix_over_idle: Rounds,
     /// Over all rounds.
     pub speed_errors_in_mix: u64,
     /// The refused flood's last round: speed idle, speed in the flood, and
@@ -144,14 +142,11 @@ pub struct LanesReport {
     pub flood_speed: Vec<ClassReport>,
     pub flood_segmentation: ThroughputReport,
     pub flood_care: ThroughputReport,
-    /// The median of the rounds' ratios.
-    pub speed_p99_flood_over_idle: Option<f64>,
-    /// Each round's ratio, sorted.
-    pub speed_p99_flood_ratio_per_round: Vec<f64>,
+    /// Speed p99 in the flood over idle, per round.
+    pub speed_p99_flood_over_idle: Rounds,
     /// The same with `bulk_ingress = false`: every connection on the speed
     /// lane's threads.
-    pub speed_p99_flood_unsplit_over_idle: Option<f64>,
-    pub speed_p99_flood_unsplit_ratio_per_round: Vec<f64>,
+    pub speed_p99_flood_unsplit_over_idle: Rounds,
     /// Over all rounds.
     pub speed_errors_in_flood: u64,
     /// The slow neighbour's last round: speed idle, speed beside the
@@ -159,11 +154,10 @@ pub struct LanesReport {
     pub neighbour_speed_idle: Vec<ClassReport>,
     pub neighbour_speed: Vec<ClassReport>,
     pub neighbour_flood: ThroughputReport,
-    /// The median of the rounds' ratios, with the guard and without it.
-    pub speed_p99_neighbour_over_idle: Option<f64>,
-    pub speed_p99_neighbour_ratio_per_round: Vec<f64>,
-    pub speed_p99_neighbour_unguarded_over_idle: Option<f64>,
-    pub speed_p99_neighbour_unguarded_ratio_per_round: Vec<f64>,
+    /// Speed p99 beside the neighbour over idle, per round, with the guard
+    /// and without it.
+    pub speed_p99_neighbour_over_idle: Rounds,
+    pub speed_p99_neighbour_unguarded_over_idle: Rounds,
     /// Over all rounds, with the guard.
     pub speed_errors_beside_neighbour: u64,
     /// The host's steal in every latency window above.
@@ -208,12 +202,12 @@ impl LanesReport {
                 )
             )
         );
-        match self.speed_p99_mix_over_idle {
+        match self.speed_p99_mix_over_idle.median {
             Some(ratio) => {
                 out += &format!(
-                    "speed p99, hostile mix / idle:  {ratio:.2}  (target <= {TARGET_MIX_OVER_IDLE_P99}: {}; median of rounds {})\n",
+                    "speed p99, hostile mix / idle:  {ratio:.2}  (target <= {TARGET_MIX_OVER_IDLE_P99}: {}; {})\n",
                     verdict(ratio <= TARGET_MIX_OVER_IDLE_P99),
-                    rounds(&self.speed_p99_ratio_per_round)
+                    described(&self.speed_p99_mix_over_idle)
                 )
             }
             None => out += "speed p99, hostile mix / idle:  n/a (no successful speed request)\n",
@@ -230,20 +224,20 @@ impl LanesReport {
         out += &loadgen::table(&self.flood_speed_idle);
         out += "speed in the flood:\n";
         out += &loadgen::table(&self.flood_speed);
-        match self.speed_p99_flood_over_idle {
+        match self.speed_p99_flood_over_idle.median {
             Some(ratio) => {
                 out += &format!(
-                    "speed p99, refused flood / idle: {ratio:.2}  (target <= {TARGET_FLOOD_OVER_IDLE_P99}: {}; median of rounds {})\n",
+                    "speed p99, refused flood / idle: {ratio:.2}  (target <= {TARGET_FLOOD_OVER_IDLE_P99}: {}; {})\n",
                     verdict(ratio <= TARGET_FLOOD_OVER_IDLE_P99),
-                    rounds(&self.speed_p99_flood_ratio_per_round)
+                    described(&self.speed_p99_flood_over_idle)
                 )
             }
             None => out += "speed p99, refused flood / idle: n/a (no successful speed request)\n",
         }
-        if let Some(ratio) = self.speed_p99_flood_unsplit_over_idle {
+        if let Some(ratio) = self.speed_p99_flood_unsplit_over_idle.median {
             out += &format!(
-                "  without bulk ingress threads:  {ratio:.2}  (median of rounds {})\n",
-                rounds(&self.speed_p99_flood_unsplit_ratio_per_round)
+                "  without bulk ingress threads:  {ratio:.2}  ({})\n",
+                described(&self.speed_p99_flood_unsplit_over_idle)
             );
         }
         out += &format!(
@@ -257,20 +251,20 @@ impl LanesReport {
         out += &loadgen::table(&self.neighbour_speed_idle);
         out += "speed beside the neighbour:\n";
         out += &loadgen::table(&self.neighbour_speed);
-        match self.speed_p99_neighbour_over_idle {
+        match self.speed_p99_neighbour_over_idle.median {
             Some(ratio) => {
                 out += &format!(
-                    "speed p99, slow neighbour / idle: {ratio:.2}  (target <= {TARGET_NEIGHBOUR_OVER_IDLE_P99}: {}; median of rounds {})\n",
+                    "speed p99, slow neighbour / idle: {ratio:.2}  (target <= {TARGET_NEIGHBOUR_OVER_IDLE_P99}: {}; {})\n",
                     verdict(ratio <= TARGET_NEIGHBOUR_OVER_IDLE_P99),
-                    rounds(&self.speed_p99_neighbour_ratio_per_round)
+                    described(&self.speed_p99_neighbour_over_idle)
                 )
             }
             None => out += "speed p99, slow neighbour / idle: n/a (no successful speed request)\n",
         }
-        if let Some(ratio) = self.speed_p99_neighbour_unguarded_over_idle {
+        if let Some(ratio) = self.speed_p99_neighbour_unguarded_over_idle.median {
             out += &format!(
-                "  without the lane's guard:       {ratio:.2}  (median of rounds {})\n",
-                rounds(&self.speed_p99_neighbour_unguarded_ratio_per_round)
+                "  without the lane's guard:       {ratio:.2}  ({})\n",
+                described(&self.speed_p99_neighbour_unguarded_over_idle)
             );
         }
         out += &format!(
@@ -282,6 +276,18 @@ impl LanesReport {
         out += &self.host_steal.render();
         out
     }
+}
+
+/// `median of rounds …; quiet rounds (host steal <= 2%): M of …`.
+fn described(ratios: &Rounds) -> String {
+    let quiet = match ratios.quiet_median {
+        Some(median) => format!("{median:.2} of {}", rounds(&ratios.quiet)),
+        None => "none".into(),
+    };
+    format!(
+        "median of rounds {}; quiet rounds (host steal <= {QUIET_PERCENT}%): {quiet}",
+        rounds(&ratios.all)
+    )
 }
 
 fn rounds(ratios: &[f64]) -> String {
@@ -382,7 +388,7 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
     };
     // Idle and mix alternate, so both see the same (noisy, shared) machine;
     // the ratio reported is the median of the rounds' ratios.
-    let mut rounds = Vec::with_capacity(load.rounds);
+    let mut mix_rounds = Rounds::default();
     let mut last = None;
     let mut speed_errors_in_mix = 0;
     let mut host_steal = Steal::default();
@@ -391,9 +397,9 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             "bench: round {round}/{}: speed idle, then hostile mix, {:?} each",
             load.rounds, load.latency_window
         );
-        let (speed_idle, stolen) =
+        let (speed_idle, idle_stolen) =
             steal::measured(loadgen::run_open_loop(&plan(vec![login()]))).await;
-        host_steal.add(stolen);
+        host_steal.add(idle_stolen);
         let (hostile_mix, stolen) = steal::measured(loadgen::run_open_loop(&plan(vec![
             login(),
             class("segmentation-burn", hooks("scoring"), load.burn_rate, b"{}"),
@@ -408,14 +414,15 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         .await;
         host_steal.add(stolen);
         let (speed_idle, hostile_mix) = (speed_idle?, hostile_mix?);
-        if let (Some(idle), Some(mix)) = (speed_idle[0].p99_us, hostile_mix[0].p99_us) {
-            rounds.push(mix as f64 / idle.max(1) as f64);
-        }
+        let ratio = match (speed_idle[0].p99_us, hostile_mix[0].p99_us) {
+            (Some(idle), Some(mix)) => Some(mix as f64 / idle.max(1) as f64),
+            _ => None,
+        };
+        mix_rounds.push(ratio, [idle_stolen, stolen]);
         speed_errors_in_mix += hostile_mix[0].errors + hostile_mix[0].refused;
         last = Some((speed_idle, hostile_mix));
     }
     let (speed_idle, hostile_mix) = last.expect("at least one round");
-    rounds.sort_by(f64::total_cmp);
     drop(gateway);
 
     let flood_config = gateway_config(&plugins, &floor_url, never)
@@ -482,7 +489,7 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             ),
         ]
     };
-    let (mut flood_rounds, mut unsplit_rounds) = (Vec::new(), Vec::new());
+    let (mut flood_rounds, mut unsplit_rounds) = (Rounds::default(), Rounds::default());
     let mut last_flood = None;
     let mut speed_errors_in_flood = 0;
     for round in 1..=load.rounds {
@@ -493,17 +500,15 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         let (ratio, idle, speed, floods, stolen) =
             flooded_round(split_hooks.clone(), refused_floods()).await?;
         stolen.into_iter().for_each(|s| host_steal.add(s));
-        flood_rounds.extend(ratio);
+        flood_rounds.push(ratio, stolen);
         speed_errors_in_flood += speed[0].errors + speed[0].refused;
         last_flood = Some((idle, speed, floods));
         let (ratio, .., stolen) = flooded_round(unsplit_hooks.clone(), refused_floods()).await?;
         stolen.into_iter().for_each(|s| host_steal.add(s));
-        unsplit_rounds.extend(ratio);
+        unsplit_rounds.push(ratio, stolen);
     }
     let (flood_speed_idle, flood_speed, floods) = last_flood.expect("at least one round");
     let [flood_segmentation, flood_care] = <[_; 2]>::try_from(floods).expect("two floods");
-    flood_rounds.sort_by(f64::total_cmp);
-    unsplit_rounds.sort_by(f64::total_cmp);
     drop((flooded, unsplit));
 
     let guarded = options.start_gateway("neighbour", &flood_config).await?;
@@ -514,7 +519,7 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         )
         .await?;
     let neighbour = || vec![("neighbour", load.neighbour_connections, &b"{}"[..])];
-    let (mut neighbour_rounds, mut unguarded_rounds) = (Vec::new(), Vec::new());
+    let (mut neighbour_rounds, mut unguarded_rounds) = (Rounds::default(), Rounds::default());
     let mut last_neighbour = None;
     let mut speed_errors_beside_neighbour = 0;
     for round in 1..=load.rounds {
@@ -525,18 +530,16 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         let (ratio, idle, speed, floods, stolen) =
             flooded_round(hooks_url(&guarded), neighbour()).await?;
         stolen.into_iter().for_each(|s| host_steal.add(s));
-        neighbour_rounds.extend(ratio);
+        neighbour_rounds.push(ratio, stolen);
         speed_errors_beside_neighbour += speed[0].errors + speed[0].refused;
         last_neighbour = Some((idle, speed, floods));
         let (ratio, .., stolen) = flooded_round(hooks_url(&unguarded), neighbour()).await?;
         stolen.into_iter().for_each(|s| host_steal.add(s));
-        unguarded_rounds.extend(ratio);
+        unguarded_rounds.push(ratio, stolen);
     }
     let (neighbour_speed_idle, neighbour_speed, mut floods) =
         last_neighbour.expect("at least one round");
     let neighbour_flood = floods.pop().expect("the neighbour's flood");
-    neighbour_rounds.sort_by(f64::total_cmp);
-    unguarded_rounds.sort_by(f64::total_cmp);
     let report = LanesReport {
         smoke: options.smoke,
         store: backend,
@@ -549,26 +552,19 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         speed_errors_in_mix,
         speed_idle,
         hostile_mix,
-        speed_p99_mix_over_idle: rounds.get(rounds.len() / 2).copied(),
-        speed_p99_ratio_per_round: rounds,
+        speed_p99_mix_over_idle: mix_rounds,
         flood_speed_idle,
         flood_speed,
         flood_segmentation,
         flood_care,
-        speed_p99_flood_over_idle: flood_rounds.get(flood_rounds.len() / 2).copied(),
-        speed_p99_flood_ratio_per_round: flood_rounds,
-        speed_p99_flood_unsplit_over_idle: unsplit_rounds.get(unsplit_rounds.len() / 2).copied(),
-        speed_p99_flood_unsplit_ratio_per_round: unsplit_rounds,
+        speed_p99_flood_over_idle: flood_rounds,
+        speed_p99_flood_unsplit_over_idle: unsplit_rounds,
         speed_errors_in_flood,
         neighbour_speed_idle,
         neighbour_speed,
         neighbour_flood,
-        speed_p99_neighbour_over_idle: neighbour_rounds.get(neighbour_rounds.len() / 2).copied(),
-        speed_p99_neighbour_ratio_per_round: neighbour_rounds,
-        speed_p99_neighbour_unguarded_over_idle: unguarded_rounds
-            .get(unguarded_rounds.len() / 2)
-            .copied(),
-        speed_p99_neighbour_unguarded_ratio_per_round: unguarded_rounds,
+        speed_p99_neighbour_over_idle: neighbour_rounds,
+        speed_p99_neighbour_unguarded_over_idle: unguarded_rounds,
         speed_errors_beside_neighbour,
         host_steal,
     };

@@ -48,6 +48,47 @@ pub async fn measured<T>(window: impl Future<Output = T>) -> (T, Option<f64>) {
     (output, stolen)
 }
 
+/// A round is quiet when the host took at most this share of CPU time, in
+/// percent, in each of its windows.
+pub const QUIET_PERCENT: f64 = 2.0;
+
+/// One latency ratio over a bench's rounds: every round's, and the quiet
+/// rounds' alone, since a round in which the host stalled the machine says
+/// more about the host than about the gateway.
+#[derive(Debug, Default, Serialize)]
+pub struct Rounds {
+    /// The median of every round's ratio.
+    pub median: Option<f64>,
+    /// Each round's ratio, sorted.
+    pub all: Vec<f64>,
+    /// The median of the quiet rounds' ratios.
+    pub quiet_median: Option<f64>,
+    /// The quiet rounds' ratios, sorted.
+    pub quiet: Vec<f64>,
+}
+
+impl Rounds {
+    /// Count a round's ratio, if it has one, with the steal of its windows.
+    pub fn push(&mut self, ratio: Option<f64>, stolen: [Option<f64>; 2]) {
+        let Some(ratio) = ratio else { return };
+        insert_sorted(&mut self.all, ratio);
+        self.median = middle(&self.all);
+        if stolen.iter().all(|s| s.is_some_and(|s| s <= QUIET_PERCENT)) {
+            insert_sorted(&mut self.quiet, ratio);
+            self.quiet_median = middle(&self.quiet);
+        }
+    }
+}
+
+fn insert_sorted(sorted: &mut Vec<f64>, value: f64) {
+    let at = sorted.partition_point(|v| *v < value);
+    sorted.insert(at, value);
+}
+
+fn middle(sorted: &[f64]) -> Option<f64> {
+    sorted.get(sorted.len() / 2).copied()
+}
+
 /// Steal over a run's latency windows.
 #[derive(Debug, Default, Serialize)]
 pub struct Steal {
@@ -89,6 +130,20 @@ mod tests {
             })
         );
         assert_eq!(parse("intr 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn quiet_rounds_are_those_with_little_steal_in_both_windows() {
+        let mut rounds = Rounds::default();
+        rounds.push(Some(3.0), [Some(0.5), Some(30.0)]);
+        rounds.push(Some(1.2), [Some(0.1), Some(1.9)]);
+        rounds.push(None, [Some(0.0), Some(0.0)]);
+        rounds.push(Some(0.9), [Some(0.2), None]);
+        rounds.push(Some(1.0), [Some(2.0), Some(0.0)]);
+        assert_eq!(rounds.all, [0.9, 1.0, 1.2, 3.0]);
+        assert_eq!(rounds.median, Some(1.2));
+        assert_eq!(rounds.quiet, [1.0, 1.2]);
+        assert_eq!(rounds.quiet_median, Some(1.2));
     }
 
     #[test]

@@ -96,6 +96,12 @@ fn assert_lanes_ran((printed, report): (String, Value), store: &str) {
         .unwrap();
     assert!(steal.len() >= 10, "{report}");
     assert!(
+        printed.contains("quiet rounds (host steal <= 2%):"),
+        "{printed}"
+    );
+    let mix = &report["speed_p99_mix_over_idle"];
+    assert_eq!(mix["median"], mix["all"][0], "one round: {report}");
+    assert!(
         printed.contains("host steal (CPU time the hypervisor took): median"),
         "{printed}"
     );
