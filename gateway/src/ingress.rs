@@ -55,7 +55,7 @@ impl Ingress {
         let answered = match check_head(&request) {
             Ok(()) => match source_of(request.uri().path()) {
                 None => Err(not_found()),
-                Some(_) if request.method() != Method::POST => Err(method_not_allowed()),
+                Some(_) if request.method() != Method::POST => return Ok(method_not_allowed()),
                 Some(source) => {
                     let source = source.into_owned();
                     self.receive(source, request).await
@@ -122,12 +122,18 @@ fn not_found() -> ApiError {
     )
 }
 
-fn method_not_allowed() -> ApiError {
-    ApiError::new(
+/// 405, with the `Allow` header HTTP requires of it.
+fn method_not_allowed() -> Response {
+    let mut refusal = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "webhooks are accepted with POST only",
     )
+    .into_response();
+    refusal
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    refusal
 }
 
 impl Ingress {

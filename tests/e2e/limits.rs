@@ -34,6 +34,7 @@ async fn wrong_method_and_malformed_json_get_json_errors() {
         .await
         .unwrap();
     assert_eq!(get.status(), 405);
+    assert_eq!(get.headers()["allow"], "POST");
     let body: serde_json::Value = serde_json::from_slice(&get.bytes().await.unwrap()).unwrap();
     assert_eq!(body["error"], "method_not_allowed");
 
