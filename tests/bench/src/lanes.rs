@@ -142,6 +142,10 @@ pub struct LanesReport {
     pub flood_speed: Vec<ClassReport>,
     pub flood_segmentation: ThroughputReport,
     pub flood_care: ThroughputReport,
+    /// The flood gateway's durable store commits over all its rounds
+    /// (embedded store only): every speed answer that stores a delivery
+    /// waits for one.
+    pub flood_commits: Option<Commits>,
     /// Speed p99 in the flood over idle, per round.
     pub speed_p99_flood_over_idle: Rounds,
     /// The same with `bulk_ingress = false`: every connection on the speed
@@ -220,6 +224,14 @@ impl LanesReport {
         out += "\n== refused flood (last round)\n";
         out += &throughput("seg flood", &self.flood_segmentation);
         out += &throughput("care flood", &self.flood_care);
+        if let Some(commits) = &self.flood_commits {
+            out += &format!(
+                "store commits (durable, all rounds): {}, p99 <= {} ms, max <= {} ms\n",
+                commits.count,
+                bound_ms(commits.p99_s_at_most),
+                bound_ms(commits.max_s_at_most)
+            );
+        }
         out += "speed idle:\n";
         out += &loadgen::table(&self.flood_speed_idle);
         out += "speed in the flood:\n";
@@ -288,6 +300,55 @@ fn described(ratios: &Rounds) -> String {
         "median of rounds {}; quiet rounds (host steal <= {QUIET_PERCENT}%): {quiet}",
         rounds(&ratios.all)
     )
+}
+
+/// How many durable group commits a gateway made, and the histogram bucket
+/// bounds, in seconds, under which 99% and all of them fell (`None`: over
+/// the last bucket).
+#[derive(Debug, PartialEq, Serialize)]
+pub struct Commits {
+    pub count: u64,
+    pub p99_s_at_most: Option<f64>,
+    pub max_s_at_most: Option<f64>,
+}
+
+/// `gateway`'s durable commits from its `/metrics`; `None` when it has
+/// none to show (the NATS store) or cannot be read.
+async fn durable_commits(gateway: &crate::process::Server) -> Option<Commits> {
+    let url = format!("http://{}/metrics", gateway.addr("admin"));
+    let response = reqwest::get(url).await.ok()?;
+    commits_in(&response.text().await.ok()?)
+}
+
+fn commits_in(metrics: &str) -> Option<Commits> {
+    let prefix = "hooklane_store_commit_seconds_bucket{durability=\"durable\",le=\"";
+    let buckets: Vec<(Option<f64>, u64)> = metrics
+        .lines()
+        .filter_map(|line| {
+            let (le, count) = line.strip_prefix(prefix)?.split_once("\"} ")?;
+            Some((
+                le.parse().ok().filter(|le: &f64| le.is_finite()),
+                count.parse().ok()?,
+            ))
+        })
+        .collect();
+    let count = buckets.last()?.1;
+    let under = |share: f64| {
+        let wanted = (share * count as f64).ceil() as u64;
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= wanted)
+            .and_then(|(le, _)| *le)
+    };
+    (count > 0).then(|| Commits {
+        count,
+        p99_s_at_most: under(0.99),
+        max_s_at_most: under(1.0),
+    })
+}
+
+fn bound_ms(seconds: Option<f64>) -> String {
+    seconds.map_or("inf".into(), |s| format!("{}", s * 1000.0))
 }
 
 fn rounds(ratios: &[f64]) -> String {
@@ -509,6 +570,7 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
     }
     let (flood_speed_idle, flood_speed, floods) = last_flood.expect("at least one round");
     let [flood_segmentation, flood_care] = <[_; 2]>::try_from(floods).expect("two floods");
+    let flood_commits = durable_commits(&flooded).await;
     drop((flooded, unsplit));
 
     let guarded = options.start_gateway("neighbour", &flood_config).await?;
@@ -557,6 +619,7 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         flood_speed,
         flood_segmentation,
         flood_care,
+        flood_commits,
         speed_p99_flood_over_idle: flood_rounds,
         speed_p99_flood_unsplit_over_idle: unsplit_rounds,
         speed_errors_in_flood,
@@ -639,4 +702,29 @@ allowed_hosts = ["{never}"]
 settings = {{ url = "http://{never}/" }}
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_are_read_from_the_durable_histogram() {
+        let metrics = r#"
+hooklane_store_commit_seconds_bucket{durability="durable",le="0.001"} 90
+hooklane_store_commit_seconds_bucket{durability="durable",le="0.005"} 99
+hooklane_store_commit_seconds_bucket{durability="durable",le="0.25"} 100
+hooklane_store_commit_seconds_bucket{durability="durable",le="+Inf"} 100
+hooklane_store_commit_seconds_bucket{durability="unsynced",le="+Inf"} 7
+"#;
+        assert_eq!(
+            commits_in(metrics),
+            Some(Commits {
+                count: 100,
+                p99_s_at_most: Some(0.005),
+                max_s_at_most: Some(0.25),
+            })
+        );
+        assert_eq!(commits_in("hooklane_plugin_runs_total 3\n"), None);
+    }
 }

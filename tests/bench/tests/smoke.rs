@@ -99,6 +99,20 @@ fn assert_lanes_ran((printed, report): (String, Value), store: &str) {
         printed.contains("quiet rounds (host steal <= 2%):"),
         "{printed}"
     );
+    // The embedded store's durable commits under the flood; none on nats.
+    match store {
+        "embedded" => {
+            assert!(
+                report["flood_commits"]["count"].as_u64().unwrap() > 0,
+                "{report}"
+            );
+            assert!(
+                printed.contains("store commits (durable, all rounds):"),
+                "{printed}"
+            );
+        }
+        _ => assert!(report["flood_commits"].is_null(), "{report}"),
+    }
     let mix = &report["speed_p99_mix_over_idle"];
     assert_eq!(mix["median"], mix["all"][0], "one round: {report}");
     assert!(
