@@ -65,78 +65,7 @@ impl Ingress {
         };
         Ok(answered.unwrap_or_else(IntoResponse::into_response))
     }
-}
 
-/// The `{source}` of `/hooks/{source}`, percent-decoded; `None` for any
-/// other path.
-fn source_of(path: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let source = path.strip_prefix("/hooks/")?;
-    if source.is_empty() || source.contains('/') {
-        return None;
-    }
-    percent_encoding::percent_decode_str(source)
-        .decode_utf8()
-        .ok()
-}
-
-/// Whether a connection whose first bytes are `head` is for a source with
-/// a speed campaign. A request line cut short says nothing: such a
-/// connection counts as speed, so a legitimate caller is never demoted;
-/// one for another path or an unknown source does not, so a flood of them
-/// does not take the speed lane's threads.
-pub fn is_for_speed(router: &Routes, head: &[u8]) -> bool {
-    let line = head
-        .split(|&b| b == b'\r' || b == b'\n')
-        .next()
-        .unwrap_or(head);
-    let mut parts = line.splitn(3, |&b| b == b' ');
-    let (Some(_method), Some(target), Some(_version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return true;
-    };
-    let path = target.split(|&b| b == b'?').next().unwrap_or(target);
-    let source = path
-        .strip_prefix(b"/hooks/")
-        .and_then(|s| std::str::from_utf8(s).ok());
-    source
-        .and_then(|source| router.route(source))
-        .is_some_and(|route| route.speed)
-}
-
-/// 429 for a source over its `rate_per_s`, with when to come back.
-fn rate_limited(source: &str, per_s: f64, wait: Duration) -> ApiError {
-    let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        format!("source `{source}` may send at most {per_s} webhooks a second; try again in {retry_after} s"),
-    )
-    .retry_after(retry_after)
-}
-
-fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "webhooks are accepted at POST /hooks/{source}",
-    )
-}
-
-/// 405, with the `Allow` header HTTP requires of it.
-fn method_not_allowed() -> Response {
-    let mut refusal = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "webhooks are accepted with POST only",
-    )
-    .into_response();
-    refusal
-        .headers_mut()
-        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-    refusal
-}
-
-impl Ingress {
     /// Take a webhook for `source`, counting and logging a refusal.
     async fn receive(
         &self,
@@ -287,6 +216,75 @@ impl Ingress {
             }
         }
     }
+}
+
+/// The `{source}` of `/hooks/{source}`, percent-decoded; `None` for any
+/// other path.
+fn source_of(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let source = path.strip_prefix("/hooks/")?;
+    if source.is_empty() || source.contains('/') {
+        return None;
+    }
+    percent_encoding::percent_decode_str(source)
+        .decode_utf8()
+        .ok()
+}
+
+/// Whether a connection whose first bytes are `head` is for a source with
+/// a speed campaign. A request line cut short says nothing: such a
+/// connection counts as speed, so a legitimate caller is never demoted;
+/// one for another path or an unknown source does not, so a flood of them
+/// does not take the speed lane's threads.
+pub fn is_for_speed(router: &Routes, head: &[u8]) -> bool {
+    let line = head
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(head);
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let (Some(_method), Some(target), Some(_version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return true;
+    };
+    let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+    let source = path
+        .strip_prefix(b"/hooks/")
+        .and_then(|s| std::str::from_utf8(s).ok());
+    source
+        .and_then(|source| router.route(source))
+        .is_some_and(|route| route.speed)
+}
+
+/// 429 for a source over its `rate_per_s`, with when to come back.
+fn rate_limited(source: &str, per_s: f64, wait: Duration) -> ApiError {
+    let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("source `{source}` may send at most {per_s} webhooks a second; try again in {retry_after} s"),
+    )
+    .retry_after(retry_after)
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "webhooks are accepted at POST /hooks/{source}",
+    )
+}
+
+/// 405, with the `Allow` header HTTP requires of it.
+fn method_not_allowed() -> Response {
+    let mut refusal = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "webhooks are accepted with POST only",
+    )
+    .into_response();
+    refusal
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    refusal
 }
 
 /// Read the body, refusing it with 413 as soon as it exceeds `limit`, without

@@ -182,7 +182,6 @@ impl LanesReport {
                 millis(t.p99_us)
             )
         };
-        let verdict = |met: bool| if met { "met" } else { "MISSED" };
         let mut out = format!(
             "== store: {:?}\n== throughput (closed loop, {} connections on {} generator threads, last round)\n",
             self.store, self.floor.connections, self.floor.threads
@@ -206,16 +205,11 @@ impl LanesReport {
                 )
             )
         );
-        match self.speed_p99_mix_over_idle.median {
-            Some(ratio) => {
-                out += &format!(
-                    "speed p99, hostile mix / idle:  {ratio:.2}  (target <= {TARGET_MIX_OVER_IDLE_P99}: {}; {})\n",
-                    verdict(ratio <= TARGET_MIX_OVER_IDLE_P99),
-                    described(&self.speed_p99_mix_over_idle)
-                )
-            }
-            None => out += "speed p99, hostile mix / idle:  n/a (no successful speed request)\n",
-        }
+        out += &judged_ratio(
+            "speed p99, hostile mix / idle:  ",
+            &self.speed_p99_mix_over_idle,
+            TARGET_MIX_OVER_IDLE_P99,
+        );
         out += &format!(
             "speed-lane errors in the mix:    {}  (target 0: {})\n",
             self.speed_errors_in_mix,
@@ -236,16 +230,11 @@ impl LanesReport {
         out += &loadgen::table(&self.flood_speed_idle);
         out += "speed in the flood:\n";
         out += &loadgen::table(&self.flood_speed);
-        match self.speed_p99_flood_over_idle.median {
-            Some(ratio) => {
-                out += &format!(
-                    "speed p99, refused flood / idle: {ratio:.2}  (target <= {TARGET_FLOOD_OVER_IDLE_P99}: {}; {})\n",
-                    verdict(ratio <= TARGET_FLOOD_OVER_IDLE_P99),
-                    described(&self.speed_p99_flood_over_idle)
-                )
-            }
-            None => out += "speed p99, refused flood / idle: n/a (no successful speed request)\n",
-        }
+        out += &judged_ratio(
+            "speed p99, refused flood / idle: ",
+            &self.speed_p99_flood_over_idle,
+            TARGET_FLOOD_OVER_IDLE_P99,
+        );
         if let Some(ratio) = self.speed_p99_flood_unsplit_over_idle.median {
             out += &format!(
                 "  without bulk ingress threads:  {ratio:.2}  ({})\n",
@@ -263,16 +252,11 @@ impl LanesReport {
         out += &loadgen::table(&self.neighbour_speed_idle);
         out += "speed beside the neighbour:\n";
         out += &loadgen::table(&self.neighbour_speed);
-        match self.speed_p99_neighbour_over_idle.median {
-            Some(ratio) => {
-                out += &format!(
-                    "speed p99, slow neighbour / idle: {ratio:.2}  (target <= {TARGET_NEIGHBOUR_OVER_IDLE_P99}: {}; {})\n",
-                    verdict(ratio <= TARGET_NEIGHBOUR_OVER_IDLE_P99),
-                    described(&self.speed_p99_neighbour_over_idle)
-                )
-            }
-            None => out += "speed p99, slow neighbour / idle: n/a (no successful speed request)\n",
-        }
+        out += &judged_ratio(
+            "speed p99, slow neighbour / idle: ",
+            &self.speed_p99_neighbour_over_idle,
+            TARGET_NEIGHBOUR_OVER_IDLE_P99,
+        );
         if let Some(ratio) = self.speed_p99_neighbour_unguarded_over_idle.median {
             out += &format!(
                 "  without the lane's guard:       {ratio:.2}  ({})\n",
@@ -287,6 +271,26 @@ impl LanesReport {
         out += "\n";
         out += &self.host_steal.render();
         out
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// `<label><median>  (target <= T: met; <rounds>)`, or n/a without one.
+fn judged_ratio(label: &str, ratios: &Rounds, target: f64) -> String {
+    match ratios.median {
+        Some(ratio) => format!(
+            "{label}{ratio:.2}  (target <= {target}: {}; {})\n",
+            verdict(ratio <= target),
+            described(ratios)
+        ),
+        None => format!("{label}n/a (no successful speed request)\n"),
     }
 }
 
@@ -460,7 +464,7 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         );
         let (speed_idle, idle_stolen) =
             steal::measured(loadgen::run_open_loop(&plan(vec![login()]))).await;
-        host_steal.add(idle_stolen);
+        host_steal.add([idle_stolen]);
         let (hostile_mix, stolen) = steal::measured(loadgen::run_open_loop(&plan(vec![
             login(),
             class("segmentation-burn", hooks("scoring"), load.burn_rate, b"{}"),
@@ -473,7 +477,7 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
             class("segmentation-hang", hooks("partner"), load.hang_rate, b"{}"),
         ])))
         .await;
-        host_steal.add(stolen);
+        host_steal.add([stolen]);
         let (speed_idle, hostile_mix) = (speed_idle?, hostile_mix?);
         let ratio = match (speed_idle[0].p99_us, hostile_mix[0].p99_us) {
             (Some(idle), Some(mix)) => Some(mix as f64 / idle.max(1) as f64),
@@ -560,12 +564,12 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         );
         let (ratio, idle, speed, floods, stolen) =
             flooded_round(split_hooks.clone(), refused_floods()).await?;
-        stolen.into_iter().for_each(|s| host_steal.add(s));
+        host_steal.add(stolen);
         flood_rounds.push(ratio, stolen);
         speed_errors_in_flood += speed[0].errors + speed[0].refused;
         last_flood = Some((idle, speed, floods));
         let (ratio, .., stolen) = flooded_round(unsplit_hooks.clone(), refused_floods()).await?;
-        stolen.into_iter().for_each(|s| host_steal.add(s));
+        host_steal.add(stolen);
         unsplit_rounds.push(ratio, stolen);
     }
     let (flood_speed_idle, flood_speed, floods) = last_flood.expect("at least one round");
@@ -591,12 +595,12 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         );
         let (ratio, idle, speed, floods, stolen) =
             flooded_round(hooks_url(&guarded), neighbour()).await?;
-        stolen.into_iter().for_each(|s| host_steal.add(s));
+        host_steal.add(stolen);
         neighbour_rounds.push(ratio, stolen);
         speed_errors_beside_neighbour += speed[0].errors + speed[0].refused;
         last_neighbour = Some((idle, speed, floods));
         let (ratio, .., stolen) = flooded_round(hooks_url(&unguarded), neighbour()).await?;
-        stolen.into_iter().for_each(|s| host_steal.add(s));
+        host_steal.add(stolen);
         unguarded_rounds.push(ratio, stolen);
     }
     let (neighbour_speed_idle, neighbour_speed, mut floods) =

@@ -97,8 +97,10 @@ pub struct Steal {
 }
 
 impl Steal {
-    pub fn add(&mut self, stolen: Option<f64>) {
-        self.percent_per_window.extend(stolen);
+    /// Count the windows' shares, those known.
+    pub fn add(&mut self, windows: impl IntoIterator<Item = Option<f64>>) {
+        self.percent_per_window
+            .extend(windows.into_iter().flatten());
     }
 
     /// `host steal: median M%, max X% of CPU time over N latency windows`.
@@ -149,9 +151,8 @@ mod tests {
     #[test]
     fn the_summary_gives_median_and_max() {
         let mut steal = Steal::default();
-        for stolen in [Some(0.5), None, Some(4.0), Some(0.1)] {
-            steal.add(stolen);
-        }
+        steal.add([Some(0.5), None]);
+        steal.add([Some(4.0), Some(0.1)]);
         assert_eq!(
             steal.render(),
             "host steal (CPU time the hypervisor took): median 0.5%, max 4.0% over 3 latency windows\n"

@@ -890,14 +890,14 @@ impl Inner {
             return Err(self.fail(what(), e));
         }
         if leased == 0 {
-            if let Err(e) = self.unstrand(kind, owner, &consumer).await {
+            if let Err(e) = self.unstrand(kind, owner, &name, &consumer).await {
                 tracing::debug!(consumer = %name, error = %e, "Cannot check a NATS consumer for stranded items");
             }
         }
         Ok(earliest(next_due, self.next_due(&name)))
     }
 
-    /// Reset `owner`'s consumer when two checks [`STRANDED_CHECK`] apart
+    /// Reset `owner`'s consumer, `name`, when two checks [`STRANDED_CHECK`] apart
     /// find the same stored item stranded: at or below the consumer's ack
     /// floor, or stored while the consumer has nothing to hand out and
     /// nothing out. A work-queue stream drops what is acked, so the
@@ -910,14 +910,14 @@ impl Inner {
         &self,
         kind: Kind,
         owner: &str,
+        name: &str,
         consumer: &PullConsumer,
     ) -> Result<(), StoreError> {
-        let name = kind.consumer(owner);
         let last = self
             .stranded
             .lock()
             .expect("stranded lock")
-            .get(&name)
+            .get(name)
             .copied();
         if last.is_some_and(|check| check.at.elapsed() < STRANDED_CHECK) {
             return Ok(());
@@ -950,16 +950,16 @@ impl Inner {
         self.stranded
             .lock()
             .expect("stranded lock")
-            .insert(name.clone(), check);
+            .insert(name.to_owned(), check);
         let Some(seq) = stranded.filter(|seq| last.and_then(|l| l.stranded) == Some(*seq)) else {
             return Ok(());
         };
         tracing::warn!(consumer = %name, stream_seq = seq, "A NATS consumer lost track of stored items; resetting it to hand them out again");
         stream
-            .reset_consumer(&name, Some(seq))
+            .reset_consumer(name, Some(seq))
             .await
             .map_err(|e| self.fail(format!("cannot reset NATS consumer `{name}`"), e))?;
-        self.stranded.lock().expect("stranded lock").remove(&name);
+        self.stranded.lock().expect("stranded lock").remove(name);
         Ok(())
     }
 
