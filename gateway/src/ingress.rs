@@ -21,7 +21,7 @@ use crate::dispatch::{log_failure, Accepted};
 use crate::error::ApiError;
 use crate::event::{Event, Headers, EVENT_ID_HEADER};
 use crate::gateway::Gateway;
-use crate::router::Router as Routes;
+use crate::router::{Route, Router as Routes};
 use crate::server::check_head;
 use crate::store::Dedup;
 use crate::telemetry;
@@ -72,11 +72,13 @@ impl Ingress {
         source: String,
         request: Request<Incoming>,
     ) -> Result<Response, ApiError> {
-        let result = self.handle(source.clone(), request).await;
+        // This request keeps the routes it started with, whatever a reload does.
+        let router = self.gateway.campaigns().router();
+        let route = router.route(&source);
+        let result = self.handle(source.clone(), route, request).await;
         if let Err(refusal) = &result {
-            let router = self.gateway.campaigns().router();
             // Only configured names become label values.
-            let (label, log) = match router.route(&source) {
+            let (label, log) = match route {
                 Some(route) => (source.as_str(), &route.refusals),
                 None => ("unknown", &self.unknown_source_refusals),
             };
@@ -103,12 +105,11 @@ impl Ingress {
     async fn handle(
         &self,
         source: String,
+        route: Option<&Route>,
         request: Request<Incoming>,
     ) -> Result<Response, ApiError> {
         let gateway = &self.gateway;
-        // This request keeps the routes it started with, whatever a reload does.
-        let router = gateway.campaigns().router();
-        let Some(route) = router.route(&source) else {
+        let Some(route) = route else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "unknown_source",

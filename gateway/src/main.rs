@@ -429,20 +429,25 @@ fn main() -> ExitCode {
 
 /// A multi-threaded runtime with `workers` threads (default: one per core).
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(runtime_builder(workers).build()?)
+}
+
+/// A multi-thread runtime with I/O and timers, on `workers` threads
+/// (default: one per core).
+fn runtime_builder(workers: Option<usize>) -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = workers {
         builder.worker_threads(workers);
     }
-    Ok(builder.enable_all().build()?)
+    builder.enable_all();
+    builder
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     // Ingress and the speed lane share these threads (see `lanes`).
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.lanes.speed.workers)
+    runtime_builder(Some(config.lanes.speed.workers))
         .on_thread_start(hooklane::lanes::ask_for_short_slices)
-        .enable_all()
         .build()?
         .block_on(serve_config(config))
 }

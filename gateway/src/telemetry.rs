@@ -210,6 +210,13 @@ pub fn store_commit(seconds: f64, writes: usize, durable: bool) {
         .increment(writes as u64);
 }
 
+/// The NATS store reset a consumer that had lost track of stored items
+/// (see `store::nats`); `stream` is `events` or `outbox`. Each reset hands
+/// out again what that consumer held, so operators alert on it.
+pub fn store_consumer_reset(stream: &'static str) {
+    counter!("hooklane_store_consumer_resets_total", "stream" => stream).increment(1);
+}
+
 /// A lane's depth, set when metrics are scraped.
 pub fn lane_depth(lane: Lane, queued: usize, running: usize, backlog: u64) {
     gauge!("hooklane_lane_queued", "lane" => lane.as_str()).set(queued as f64);

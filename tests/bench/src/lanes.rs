@@ -1,6 +1,8 @@
 //! `hooklane-bench lanes`: the load benchmark that proves lane isolation.
 //!
-//! One invocation runs four scenarios against the same machine state:
+//! One invocation runs these scenarios against the same machine state
+//! (`--only` picks some of them: [`Scenario`]; `--rounds` sets how many
+//! rounds each runs):
 //! 1. **floor** — a bare hyper server (its own process) at the highest rate
 //!    the generator drives it to (closed loop): the physical limit of this
 //!    machine, and the generator's ceiling that the trivial figure is judged
@@ -26,8 +28,8 @@
 //!    neighbour, and on one without it (`guard_fuel = 0`), in the same
 //!    rounds.
 //!
-//! It prints the two ratios that matter — trivial ÷ floor throughput and
-//! speed p99 in the mix ÷ speed p99 idle — as a table and as JSON. All traffic
+//! It prints the ratios that matter — trivial ÷ floor throughput, and the
+//! speed p99 under each load ÷ idle — as a table and as JSON. All traffic
 //! stays on loopback and every phase is bounded in time and count. With
 //! `--store nats` the gateway runs on a nats-server the bench starts: the
 //! same scenarios, every stored event and delivery on JetStream.
@@ -63,6 +65,7 @@ const FLOOD_NICE: i32 = 10;
 const FLOOD_QUEUE: usize = 1000;
 
 /// The load of each phase.
+#[derive(Debug, Clone, Copy)]
 struct Load {
     throughput_window: Duration,
     concurrency: usize,
@@ -114,16 +117,60 @@ impl Load {
     }
 }
 
-/// Everything a run measured.
+/// The scenarios a run can be limited to (`--only`); a run picks all by
+/// default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Floor and trivial: throughput.
+    Throughput,
+    /// Speed idle and the hostile mix.
+    Mix,
+    /// The refused flood, with bulk ingress threads and without.
+    Flood,
+    /// The slow neighbour, with the speed lane's guard and without.
+    Neighbour,
+}
+
+/// What to run: which scenarios (none named: all), and how many rounds
+/// each (default 5, 1 for `--smoke`). More rounds give a steadier median.
+#[derive(Debug, Default, Clone)]
+pub struct Selection {
+    pub only: Vec<Scenario>,
+    pub rounds: Option<usize>,
+}
+
+impl Selection {
+    fn runs(&self, scenario: Scenario) -> bool {
+        self.only.is_empty() || self.only.contains(&scenario)
+    }
+}
+
+/// Everything a run measured; a scenario not run is left out.
 #[derive(Debug, Serialize)]
 pub struct LanesReport {
     pub smoke: bool,
     pub store: Backend,
+    /// Rounds per scenario.
+    pub rounds: usize,
+    #[serde(flatten)]
+    pub throughput: Option<ThroughputScenario>,
+    #[serde(flatten)]
+    pub mix: Option<MixScenario>,
+    #[serde(flatten)]
+    pub flood: Option<FloodScenario>,
+    #[serde(flatten)]
+    pub neighbour: Option<NeighbourScenario>,
+    /// The host's steal in every latency window above.
+    pub host_steal: Steal,
+}
+
+/// Floor and trivial, closed loop.
+#[derive(Debug, Serialize)]
+pub struct ThroughputScenario {
     /// The last round's.
     pub floor: ThroughputReport,
     pub trivial: ThroughputReport,
-    pub speed_idle: Vec<ClassReport>,
-    pub hostile_mix: Vec<ClassReport>,
     /// The median of the rounds' floor figures: the generator's ceiling.
     pub ceiling: Ceiling,
     /// The median of the rounds' trivial figures.
@@ -132,12 +179,24 @@ pub struct LanesReport {
     pub trivial_over_floor: Judged,
     /// Each round's ratio, sorted.
     pub trivial_over_floor_per_round: Vec<f64>,
+}
+
+/// Speed idle and the hostile mix, open loop.
+#[derive(Debug, Serialize)]
+pub struct MixScenario {
+    /// The last round's.
+    pub speed_idle: Vec<ClassReport>,
+    pub hostile_mix: Vec<ClassReport>,
     /// Speed p99 in the mix over idle, per round.
     pub speed_p99_mix_over_idle: Rounds,
     /// Over all rounds.
     pub speed_errors_in_mix: u64,
-    /// The refused flood's last round: speed idle, speed in the flood, and
-    /// the two floods.
+}
+
+/// The refused flood.
+#[derive(Debug, Serialize)]
+pub struct FloodScenario {
+    /// The last round's: speed idle, speed in the flood, and the two floods.
     pub flood_speed_idle: Vec<ClassReport>,
     pub flood_speed: Vec<ClassReport>,
     pub flood_segmentation: ThroughputReport,
@@ -146,6 +205,8 @@ pub struct LanesReport {
     /// (embedded store only): every speed answer that stores a delivery
     /// waits for one.
     pub flood_commits: Option<Commits>,
+    /// Each round's ratio beside its commits, in the order run.
+    pub flood_rounds: Vec<FloodRound>,
     /// Speed p99 in the flood over idle, per round.
     pub speed_p99_flood_over_idle: Rounds,
     /// The same with `bulk_ingress = false`: every connection on the speed
@@ -153,8 +214,13 @@ pub struct LanesReport {
     pub speed_p99_flood_unsplit_over_idle: Rounds,
     /// Over all rounds.
     pub speed_errors_in_flood: u64,
-    /// The slow neighbour's last round: speed idle, speed beside the
-    /// neighbour's flood, and the flood, with the speed lane's guard.
+}
+
+/// The slow neighbour in the speed lane.
+#[derive(Debug, Serialize)]
+pub struct NeighbourScenario {
+    /// The last round's, with the guard: speed idle, speed beside the
+    /// neighbour's flood, and the flood.
     pub neighbour_speed_idle: Vec<ClassReport>,
     pub neighbour_speed: Vec<ClassReport>,
     pub neighbour_flood: ThroughputReport,
@@ -164,36 +230,54 @@ pub struct LanesReport {
     pub speed_p99_neighbour_unguarded_over_idle: Rounds,
     /// Over all rounds, with the guard.
     pub speed_errors_beside_neighbour: u64,
-    /// The host's steal in every latency window above.
-    pub host_steal: Steal,
 }
 
 impl LanesReport {
     /// The human summary: tables, ratios and targets.
     pub fn render(&self) -> String {
-        let throughput = |name: &str, t: &ThroughputReport| {
-            format!(
-                "{name:<8} {:>10.0} ok/s  ({} ok, {} refused, {} errors, p50 {} ms, p99 {} ms)\n",
-                t.ok_per_s,
-                t.ok,
-                t.refused,
-                t.errors,
-                millis(t.p50_us),
-                millis(t.p99_us)
-            )
-        };
+        let mut out = format!("== store: {:?}, {} rounds\n", self.store, self.rounds);
+        let sections = [
+            self.throughput.as_ref().map(ThroughputScenario::render),
+            self.mix.as_ref().map(MixScenario::render),
+            self.flood.as_ref().map(FloodScenario::render),
+            self.neighbour.as_ref().map(NeighbourScenario::render),
+        ];
+        for section in sections.into_iter().flatten() {
+            out += &section;
+            out += "\n";
+        }
+        out += &self.host_steal.render();
+        out
+    }
+}
+
+fn throughput(name: &str, t: &ThroughputReport) -> String {
+    format!(
+        "{name:<8} {:>10.0} ok/s  ({} ok, {} refused, {} errors, p50 {} ms, p99 {} ms)\n",
+        t.ok_per_s,
+        t.ok,
+        t.refused,
+        t.errors,
+        millis(t.p50_us),
+        millis(t.p99_us)
+    )
+}
+
+/// `<label><n>  (target 0: met)`.
+fn errors_line(label: &str, errors: u64) -> String {
+    format!("{label}{errors}  (target 0: {})\n", verdict(errors == 0))
+}
+
+impl ThroughputScenario {
+    fn render(&self) -> String {
         let mut out = format!(
-            "== store: {:?}\n== throughput (closed loop, {} connections on {} generator threads, last round)\n",
-            self.store, self.floor.connections, self.floor.threads
+            "== throughput (closed loop, {} connections on {} generator threads, last round)\n",
+            self.floor.connections, self.floor.threads
         );
         out += &throughput("floor", &self.floor);
         out += &throughput("trivial", &self.trivial);
-        out += "\n== speed idle (open loop, last round)\n";
-        out += &loadgen::table(&self.speed_idle);
-        out += "\n== hostile mix (open loop, last round)\n";
-        out += &loadgen::table(&self.hostile_mix);
         out += &format!(
-            "\ntrivial / floor throughput:      {}\n",
+            "trivial / floor throughput:      {}\n",
             self.trivial_over_floor.render(
                 2,
                 |ratio| ratio >= TARGET_TRIVIAL_OVER_FLOOR,
@@ -205,17 +289,32 @@ impl LanesReport {
                 )
             )
         );
+        out
+    }
+}
+
+impl MixScenario {
+    fn render(&self) -> String {
+        let mut out = "== speed idle (open loop, last round)\n".to_owned();
+        out += &loadgen::table(&self.speed_idle);
+        out += "\n== hostile mix (open loop, last round)\n";
+        out += &loadgen::table(&self.hostile_mix);
         out += &judged_ratio(
             "speed p99, hostile mix / idle:  ",
             &self.speed_p99_mix_over_idle,
             TARGET_MIX_OVER_IDLE_P99,
         );
-        out += &format!(
-            "speed-lane errors in the mix:    {}  (target 0: {})\n",
+        out += &errors_line(
+            "speed-lane errors in the mix:    ",
             self.speed_errors_in_mix,
-            verdict(self.speed_errors_in_mix == 0)
         );
-        out += "\n== refused flood (last round)\n";
+        out
+    }
+}
+
+impl FloodScenario {
+    fn render(&self) -> String {
+        let mut out = "== refused flood (last round)\n".to_owned();
         out += &throughput("seg flood", &self.flood_segmentation);
         out += &throughput("care flood", &self.flood_care);
         if let Some(commits) = &self.flood_commits {
@@ -235,18 +334,39 @@ impl LanesReport {
             &self.speed_p99_flood_over_idle,
             TARGET_FLOOD_OVER_IDLE_P99,
         );
-        if let Some(ratio) = self.speed_p99_flood_unsplit_over_idle.median {
+        if self.flood_commits.is_some() {
+            let rounds: Vec<String> = self
+                .flood_rounds
+                .iter()
+                .map(|round| {
+                    let ratio = round.ratio.map_or("-".into(), |r| format!("{r:.2}"));
+                    let slowest = round.commits.as_ref().map_or("-".into(), |c| {
+                        format!("<= {} ms", bound_ms(c.max_s_at_most))
+                    });
+                    format!("{ratio} ({slowest})")
+                })
+                .collect();
             out += &format!(
-                "  without bulk ingress threads:  {ratio:.2}  ({})\n",
-                described(&self.speed_p99_flood_unsplit_over_idle)
+                "  rounds in order (ratio, slowest durable commit): {}\n",
+                rounds.join(", ")
             );
         }
-        out += &format!(
-            "speed-lane errors in the flood:  {}  (target 0: {})\n",
-            self.speed_errors_in_flood,
-            verdict(self.speed_errors_in_flood == 0)
+        out += &unjudged_ratio(
+            "  without bulk ingress threads:  ",
+            &self.speed_p99_flood_unsplit_over_idle,
         );
-        out += "\n== slow neighbour in the speed lane (last round, with the guard)\n";
+        out += &errors_line(
+            "speed-lane errors in the flood:  ",
+            self.speed_errors_in_flood,
+        );
+        out
+    }
+}
+
+impl NeighbourScenario {
+    fn render(&self) -> String {
+        let mut out =
+            "== slow neighbour in the speed lane (last round, with the guard)\n".to_owned();
         out += &throughput("neighbour", &self.neighbour_flood);
         out += "speed idle:\n";
         out += &loadgen::table(&self.neighbour_speed_idle);
@@ -257,19 +377,14 @@ impl LanesReport {
             &self.speed_p99_neighbour_over_idle,
             TARGET_NEIGHBOUR_OVER_IDLE_P99,
         );
-        if let Some(ratio) = self.speed_p99_neighbour_unguarded_over_idle.median {
-            out += &format!(
-                "  without the lane's guard:       {ratio:.2}  ({})\n",
-                described(&self.speed_p99_neighbour_unguarded_over_idle)
-            );
-        }
-        out += &format!(
-            "speed errors beside it:          {}  (target 0: {})\n",
-            self.speed_errors_beside_neighbour,
-            verdict(self.speed_errors_beside_neighbour == 0)
+        out += &unjudged_ratio(
+            "  without the lane's guard:       ",
+            &self.speed_p99_neighbour_unguarded_over_idle,
         );
-        out += "\n";
-        out += &self.host_steal.render();
+        out += &errors_line(
+            "speed errors beside it:          ",
+            self.speed_errors_beside_neighbour,
+        );
         out
     }
 }
@@ -294,6 +409,14 @@ fn judged_ratio(label: &str, ratios: &Rounds, target: f64) -> String {
     }
 }
 
+/// `<label><median>  (<rounds>)` for a comparison without a target; nothing
+/// without a median.
+fn unjudged_ratio(label: &str, ratios: &Rounds) -> String {
+    ratios.median.map_or(String::new(), |ratio| {
+        format!("{label}{ratio:.2}  ({})\n", described(ratios))
+    })
+}
+
 /// `median of rounds …; quiet rounds (host steal <= 2%): M of …`.
 fn described(ratios: &Rounds) -> String {
     let quiet = match ratios.quiet_median {
@@ -316,39 +439,77 @@ pub struct Commits {
     pub max_s_at_most: Option<f64>,
 }
 
-/// `gateway`'s durable commits from its `/metrics`; `None` when it has
-/// none to show (the NATS store) or cannot be read.
-async fn durable_commits(gateway: &crate::process::Server) -> Option<Commits> {
-    let url = format!("http://{}/metrics", gateway.addr("admin"));
-    let response = reqwest::get(url).await.ok()?;
-    commits_in(&response.text().await.ok()?)
+/// One refused-flood round with bulk ingress threads, in the order run:
+/// the speed p99 ratio and the durable commits made meanwhile, so a bad
+/// round shows whether a slow flush of the disk was in it.
+#[derive(Debug, Serialize)]
+pub struct FloodRound {
+    pub ratio: Option<f64>,
+    pub commits: Option<Commits>,
 }
 
-fn commits_in(metrics: &str) -> Option<Commits> {
-    let prefix = "hooklane_store_commit_seconds_bucket{durability=\"durable\",le=\"";
-    let buckets: Vec<(Option<f64>, u64)> = metrics
-        .lines()
-        .filter_map(|line| {
-            let (le, count) = line.strip_prefix(prefix)?.split_once("\"} ")?;
-            Some((
-                le.parse().ok().filter(|le: &f64| le.is_finite()),
-                count.parse().ok()?,
-            ))
+/// The cumulative buckets of the durable commit histogram: upper bound in
+/// seconds (`None` for +Inf) and count.
+#[derive(Debug, Default, PartialEq)]
+struct CommitBuckets(Vec<(Option<f64>, u64)>);
+
+impl CommitBuckets {
+    /// `gateway`'s, from its `/metrics`; empty when it has none (the NATS
+    /// store) or cannot be read.
+    async fn of(gateway: &crate::process::Server) -> CommitBuckets {
+        let url = format!("http://{}/metrics", gateway.addr("admin"));
+        match reqwest::get(url).await {
+            Ok(response) => CommitBuckets::parse(&response.text().await.unwrap_or_default()),
+            Err(_) => CommitBuckets::default(),
+        }
+    }
+
+    fn parse(metrics: &str) -> CommitBuckets {
+        let prefix = "hooklane_store_commit_seconds_bucket{durability=\"durable\",le=\"";
+        CommitBuckets(
+            metrics
+                .lines()
+                .filter_map(|line| {
+                    let (le, count) = line.strip_prefix(prefix)?.split_once("\"} ")?;
+                    Some((
+                        le.parse().ok().filter(|le: &f64| le.is_finite()),
+                        count.parse().ok()?,
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    /// What was committed after `before` was read.
+    fn since(&self, before: &CommitBuckets) -> CommitBuckets {
+        CommitBuckets(
+            self.0
+                .iter()
+                .enumerate()
+                .map(|(i, &(le, count))| {
+                    let earlier = before.0.get(i).map_or(0, |(_, n)| *n);
+                    (le, count.saturating_sub(earlier))
+                })
+                .collect(),
+        )
+    }
+
+    /// `None` without a commit.
+    fn summary(&self) -> Option<Commits> {
+        let count = self.0.last()?.1;
+        let under = |share: f64| {
+            let wanted = (share * count as f64).ceil() as u64;
+            self.0
+                .iter()
+                .find(|(_, n)| *n >= wanted)
+                .and_then(|(le, _)| *le)
+        };
+        (count > 0).then(|| Commits {
+            count,
+            p99_s_at_most: under(0.99),
+            max_s_at_most: under(1.0),
         })
-        .collect();
-    let count = buckets.last()?.1;
-    let under = |share: f64| {
-        let wanted = (share * count as f64).ceil() as u64;
-        buckets
-            .iter()
-            .find(|(_, n)| *n >= wanted)
-            .and_then(|(le, _)| *le)
-    };
-    (count > 0).then(|| Commits {
-        count,
-        p99_s_at_most: under(0.99),
-        max_s_at_most: under(1.0),
-    })
+    }
 }
 
 fn bound_ms(seconds: Option<f64>) -> String {
@@ -367,9 +528,42 @@ fn millis(us: Option<u64>) -> String {
     us.map_or("-".into(), |us| format!("{:.2}", us as f64 / 1000.0))
 }
 
-/// Run every scenario and write the JSON report to `options.out`.
-pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport, BenchError> {
-    let load = Load::new(options.smoke);
+/// What a speed-idle-then-loaded round measured: the p99 ratio, the last
+/// windows' reports (speed idle, speed loaded, the loads), and the host's
+/// steal in the two windows.
+type LoadedRound = (
+    Option<f64>,
+    Vec<ClassReport>,
+    Vec<ClassReport>,
+    Vec<ThroughputReport>,
+    [Option<f64>; 2],
+);
+
+/// A closed-loop load on a source: its name, connections and body.
+type SourceLoad = (&'static str, usize, &'static [u8]);
+
+/// What every scenario shares.
+struct Bench<'a> {
+    options: &'a BenchOptions,
+    load: Load,
+    plugins: [PathBuf; 5],
+    /// The bare hyper server: the floor, and the `sms` destination.
+    floor_url: String,
+    never: SocketAddr,
+    store: BenchStore,
+    host_steal: Steal,
+}
+
+/// Run the selected scenarios and write the JSON report to `options.out`.
+pub async fn run(
+    options: &BenchOptions,
+    backend: Backend,
+    selection: &Selection,
+) -> Result<LanesReport, BenchError> {
+    let mut load = Load::new(options.smoke);
+    if let Some(rounds) = selection.rounds {
+        load.rounds = rounds.max(1);
+    }
     let plugin = |name: &str| options.plugin(name);
     let plugins = [
         plugin("trivial")?,
@@ -378,265 +572,355 @@ pub async fn run(options: &BenchOptions, backend: Backend) -> Result<LanesReport
         plugin("daily_enrich")?,
         plugin("hang")?,
     ];
-    let body = Bytes::from_static(b"{}");
-
     let floor = floor::start().await?;
-    let floor_url = format!("http://{}/", floor.addr("floor"));
-    let never = black_hole().await?;
-    let store = BenchStore::start(backend, &options.out.with_extension("nats")).await?;
-    // Tables last: the config's top-level keys come first.
-    let config = gateway_config(&plugins, &floor_url, never)
-        + &store.toml
-        + "[lanes.segmentation]\nguard_fuel = 0\n";
-    let gateway = options.start_gateway("gateway", &config).await?;
-    let base = hooks_url(&gateway);
-    let hooks = |source: &str| format!("{base}/{source}");
+    let mut bench = Bench {
+        options,
+        load,
+        plugins,
+        floor_url: format!("http://{}/", floor.addr("floor")),
+        never: black_hole().await?,
+        store: BenchStore::start(backend, &options.out.with_extension("nats")).await?,
+        host_steal: Steal::default(),
+    };
+    // Throughput and the mix share a gateway.
+    let (runs_throughput, runs_mix) = (
+        selection.runs(Scenario::Throughput),
+        selection.runs(Scenario::Mix),
+    );
+    let gateway = match runs_throughput || runs_mix {
+        true => Some(bench.start_mix_gateway().await?),
+        false => None,
+    };
+    let throughput = match (&gateway, runs_throughput) {
+        (Some(gateway), true) => Some(bench.throughput(gateway).await?),
+        _ => None,
+    };
+    let mix = match (&gateway, runs_mix) {
+        (Some(gateway), true) => Some(bench.mix(gateway).await?),
+        _ => None,
+    };
+    drop(gateway);
+    let flood = match selection.runs(Scenario::Flood) {
+        true => Some(bench.flood().await?),
+        false => None,
+    };
+    let neighbour = match selection.runs(Scenario::Neighbour) {
+        true => Some(bench.neighbour().await?),
+        false => None,
+    };
+    let report = LanesReport {
+        smoke: options.smoke,
+        store: backend,
+        rounds: bench.load.rounds,
+        throughput,
+        mix,
+        flood,
+        neighbour,
+        host_steal: bench.host_steal,
+    };
+    write_report(&options.out, &report)?;
+    Ok(report)
+}
 
-    // Floor and trivial alternate too, for the same reason as idle and mix.
-    let saturate = |url: String| {
-        let body = body.clone();
-        async move {
+impl Bench<'_> {
+    /// The gateway of throughput and the mix: the bench's campaigns, the
+    /// segmentation lane's guard off.
+    async fn start_mix_gateway(&self) -> Result<crate::process::Server, BenchError> {
+        // Tables last: the config's top-level keys come first.
+        let config = self.config() + &self.store.toml + "[lanes.segmentation]\nguard_fuel = 0\n";
+        self.options.start_gateway("gateway", &config).await
+    }
+
+    fn config(&self) -> String {
+        gateway_config(&self.plugins, &self.floor_url, self.never)
+    }
+
+    /// The refused flood's config, which the slow neighbour uses too: the
+    /// segmentation and care lanes hold at most [`FLOOD_QUEUE`] events.
+    fn flood_config(&self) -> String {
+        self.config()
+            + &format!(
+                "[lanes.segmentation]\nqueue = {FLOOD_QUEUE}\n[lanes.care]\nqueue = {FLOOD_QUEUE}\n"
+            )
+            + &self.store.toml
+    }
+
+    fn plan(&self, classes: Vec<TrafficClass>) -> Plan {
+        Plan {
+            classes,
+            duration: self.load.latency_window,
+            max_requests_per_class: 1_000_000,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    /// `login-code` at the speed rate on the gateway whose hooks are `hooks`.
+    fn speed(&self, hooks: &str) -> TrafficClass {
+        class(
+            "speed",
+            format!("{hooks}/login-form"),
+            self.load.speed_rate,
+            br#"{"phone": "+4915112345678"}"#,
+        )
+    }
+
+    /// Floor and trivial alternate, for the same reason as idle and mix.
+    async fn throughput(
+        &self,
+        gateway: &crate::process::Server,
+    ) -> Result<ThroughputScenario, BenchError> {
+        let load = self.load;
+        let saturate = |url: String| async move {
             loadgen::run_closed_loop(
                 &url,
-                body,
+                Bytes::from_static(b"{}"),
                 load.concurrency,
                 load.throughput_window,
                 REQUEST_TIMEOUT,
             )
             .await
+        };
+        let trivial_url = format!("{}/trivial", hooks_url(gateway));
+        let mut ratios = Vec::with_capacity(load.rounds);
+        let (mut floor_rates, mut trivial_rates) = (Vec::new(), Vec::new());
+        let mut last = None;
+        for round in 1..=load.rounds {
+            eprintln!(
+                "bench: round {round}/{}: floor, then trivial, closed loop, {:?} each",
+                load.rounds, load.throughput_window
+            );
+            let floor = saturate(self.floor_url.clone()).await?;
+            let trivial = saturate(trivial_url.clone()).await?;
+            ratios.push(trivial.ok_per_s / floor.ok_per_s.max(f64::MIN_POSITIVE));
+            floor_rates.push(floor.ok_per_s);
+            trivial_rates.push(trivial.ok_per_s);
+            last = Some((floor, trivial));
         }
-    };
-    let mut throughput_ratios = Vec::with_capacity(load.rounds);
-    let (mut floor_rates, mut trivial_rates) = (Vec::new(), Vec::new());
-    let mut last_throughput = None;
-    for round in 1..=load.rounds {
-        eprintln!(
-            "bench: round {round}/{}: floor, then trivial, closed loop, {:?} each",
-            load.rounds, load.throughput_window
-        );
-        let floor_report = saturate(floor_url.clone()).await?;
-        let trivial = saturate(hooks("trivial")).await?;
-        throughput_ratios.push(trivial.ok_per_s / floor_report.ok_per_s.max(f64::MIN_POSITIVE));
-        floor_rates.push(floor_report.ok_per_s);
-        trivial_rates.push(trivial.ok_per_s);
-        last_throughput = Some((floor_report, trivial));
+        let (floor, trivial) = last.expect("at least one round");
+        ratios.sort_by(f64::total_cmp);
+        let ceiling = Ceiling {
+            ok_per_s: median(&floor_rates),
+            ..Ceiling::of(&floor)
+        };
+        let trivial_ok_per_s = median(&trivial_rates);
+        Ok(ThroughputScenario {
+            trivial_over_floor: ceiling.judge(median(&ratios), trivial_ok_per_s),
+            ceiling,
+            trivial_ok_per_s,
+            trivial_over_floor_per_round: ratios,
+            floor,
+            trivial,
+        })
     }
-    let (floor_report, trivial) = last_throughput.expect("at least one round");
-    throughput_ratios.sort_by(f64::total_cmp);
-    let ceiling = Ceiling {
-        ok_per_s: median(&floor_rates),
-        ..Ceiling::of(&floor_report)
-    };
-    let trivial_ok_per_s = median(&trivial_rates);
 
-    let class = |name: &str, url: String, rate: f64, payload: &'static [u8]| TrafficClass {
-        name: name.into(),
-        rate_per_s: rate,
-        url,
-        body: Bytes::from_static(payload),
-        ok_statuses: 200..300,
-    };
-    let speed = |ingress: String| {
-        class(
-            "speed",
-            format!("{ingress}/login-form"),
-            load.speed_rate,
-            br#"{"phone": "+4915112345678"}"#,
-        )
-    };
-    let login = || speed(base.clone());
-    let plan = |classes| Plan {
-        classes,
-        duration: load.latency_window,
-        max_requests_per_class: 1_000_000,
-        request_timeout: REQUEST_TIMEOUT,
-    };
-    // Idle and mix alternate, so both see the same (noisy, shared) machine;
-    // the ratio reported is the median of the rounds' ratios.
-    let mut mix_rounds = Rounds::default();
-    let mut last = None;
-    let mut speed_errors_in_mix = 0;
-    let mut host_steal = Steal::default();
-    for round in 1..=load.rounds {
-        eprintln!(
-            "bench: round {round}/{}: speed idle, then hostile mix, {:?} each",
-            load.rounds, load.latency_window
-        );
-        let (speed_idle, idle_stolen) =
-            steal::measured(loadgen::run_open_loop(&plan(vec![login()]))).await;
-        host_steal.add([idle_stolen]);
-        let (hostile_mix, stolen) = steal::measured(loadgen::run_open_loop(&plan(vec![
-            login(),
-            class("segmentation-burn", hooks("scoring"), load.burn_rate, b"{}"),
+    /// Idle and mix alternate, so both see the same (noisy, shared) machine;
+    /// the ratio reported is the median of the rounds' ratios.
+    async fn mix(&mut self, gateway: &crate::process::Server) -> Result<MixScenario, BenchError> {
+        let hooks = hooks_url(gateway);
+        let source = |name: &str| format!("{hooks}/{name}");
+        let load = self.load;
+        let idle = self.plan(vec![self.speed(&hooks)]);
+        let mixed = self.plan(vec![
+            self.speed(&hooks),
+            class(
+                "segmentation-burn",
+                source("scoring"),
+                load.burn_rate,
+                b"{}",
+            ),
             class(
                 "care-backlog",
-                hooks("crm"),
+                source("crm"),
                 load.care_rate,
                 br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#,
             ),
-            class("segmentation-hang", hooks("partner"), load.hang_rate, b"{}"),
-        ])))
-        .await;
-        host_steal.add([stolen]);
-        let (speed_idle, hostile_mix) = (speed_idle?, hostile_mix?);
-        let ratio = match (speed_idle[0].p99_us, hostile_mix[0].p99_us) {
-            (Some(idle), Some(mix)) => Some(mix as f64 / idle.max(1) as f64),
-            _ => None,
-        };
-        mix_rounds.push(ratio, [idle_stolen, stolen]);
-        speed_errors_in_mix += hostile_mix[0].errors + hostile_mix[0].refused;
-        last = Some((speed_idle, hostile_mix));
+            class(
+                "segmentation-hang",
+                source("partner"),
+                load.hang_rate,
+                b"{}",
+            ),
+        ]);
+        let mut ratios = Rounds::default();
+        let mut last = None;
+        let mut errors = 0;
+        for round in 1..=load.rounds {
+            eprintln!(
+                "bench: round {round}/{}: speed idle, then hostile mix, {:?} each",
+                load.rounds, load.latency_window
+            );
+            let (speed_idle, idle_stolen) = steal::measured(loadgen::run_open_loop(&idle)).await;
+            let (hostile_mix, stolen) = steal::measured(loadgen::run_open_loop(&mixed)).await;
+            self.host_steal.add([idle_stolen, stolen]);
+            let (speed_idle, hostile_mix) = (speed_idle?, hostile_mix?);
+            ratios.push(p99_ratio(&speed_idle, &hostile_mix), [idle_stolen, stolen]);
+            errors += hostile_mix[0].errors + hostile_mix[0].refused;
+            last = Some((speed_idle, hostile_mix));
+        }
+        let (speed_idle, hostile_mix) = last.expect("at least one round");
+        Ok(MixScenario {
+            speed_idle,
+            hostile_mix,
+            speed_p99_mix_over_idle: ratios,
+            speed_errors_in_mix: errors,
+        })
     }
-    let (speed_idle, hostile_mix) = last.expect("at least one round");
-    drop(gateway);
 
-    let flood_config = gateway_config(&plugins, &floor_url, never)
-        + &format!(
-            "[lanes.segmentation]\nqueue = {FLOOD_QUEUE}\n[lanes.care]\nqueue = {FLOOD_QUEUE}\n"
-        )
-        + &store.toml;
-    let flooded = options.start_gateway("flood", &flood_config).await?;
-    // The same with every connection on the speed lane's threads: what
-    // the bulk ingress threads are worth, in the same run.
-    let unsplit = options
-        .start_gateway(
-            "flood-unsplit",
-            &format!("bulk_ingress = false\n{flood_config}"),
-        )
-        .await?;
-    let (split_hooks, unsplit_hooks) = (hooks_url(&flooded), hooks_url(&unsplit));
-    let flood = |hooks: &str, source: &str, connections: usize, payload: &'static [u8]| {
-        let url = format!("{hooks}/{source}");
-        async move {
-            let body = Bytes::from_static(payload);
-            let window = load.latency_window;
-            loadgen::run_closed_loop_niced(
-                &url,
-                body,
-                connections,
-                window,
-                REQUEST_TIMEOUT,
-                FLOOD_NICE,
+    async fn flood(&mut self) -> Result<FloodScenario, BenchError> {
+        let flood_config = self.flood_config();
+        let flooded = self.options.start_gateway("flood", &flood_config).await?;
+        // The same with every connection on the speed lane's threads: what
+        // the bulk ingress threads are worth, in the same run.
+        let unsplit = self
+            .options
+            .start_gateway(
+                "flood-unsplit",
+                &format!("bulk_ingress = false\n{flood_config}"),
             )
-            .await
-        }
-    };
-    // Speed idle, then beside `floods` (source, connections, body) on
-    // `hooks`: the p99 ratio, what was measured, and the host's steal in
-    // each of the two windows.
-    let flooded_round = |hooks: String, floods: Vec<(&'static str, usize, &'static [u8])>| {
-        let speed_only = plan(vec![speed(hooks.clone())]);
-        async move {
-            let (idle, idle_stolen) = steal::measured(loadgen::run_open_loop(&speed_only)).await;
-            let idle = idle?;
-            let floods = floods
-                .into_iter()
-                .map(|(source, connections, body)| flood(&hooks, source, connections, body));
-            let (flooded, stolen) = steal::measured(async {
-                tokio::try_join!(loadgen::run_open_loop(&speed_only), try_join_all(floods))
-            })
-            .await;
-            let (speed, floods) = flooded?;
-            let ratio = match (idle[0].p99_us, speed[0].p99_us) {
-                (Some(idle), Some(flooded)) => Some(flooded as f64 / idle.max(1) as f64),
-                _ => None,
-            };
-            Ok::<_, BenchError>((ratio, idle, speed, floods, [idle_stolen, stolen]))
-        }
-    };
-    let refused_floods = || {
-        vec![
+            .await?;
+        let load = self.load;
+        let floods = [
             ("scoring", load.flood_segmentation, &b"{}"[..]),
             (
                 "crm",
                 load.flood_care,
                 &br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#[..],
             ),
-        ]
-    };
-    let (mut flood_rounds, mut unsplit_rounds) = (Rounds::default(), Rounds::default());
-    let mut last_flood = None;
-    let mut speed_errors_in_flood = 0;
-    for round in 1..=load.rounds {
-        eprintln!(
-            "bench: round {round}/{}: speed idle, then a refused flood, {:?} each, with bulk ingress threads and without",
-            load.rounds, load.latency_window
-        );
-        let (ratio, idle, speed, floods, stolen) =
-            flooded_round(split_hooks.clone(), refused_floods()).await?;
-        host_steal.add(stolen);
-        flood_rounds.push(ratio, stolen);
-        speed_errors_in_flood += speed[0].errors + speed[0].refused;
-        last_flood = Some((idle, speed, floods));
-        let (ratio, .., stolen) = flooded_round(unsplit_hooks.clone(), refused_floods()).await?;
-        host_steal.add(stolen);
-        unsplit_rounds.push(ratio, stolen);
+        ];
+        let (mut ratios, mut unsplit_ratios) = (Rounds::default(), Rounds::default());
+        let mut in_order = Vec::with_capacity(load.rounds);
+        let mut last = None;
+        let mut errors = 0;
+        for round in 1..=load.rounds {
+            eprintln!(
+                "bench: round {round}/{}: speed idle, then a refused flood, {:?} each, with bulk ingress threads and without",
+                load.rounds, load.latency_window
+            );
+            let before = CommitBuckets::of(&flooded).await;
+            let (ratio, idle, speed, loads, stolen) =
+                self.loaded_round(&hooks_url(&flooded), &floods).await?;
+            in_order.push(FloodRound {
+                ratio,
+                commits: CommitBuckets::of(&flooded).await.since(&before).summary(),
+            });
+            ratios.push(ratio, stolen);
+            errors += speed[0].errors + speed[0].refused;
+            last = Some((idle, speed, loads));
+            let (ratio, .., stolen) = self.loaded_round(&hooks_url(&unsplit), &floods).await?;
+            unsplit_ratios.push(ratio, stolen);
+        }
+        let (flood_speed_idle, flood_speed, loads) = last.expect("at least one round");
+        let [flood_segmentation, flood_care] = <[_; 2]>::try_from(loads).expect("two floods");
+        Ok(FloodScenario {
+            flood_speed_idle,
+            flood_speed,
+            flood_segmentation,
+            flood_care,
+            flood_commits: CommitBuckets::of(&flooded).await.summary(),
+            flood_rounds: in_order,
+            speed_p99_flood_over_idle: ratios,
+            speed_p99_flood_unsplit_over_idle: unsplit_ratios,
+            speed_errors_in_flood: errors,
+        })
     }
-    let (flood_speed_idle, flood_speed, floods) = last_flood.expect("at least one round");
-    let [flood_segmentation, flood_care] = <[_; 2]>::try_from(floods).expect("two floods");
-    let flood_commits = durable_commits(&flooded).await;
-    drop((flooded, unsplit));
 
-    let guarded = options.start_gateway("neighbour", &flood_config).await?;
-    let unguarded = options
-        .start_gateway(
-            "neighbour-unguarded",
-            &format!("{flood_config}[lanes.speed]\nguard_fuel = 0\n"),
-        )
-        .await?;
-    let neighbour = || vec![("neighbour", load.neighbour_connections, &b"{}"[..])];
-    let (mut neighbour_rounds, mut unguarded_rounds) = (Rounds::default(), Rounds::default());
-    let mut last_neighbour = None;
-    let mut speed_errors_beside_neighbour = 0;
-    for round in 1..=load.rounds {
-        eprintln!(
-            "bench: round {round}/{}: speed idle, then beside a slow neighbour in its lane, {:?} each, with the lane's guard and without",
-            load.rounds, load.latency_window
-        );
-        let (ratio, idle, speed, floods, stolen) =
-            flooded_round(hooks_url(&guarded), neighbour()).await?;
-        host_steal.add(stolen);
-        neighbour_rounds.push(ratio, stolen);
-        speed_errors_beside_neighbour += speed[0].errors + speed[0].refused;
-        last_neighbour = Some((idle, speed, floods));
-        let (ratio, .., stolen) = flooded_round(hooks_url(&unguarded), neighbour()).await?;
-        host_steal.add(stolen);
-        unguarded_rounds.push(ratio, stolen);
+    async fn neighbour(&mut self) -> Result<NeighbourScenario, BenchError> {
+        let flood_config = self.flood_config();
+        let guarded = self
+            .options
+            .start_gateway("neighbour", &flood_config)
+            .await?;
+        let unguarded = self
+            .options
+            .start_gateway(
+                "neighbour-unguarded",
+                &format!("{flood_config}[lanes.speed]\nguard_fuel = 0\n"),
+            )
+            .await?;
+        let load = self.load;
+        let neighbour = [("neighbour", load.neighbour_connections, &b"{}"[..])];
+        let (mut ratios, mut unguarded_ratios) = (Rounds::default(), Rounds::default());
+        let mut last = None;
+        let mut errors = 0;
+        for round in 1..=load.rounds {
+            eprintln!(
+                "bench: round {round}/{}: speed idle, then beside a slow neighbour in its lane, {:?} each, with the lane's guard and without",
+                load.rounds, load.latency_window
+            );
+            let (ratio, idle, speed, mut loads, stolen) =
+                self.loaded_round(&hooks_url(&guarded), &neighbour).await?;
+            ratios.push(ratio, stolen);
+            errors += speed[0].errors + speed[0].refused;
+            last = Some((idle, speed, loads.pop().expect("the neighbour's flood")));
+            let (ratio, .., stolen) = self
+                .loaded_round(&hooks_url(&unguarded), &neighbour)
+                .await?;
+            unguarded_ratios.push(ratio, stolen);
+        }
+        let (neighbour_speed_idle, neighbour_speed, neighbour_flood) =
+            last.expect("at least one round");
+        Ok(NeighbourScenario {
+            neighbour_speed_idle,
+            neighbour_speed,
+            neighbour_flood,
+            speed_p99_neighbour_over_idle: ratios,
+            speed_p99_neighbour_unguarded_over_idle: unguarded_ratios,
+            speed_errors_beside_neighbour: errors,
+        })
     }
-    let (neighbour_speed_idle, neighbour_speed, mut floods) =
-        last_neighbour.expect("at least one round");
-    let neighbour_flood = floods.pop().expect("the neighbour's flood");
-    let report = LanesReport {
-        smoke: options.smoke,
-        store: backend,
-        trivial_over_floor: ceiling.judge(median(&throughput_ratios), trivial_ok_per_s),
-        ceiling,
-        trivial_ok_per_s,
-        trivial_over_floor_per_round: throughput_ratios,
-        floor: floor_report,
-        trivial,
-        speed_errors_in_mix,
-        speed_idle,
-        hostile_mix,
-        speed_p99_mix_over_idle: mix_rounds,
-        flood_speed_idle,
-        flood_speed,
-        flood_segmentation,
-        flood_care,
-        flood_commits,
-        speed_p99_flood_over_idle: flood_rounds,
-        speed_p99_flood_unsplit_over_idle: unsplit_rounds,
-        speed_errors_in_flood,
-        neighbour_speed_idle,
-        neighbour_speed,
-        neighbour_flood,
-        speed_p99_neighbour_over_idle: neighbour_rounds,
-        speed_p99_neighbour_unguarded_over_idle: unguarded_rounds,
-        speed_errors_beside_neighbour,
-        host_steal,
-    };
-    write_report(&options.out, &report)?;
-    Ok(report)
+
+    /// Speed idle, then beside closed-loop `loads` on `hooks` (from
+    /// threads at niceness [`FLOOD_NICE`]); the host's steal in both windows
+    /// is counted in the run's.
+    async fn loaded_round(
+        &mut self,
+        hooks: &str,
+        loads: &[SourceLoad],
+    ) -> Result<LoadedRound, BenchError> {
+        let speed_only = self.plan(vec![self.speed(hooks)]);
+        let (idle, idle_stolen) = steal::measured(loadgen::run_open_loop(&speed_only)).await;
+        let window = self.load.latency_window;
+        let floods = loads.iter().map(|&(source, connections, body)| {
+            let url = format!("{hooks}/{source}");
+            async move {
+                loadgen::run_closed_loop_niced(
+                    &url,
+                    Bytes::from_static(body),
+                    connections,
+                    window,
+                    REQUEST_TIMEOUT,
+                    FLOOD_NICE,
+                )
+                .await
+            }
+        });
+        let (loaded, stolen) = steal::measured(async {
+            tokio::try_join!(loadgen::run_open_loop(&speed_only), try_join_all(floods))
+        })
+        .await;
+        let stolen = [idle_stolen, stolen];
+        self.host_steal.add(stolen);
+        let (idle, (speed, floods)) = (idle?, loaded?);
+        Ok((p99_ratio(&idle, &speed), idle, speed, floods, stolen))
+    }
+}
+
+fn class(name: &str, url: String, rate: f64, payload: &'static [u8]) -> TrafficClass {
+    TrafficClass {
+        name: name.into(),
+        rate_per_s: rate,
+        url,
+        body: Bytes::from_static(payload),
+        ok_statuses: 200..300,
+    }
+}
+
+/// The first class's p99 loaded over its p99 idle.
+fn p99_ratio(idle: &[ClassReport], loaded: &[ClassReport]) -> Option<f64> {
+    match (idle[0].p99_us, loaded[0].p99_us) {
+        (Some(idle), Some(loaded)) => Some(loaded as f64 / idle.max(1) as f64),
+        _ => None,
+    }
 }
 
 /// Where `gateway` takes webhooks: `<this>/<source>`.
@@ -721,14 +1005,37 @@ hooklane_store_commit_seconds_bucket{durability="durable",le="0.25"} 100
 hooklane_store_commit_seconds_bucket{durability="durable",le="+Inf"} 100
 hooklane_store_commit_seconds_bucket{durability="unsynced",le="+Inf"} 7
 "#;
+        let buckets = CommitBuckets::parse(metrics);
         assert_eq!(
-            commits_in(metrics),
+            buckets.summary(),
             Some(Commits {
                 count: 100,
                 p99_s_at_most: Some(0.005),
                 max_s_at_most: Some(0.25),
             })
         );
-        assert_eq!(commits_in("hooklane_plugin_runs_total 3\n"), None);
+        assert_eq!(
+            CommitBuckets::parse("hooklane_plugin_runs_total 3\n").summary(),
+            None
+        );
+        // A round's commits are what the histogram gained over it: ten,
+        // one of them slow.
+        let earlier = CommitBuckets::parse(
+            r#"
+hooklane_store_commit_seconds_bucket{durability="durable",le="0.001"} 85
+hooklane_store_commit_seconds_bucket{durability="durable",le="0.005"} 90
+hooklane_store_commit_seconds_bucket{durability="durable",le="0.25"} 90
+hooklane_store_commit_seconds_bucket{durability="durable",le="+Inf"} 90
+"#,
+        );
+        assert_eq!(
+            buckets.since(&earlier).summary(),
+            Some(Commits {
+                count: 10,
+                p99_s_at_most: Some(0.25),
+                max_s_at_most: Some(0.25),
+            })
+        );
+        assert_eq!(buckets.since(&buckets).summary(), None);
     }
 }

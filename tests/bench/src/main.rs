@@ -9,6 +9,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hooklane::server::listening_line;
 use hooklane_bench::ceiling::Ceiling;
+use hooklane_bench::lanes::Scenario;
 use hooklane_bench::{gateway_binary, Backend, BenchOptions};
 
 #[derive(Parser)]
@@ -25,8 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Lane isolation: trivial ÷ floor throughput, speed p99 under a hostile
-    /// mix ÷ idle; about a minute.
+    /// Lane isolation: trivial ÷ floor throughput, and speed p99 ÷ idle under
+    /// a hostile mix, a refused flood and a slow neighbour; about 7 minutes
+    /// with 5 rounds.
     Lanes {
         #[command(flatten)]
         args: Args,
@@ -34,6 +36,13 @@ enum Command {
         /// for nats.
         #[arg(long, value_enum, default_value_t = Backend::Embedded)]
         store: Backend,
+        /// Run only these scenarios (comma-separated); default all.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<Scenario>,
+        /// Rounds per scenario, each ratio the median of its rounds'
+        /// (default 5; 1 with --smoke).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        rounds: Option<u16>,
     },
     /// Durable ingest, fsync on beside fsync off; about 15 s.
     Ingest(Args),
@@ -122,13 +131,23 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     use hooklane_bench::{backlog, deploy, ingest, lanes, nodes, soak};
     let (rendered, out) = match command {
-        Command::Lanes { args, store } => {
+        Command::Lanes {
+            args,
+            store,
+            only,
+            rounds,
+        } => {
             let suite = match store {
                 Backend::Embedded => "lanes",
                 Backend::Nats => "lanes-nats",
             };
             let options = args.options(suite)?;
-            (lanes::run(&options, store).await?.render(), options.out)
+            let selection = lanes::Selection {
+                only,
+                rounds: rounds.map(usize::from),
+            };
+            let report = lanes::run(&options, store, &selection).await?;
+            (report.render(), options.out)
         }
         Command::Ingest(args) => {
             let options = args.options("ingest")?;

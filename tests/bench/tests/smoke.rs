@@ -88,8 +88,51 @@ fn the_load_bench_runs_on_nats_end_to_end() {
     assert_lanes_ran(smoke_run_with("lanes", &["--store", "nats"]), "nats");
 }
 
+#[test]
+fn the_load_bench_runs_only_the_scenarios_named_for_as_many_rounds() {
+    let (printed, report) =
+        smoke_run_with("lanes", &["--only", "flood,neighbour", "--rounds", "2"]);
+    assert_eq!(report["rounds"], 2, "{report}");
+    assert_eq!(
+        report["flood_rounds"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
+    for figure in ["speed_p99_flood_over_idle", "speed_p99_neighbour_over_idle"] {
+        assert_eq!(
+            report[figure]["all"].as_array().unwrap().len(),
+            2,
+            "{report}"
+        );
+    }
+    // Two gateways per scenario, an idle and a loaded window per round.
+    let steal = report["host_steal"]["percent_per_window"]
+        .as_array()
+        .unwrap();
+    assert_eq!(steal.len(), 2 * 2 * 2 * 2, "{report}");
+    for left_out in [
+        "floor",
+        "trivial_over_floor",
+        "hostile_mix",
+        "speed_p99_mix_over_idle",
+    ] {
+        assert!(report.get(left_out).is_none(), "{left_out}: {report}");
+    }
+    assert!(!printed.contains("trivial / floor"), "{printed}");
+    assert!(!printed.contains("hostile mix"), "{printed}");
+    assert!(
+        printed.contains("speed p99, refused flood / idle:"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("speed p99, slow neighbour / idle:"),
+        "{printed}"
+    );
+}
+
 fn assert_lanes_ran((printed, report): (String, Value), store: &str) {
     assert_eq!(report["store"], store, "{report}");
+    assert_eq!(report["rounds"], 1, "{report}");
     // An idle and a loaded window per round on each of the five gateways.
     let steal = report["host_steal"]["percent_per_window"]
         .as_array()
@@ -110,6 +153,12 @@ fn assert_lanes_ran((printed, report): (String, Value), store: &str) {
                 printed.contains("store commits (durable, all rounds):"),
                 "{printed}"
             );
+            assert!(
+                printed.contains("rounds in order (ratio, slowest durable commit):"),
+                "{printed}"
+            );
+            let round = &report["flood_rounds"][0];
+            assert!(round["commits"]["count"].as_u64().unwrap() > 0, "{report}");
         }
         _ => assert!(report["flood_commits"].is_null(), "{report}"),
     }

@@ -959,6 +959,7 @@ impl Inner {
             .reset_consumer(name, Some(seq))
             .await
             .map_err(|e| self.fail(format!("cannot reset NATS consumer `{name}`"), e))?;
+        crate::telemetry::store_consumer_reset(kind.word());
         self.stranded.lock().expect("stranded lock").remove(name);
         Ok(())
     }
@@ -1837,6 +1838,10 @@ mod tests {
 
     #[tokio::test]
     async fn items_a_consumer_lost_track_of_are_handed_out_again() {
+        // Current-thread runtime: every poll records on this thread.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _recording = metrics::set_default_local_recorder(&recorder);
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path()).await;
         let Enqueued::Stored(stored) = store.enqueue(webhook(&["a"], None)).await.unwrap() else {
@@ -1869,6 +1874,13 @@ mod tests {
         };
         let seqs: Vec<u64> = pulled.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [stored[0].seq]);
+        assert!(
+            metrics
+                .render()
+                .contains("hooklane_store_consumer_resets_total{stream=\"events\"} 1"),
+            "the reset is counted: {}",
+            metrics.render()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
