@@ -20,7 +20,9 @@
 //!    rate, idle and then while closed-loop floods (64 connections on the
 //!    segmentation source, 16 on the care source, sent from threads at
 //!    niceness [`FLOOD_NICE`]) get nearly all 429 — refusals are cheap but
-//!    not free, and must not cost the speed lane;
+//!    not free, and must not cost the speed lane; beside it, in the same
+//!    rounds, the same gateway without bulk ingress threads and (embedded
+//!    store) without fsync;
 //! 6. **slow neighbour** — `login-code` at the same rate, idle and then
 //!    while a closed loop of [`Load::neighbour_connections`] floods
 //!    `neighbour`, a speed campaign of about 5 ms of CPU a run: on a gateway
@@ -212,6 +214,9 @@ pub struct FloodScenario {
     /// The same with `bulk_ingress = false`: every connection on the speed
     /// lane's threads.
     pub speed_p99_flood_unsplit_over_idle: Rounds,
+    /// The same with `[store] fsync = false` (embedded store only): what
+    /// waiting for the disk costs.
+    pub speed_p99_flood_unsynced_over_idle: Rounds,
     /// Over all rounds.
     pub speed_errors_in_flood: u64,
 }
@@ -354,6 +359,10 @@ impl FloodScenario {
         out += &unjudged_ratio(
             "  without bulk ingress threads:  ",
             &self.speed_p99_flood_unsplit_over_idle,
+        );
+        out += &unjudged_ratio(
+            "  without fsync:                 ",
+            &self.speed_p99_flood_unsynced_over_idle,
         );
         out += &errors_line(
             "speed-lane errors in the flood:  ",
@@ -550,6 +559,7 @@ struct Bench<'a> {
     /// The bare hyper server: the floor, and the `sms` destination.
     floor_url: String,
     never: SocketAddr,
+    backend: Backend,
     store: BenchStore,
     host_steal: Steal,
 }
@@ -579,6 +589,7 @@ pub async fn run(
         plugins,
         floor_url: format!("http://{}/", floor.addr("floor")),
         never: black_hole().await?,
+        backend,
         store: BenchStore::start(backend, &options.out.with_extension("nats")).await?,
         host_steal: Steal::default(),
     };
@@ -778,6 +789,19 @@ impl Bench<'_> {
                 &format!("bulk_ingress = false\n{flood_config}"),
             )
             .await?;
+        // The same without syncing commits (embedded store): what waiting
+        // for the disk costs the speed lane's answers, in the same run.
+        let unsynced = match self.backend {
+            Backend::Embedded => Some(
+                self.options
+                    .start_gateway(
+                        "flood-unsynced",
+                        &format!("{flood_config}[store]\nfsync = false\n"),
+                    )
+                    .await?,
+            ),
+            Backend::Nats => None,
+        };
         let load = self.load;
         let floods = [
             ("scoring", load.flood_segmentation, &b"{}"[..]),
@@ -788,12 +812,13 @@ impl Bench<'_> {
             ),
         ];
         let (mut ratios, mut unsplit_ratios) = (Rounds::default(), Rounds::default());
+        let mut unsynced_ratios = Rounds::default();
         let mut in_order = Vec::with_capacity(load.rounds);
         let mut last = None;
         let mut errors = 0;
         for round in 1..=load.rounds {
             eprintln!(
-                "bench: round {round}/{}: speed idle, then a refused flood, {:?} each, with bulk ingress threads and without",
+                "bench: round {round}/{}: speed idle, then a refused flood, {:?} each, with bulk ingress threads and without, and without fsync",
                 load.rounds, load.latency_window
             );
             let before = CommitBuckets::of(&flooded).await;
@@ -808,6 +833,10 @@ impl Bench<'_> {
             last = Some((idle, speed, loads));
             let (ratio, .., stolen) = self.loaded_round(&hooks_url(&unsplit), &floods).await?;
             unsplit_ratios.push(ratio, stolen);
+            if let Some(unsynced) = &unsynced {
+                let (ratio, .., stolen) = self.loaded_round(&hooks_url(unsynced), &floods).await?;
+                unsynced_ratios.push(ratio, stolen);
+            }
         }
         let (flood_speed_idle, flood_speed, loads) = last.expect("at least one round");
         let [flood_segmentation, flood_care] = <[_; 2]>::try_from(loads).expect("two floods");
@@ -820,6 +849,7 @@ impl Bench<'_> {
             flood_rounds: in_order,
             speed_p99_flood_over_idle: ratios,
             speed_p99_flood_unsplit_over_idle: unsplit_ratios,
+            speed_p99_flood_unsynced_over_idle: unsynced_ratios,
             speed_errors_in_flood: errors,
         })
     }
