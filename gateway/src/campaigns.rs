@@ -19,6 +19,7 @@ use crate::gateway::StartError;
 use crate::guard::Guard;
 use crate::router::Router;
 use crate::runtime::{self, Compiled, Compiler, LoadError, Plugin, Runtime};
+use crate::telemetry::sampled::Sampled;
 use crate::versions::{History, Origin, PluginVersions, Version, VersionError};
 
 /// Why a reload was refused; the running config stays as it was.
@@ -59,6 +60,10 @@ pub struct LoadedCampaign {
     pub version: Version,
     pub plugin: Plugin,
     pub guard: Guard,
+    /// Its failure log lines, at most one per cause and second: a campaign
+    /// failing under a flood must not write a line per event (the metrics
+    /// count every failure).
+    pub failures: Sampled,
 }
 
 impl LoadedCampaign {
@@ -713,6 +718,7 @@ impl Campaigns {
             limits,
             version,
             plugin,
+            failures: Sampled::default(),
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::store::{
     persist, Attempt, Committed, DeadItem, Dedup, Enqueued, NewWebhook, Outcome, QueuedEvent,
     StoreError, GIVEN_UP_LEASE,
 };
+use crate::telemetry::sampled;
 
 /// Why handling an event failed.
 #[derive(Debug, thiserror::Error)]
@@ -602,12 +603,18 @@ fn report_guard(loaded: &LoadedCampaign, change: Change) {
 }
 
 pub fn log_failure(loaded: &LoadedCampaign, event: &Event, error: &RunError) {
+    let cause = error.cause();
+    let Some(held_back) = loaded.failures.admit(cause, Instant::now()) else {
+        return;
+    };
     tracing::warn!(
         campaign = %loaded.name,
         lane = %loaded.config.lane,
         version = %loaded.plugin.sandbox().version,
         event = %event.id,
-        cause = error.cause(),
-        "Campaign failed: {error}"
+        cause,
+        held_back,
+        "Campaign failed: {error}{}",
+        sampled::held_back_note(held_back, "failed for this cause")
     );
 }

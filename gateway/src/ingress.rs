@@ -25,7 +25,7 @@ use crate::router::{Route, Router as Routes};
 use crate::server::check_head;
 use crate::store::Dedup;
 use crate::telemetry;
-use crate::telemetry::sampled::Sampled;
+use crate::telemetry::sampled::{self, Sampled};
 
 /// What the ingress listener answers with; one per gateway, shared by its
 /// connections.
@@ -91,11 +91,7 @@ impl Ingress {
                     held_back,
                     "Refused a webhook: {}{}",
                     refusal.detail,
-                    if held_back > 0 {
-                        format!(" ({held_back} more refused for this reason since the last line)")
-                    } else {
-                        String::new()
-                    }
+                    sampled::held_back_note(held_back, "refused for this reason")
                 );
             }
         }

@@ -71,24 +71,69 @@ async fn refusals_are_logged_once_a_second_with_the_count_held_back() {
         &plugin("trivial"),
     ))
     .await;
+    let burst = twenty_then_one_a_second_later(&gateway, "no-such-source", 404).await;
+    assert_sampled(
+        &gateway.log(),
+        &["Refused a webhook", r#"reason="unknown_source""#],
+        burst,
+    );
+    gateway
+        .metrics_eventually(&[
+            r#"hooklane_refusals_total{source="unknown",reason="unknown_source"} 21"#,
+        ])
+        .await;
+}
+
+/// So is a campaign failing under a flood: one line per cause and second,
+/// while the metric counts every failed run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_logged_once_a_second_per_cause_with_the_count_held_back() {
+    let gateway = Gateway::start(&one_campaign_toml(
+        "forms",
+        "trap",
+        "speed",
+        &plugin("trap"),
+    ))
+    .await;
+    let burst = twenty_then_one_a_second_later(&gateway, "forms", 502).await;
+    assert_sampled(
+        &gateway.log(),
+        &["Campaign failed", "campaign=trap", r#"cause="trap""#],
+        burst,
+    );
+    gateway
+        .metrics_eventually(&[
+            r#"hooklane_plugin_runs_total{campaign="trap",lane="speed",outcome="trap"} 21"#,
+        ])
+        .await;
+}
+
+/// Post 20 webhooks to `source` one after another, then one more a second
+/// after the first was answered, each answered `status`; how long the 20
+/// took.
+async fn twenty_then_one_a_second_later(gateway: &Gateway, source: &str, status: u16) -> Duration {
     let started = Instant::now();
-    assert_eq!(gateway.post("no-such-source", "{}").await.status, 404);
+    assert_eq!(gateway.post(source, "{}").await.status, status);
     // The first line was written before its answer came.
     let first_logged_by = Instant::now();
     for _ in 1..20 {
-        assert_eq!(gateway.post("no-such-source", "{}").await.status, 404);
+        assert_eq!(gateway.post(source, "{}").await.status, status);
     }
     let burst = started.elapsed();
-    // A refusal a second after the first line is logged again.
+    // One a second after the first line is logged again.
     tokio::time::sleep_until((first_logged_by + Duration::from_millis(1050)).into()).await;
-    assert_eq!(gateway.post("no-such-source", "{}").await.status, 404);
+    assert_eq!(gateway.post(source, "{}").await.status, status);
+    burst
+}
 
-    let log = gateway.log();
+/// The log lines with every one of `marks` stand for 21 occurrences, 20 of
+/// them sent in `burst` and one more a second after the first line: each
+/// occurrence is in exactly one line, itself or its `held_back` count, and
+/// a burst within a second is one line and a count of 19.
+fn assert_sampled(log: &str, marks: &[&str], burst: Duration) {
     let held_back: Vec<u64> = log
         .lines()
-        .filter(|line| {
-            line.contains("Refused a webhook") && line.contains(r#"reason="unknown_source""#)
-        })
+        .filter(|line| marks.iter().all(|mark| line.contains(mark)))
         .map(|line| {
             let (_, count) = line.split_once("held_back=").expect("a held_back field");
             count
@@ -98,16 +143,10 @@ async fn refusals_are_logged_once_a_second_with_the_count_held_back() {
                 .expect("a count")
         })
         .collect();
-    // Every refusal is in exactly one line: itself or a count.
     assert_eq!(held_back.iter().map(|n| n + 1).sum::<u64>(), 21, "{log}");
     if burst < Duration::from_secs(1) {
         assert_eq!(held_back, [0, 19], "{log}");
     } else {
         assert!(held_back.len() < 21, "{log}");
     }
-    gateway
-        .metrics_eventually(&[
-            r#"hooklane_refusals_total{source="unknown",reason="unknown_source"} 21"#,
-        ])
-        .await;
 }

@@ -1,6 +1,7 @@
 //! Log lines that a flood must not multiply: at most one line per reason
 //! and interval, each saying how many like it were held back since the
-//! last. The metrics still count every occurrence; the log keeps what an
+//! last. Used for refused webhooks (per source) and failed runs (per
+//! campaign). The metrics still count every occurrence; the log keeps what an
 //! operator reads (which source, why) without a write per refused request.
 
 use std::sync::Mutex;
@@ -37,6 +38,15 @@ impl Sampled {
     }
 }
 
+/// What a sampled line adds about those held back before it: ` (N more
+/// <what> since the last line)`, or nothing when there were none.
+pub fn held_back_note(held_back: u64, what: &str) -> String {
+    if held_back == 0 {
+        return String::new();
+    }
+    format!(" ({held_back} more {what} since the last line)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +65,14 @@ mod tests {
         assert_eq!(sampled.admit("overloaded", start + INTERVAL), Some(5));
         assert_eq!(sampled.admit("overloaded", start + INTERVAL * 3 / 2), None);
         assert_eq!(sampled.admit("overloaded", start + INTERVAL * 3), Some(1));
+    }
+
+    #[test]
+    fn a_line_says_how_many_it_stands_for() {
+        assert_eq!(held_back_note(0, "failed"), "");
+        assert_eq!(
+            held_back_note(3, "failed for this cause"),
+            " (3 more failed for this cause since the last line)"
+        );
     }
 }
