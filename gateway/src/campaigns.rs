@@ -60,7 +60,8 @@ pub struct LoadedCampaign {
     pub version: Version,
     pub plugin: Plugin,
     pub guard: Guard,
-    /// Its failure log lines, at most one per cause and second: a campaign
+    /// Its failure log lines, at most one per cause and second (failed
+    /// commits aside, see `dispatch::log_failure`): a campaign
     /// failing under a flood must not write a line per event (the metrics
     /// count every failure).
     pub failures: Sampled,

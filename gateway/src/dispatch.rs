@@ -604,8 +604,15 @@ fn report_guard(loaded: &LoadedCampaign, change: Change) {
 
 pub fn log_failure(loaded: &LoadedCampaign, event: &Event, error: &RunError) {
     let cause = error.cause();
-    let Some(held_back) = loaded.failures.admit(cause, Instant::now()) else {
-        return;
+    // A plugin's failures repeat under a flood and are sampled; a failed
+    // commit says which write failed and why (a compare-and-swap conflict,
+    // or the write beside it in the same commit), so each is logged.
+    let held_back = match error {
+        RunError::Store(_) => 0,
+        _ => match loaded.failures.admit(cause, Instant::now()) {
+            Some(held_back) => held_back,
+            None => return,
+        },
     };
     tracing::warn!(
         campaign = %loaded.name,
