@@ -257,6 +257,7 @@ async fn campaigns(State(admin): State<Arc<Admin>>) -> Json<Value> {
                     "memory_mb": c.limits.memory_mb,
                     "max_concurrency": c.limits.max_concurrency,
                 },
+                "events_per_instance": c.config.events_per_instance,
                 "throttled": c.guard.throttled(),
             })
         })

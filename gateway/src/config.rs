@@ -445,6 +445,13 @@ pub struct CampaignConfig {
     /// Most events of this campaign running at once, so one campaign cannot
     /// take a whole lane. Default: the lane's `campaign_concurrency`.
     pub max_concurrency: Option<usize>,
+    /// Events one plugin instance handles before it is dropped. Default 1:
+    /// a fresh instance per event, so nothing an event leaves in the
+    /// plugin's memory reaches the next. Above 1, an instance whose run
+    /// ended cleanly is kept for the campaign's next events: cheaper, but
+    /// its globals and heap carry over from one event to the next.
+    #[serde(default = "defaults::events_per_instance")]
+    pub events_per_instance: u32,
     /// Largest total size of the actions a plugin may return, in KiB.
     /// Default 1024.
     #[serde(default = "defaults::max_output_kb")]
@@ -798,6 +805,9 @@ mod defaults {
     pub fn max_instances() -> u32 {
         1000
     }
+    pub fn events_per_instance() -> u32 {
+        1
+    }
     pub fn fuel_yield_interval() -> u64 {
         1_000_000
     }
@@ -1062,6 +1072,7 @@ impl Config {
                 ("memory_mb", limits.memory_mb),
                 ("max_concurrency", limits.max_concurrency as u64),
                 ("fetch_timeout_ms", campaign.fetch_timeout_ms),
+                ("events_per_instance", campaign.events_per_instance.into()),
             ] {
                 if value == 0 {
                     return Err(invalid(key(field), "expected at least 1".into()));
@@ -1442,6 +1453,21 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.to_string(), format!("/etc/hooklane.toml: {message}"));
         }
+    }
+
+    #[test]
+    fn instances_are_fresh_per_event_unless_a_campaign_keeps_them() {
+        let login = |text: &str| parse(text).map(|c| c.campaigns["login"].events_per_instance);
+        assert_eq!(login(BASE).unwrap(), 1);
+        assert_eq!(
+            login(&format!("{BASE}events_per_instance = 500")).unwrap(),
+            500
+        );
+        let err = login(&format!("{BASE}events_per_instance = 0")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/hooklane.toml: key `campaigns.login.events_per_instance`: expected at least 1"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod events;
 mod faults;
 mod harness;
 mod hostile;
+mod instances;
 mod kv;
 mod lanes;
 mod languages;

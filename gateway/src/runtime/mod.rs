@@ -8,6 +8,13 @@
 //! deadline and memory cap, and its failures are classified into a
 //! [`PluginFailure`]. Must never speak HTTP to sources.
 //!
+//! A campaign may opt into keeping instances between events
+//! (`events_per_instance` above 1): a run that ended cleanly leaves its
+//! instance for a later event of the same campaign version, with fresh fuel,
+//! deadline and per-event state but the same linear memory. A trap, a
+//! deadline, a refused memory growth or a resource the guest still holds
+//! drops it instead.
+//!
 //! Fuel vs. epochs: fuel bounds the CPU work of an event deterministically
 //! (and its periodic async yield gives the thread back so a spinning plugin
 //! cannot starve other tasks); the epoch deadline bounds wall time spent in
@@ -105,6 +112,9 @@ pub struct Runtime {
     fuel_yield_interval: u64,
     /// The pool's memory slot size, if instances come from a pool.
     max_memory_mb: Option<u64>,
+    /// Most idle instances a campaign that reuses them keeps: one per CPU,
+    /// as more cannot run at once.
+    kept_per_campaign: usize,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -178,6 +188,7 @@ impl Runtime {
             services,
             fuel_yield_interval: config.fuel_yield_interval,
             max_memory_mb: (config.allocator == Allocator::Pooling).then_some(max_memory_mb),
+            kept_per_campaign: std::thread::available_parallelism().map_or(1, usize::from),
             ticker_stop,
         })
     }
@@ -288,6 +299,7 @@ impl Runtime {
             sandbox: Arc::new(sandbox),
             services: self.services.clone(),
             fuel_yield_interval: self.fuel_yield_interval,
+            kept: Kept::new(self.kept_per_campaign),
         }
     }
 }
@@ -404,6 +416,9 @@ pub struct Sandbox {
     pub fetch_timeout: Duration,
     pub kv_namespace: String,
     pub settings: std::collections::BTreeMap<String, String>,
+    /// Events one instance handles before it is dropped; 1: a fresh
+    /// instance per event.
+    pub events_per_instance: u32,
     pub metrics: crate::telemetry::PluginMetrics,
 }
 
@@ -421,6 +436,7 @@ impl Sandbox {
             fetch_timeout: Duration::from_millis(campaign.fetch_timeout_ms),
             kv_namespace: campaign.kv_namespace.clone().unwrap_or_else(|| name.into()),
             settings: campaign.settings.clone(),
+            events_per_instance: campaign.events_per_instance,
             metrics: crate::telemetry::PluginMetrics::new(name, campaign.lane),
         }
     }
@@ -432,6 +448,49 @@ pub struct Plugin {
     sandbox: Arc<Sandbox>,
     services: HostServices,
     fuel_yield_interval: u64,
+    /// Instances left by clean runs, when the campaign reuses them.
+    kept: Kept,
+}
+
+/// An instance and its store, between two events.
+struct KeptInstance {
+    store: Store<PluginState>,
+    instance: Campaign,
+    /// Events it has handled.
+    events: u32,
+}
+
+/// The idle instances of one plugin, the most recently used last.
+struct Kept {
+    idle: std::sync::Mutex<Vec<KeptInstance>>,
+    capacity: usize,
+}
+
+impl Kept {
+    fn new(capacity: usize) -> Self {
+        Kept {
+            idle: Default::default(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<KeptInstance>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take(&self) -> Option<KeptInstance> {
+        self.lock().pop()
+    }
+
+    /// Keep `kept` for a later event, unless enough are idle already.
+    fn put(&self, kept: KeptInstance) {
+        let mut idle = self.lock();
+        if idle.len() < self.capacity {
+            idle.push(kept);
+        }
+    }
 }
 
 impl Plugin {
@@ -462,11 +521,13 @@ impl Plugin {
                 http: self.services.http.clone(),
             },
             fuel_yield_interval: self.fuel_yield_interval,
+            kept: Kept::new(self.kept.capacity),
         }
     }
 
-    /// Run the plugin on `event` in a fresh store under the campaign's
-    /// limits, within `deadline` (the campaign's, or what is left of it).
+    /// Run the plugin on `event` under the campaign's limits, within
+    /// `deadline` (the campaign's, or what is left of it): in a fresh
+    /// instance, or in one a clean run left when the campaign reuses them.
     pub async fn handle(&self, event: &Event, deadline: Duration) -> Result<Output, PluginFailure> {
         self.run(event, deadline).await.result
     }
@@ -475,11 +536,25 @@ impl Plugin {
     pub async fn run(&self, event: &Event, deadline: Duration) -> PluginRun {
         let sandbox = &self.sandbox;
         let started = Instant::now();
-        let mut store = Store::new(
-            self.compiled.pre.engine(),
-            PluginState::new(sandbox.clone(), self.services.clone(), &event.id),
-        );
-        store.limiter(|state| &mut state.limiter);
+        let (mut store, mut instance, events_before) = match self.kept.take() {
+            Some(KeptInstance {
+                mut store,
+                instance,
+                events,
+            }) => {
+                store.data_mut().next_event(&event.id);
+                (store, Some(instance), events)
+            }
+            None => {
+                let mut store = Store::new(
+                    self.compiled.pre.engine(),
+                    PluginState::new(sandbox.clone(), self.services.clone(), &event.id),
+                );
+                store.limiter(|state| &mut state.limiter);
+                store.epoch_deadline_trap();
+                (store, None, 0)
+            }
+        };
         let setup = store
             .set_fuel(sandbox.fuel)
             .and_then(|()| store.fuel_async_yield_interval(Some(self.fuel_yield_interval)));
@@ -492,15 +567,20 @@ impl Plugin {
         }
         let deadline_ticks = (deadline.as_millis() as u64).max(1);
         store.set_epoch_deadline(deadline_ticks);
-        store.epoch_deadline_trap();
 
         let input = bindings::to_wit_event(event);
         let outcome = tokio::time::timeout(deadline, async {
-            let instance = self.compiled.pre.instantiate_async(&mut store).await?;
+            let instance = match &mut instance {
+                Some(instance) => instance,
+                None => instance.insert(self.compiled.pre.instantiate_async(&mut store).await?),
+            };
             instance.call_handle(&mut store, &input).await
         })
         .await;
         let fuel_used = sandbox.fuel - store.get_fuel().unwrap_or(0);
+        // Only a call that returned (with actions or its own error) leaves
+        // the instance in a state it can run from again.
+        let returned = matches!(outcome, Ok(Ok(_)));
         let state = store.data_mut();
         let outbound = state.outbound_time();
         state.flush_guest_output();
@@ -531,6 +611,15 @@ impl Plugin {
                 })
             }
         };
+        let reusable =
+            returned && events_before + 1 < sandbox.events_per_instance && state.is_reusable();
+        if let (true, Some(instance)) = (reusable, instance) {
+            self.kept.put(KeptInstance {
+                store,
+                instance,
+                events: events_before + 1,
+            });
+        }
         let elapsed = started.elapsed();
         let outcome = result.as_ref().map_or_else(PluginFailure::cause, |_| "ok");
         sandbox.metrics.record(
@@ -548,6 +637,7 @@ impl Plugin {
             elapsed_us = elapsed.as_micros() as u64,
             outbound_us = outbound.as_micros() as u64,
             outcome,
+            instance_events = events_before + 1,
             "Plugin ran"
         );
         PluginRun {

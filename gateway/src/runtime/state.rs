@@ -69,6 +69,47 @@ impl PluginState {
         }
     }
 
+    /// Make a kept instance's state ready for `event_id`: everything that
+    /// belongs to one run starts over, and only the WASI context (its
+    /// streams are drained) and the resource table (empty, see
+    /// [`PluginState::is_reusable`]) carry over.
+    pub fn next_event(&mut self, event_id: &str) {
+        // Named field by field, so a field added later must be placed here.
+        let PluginState {
+            wasi: _,
+            table: _,
+            limiter,
+            sandbox,
+            services: _,
+            event_id: id,
+            timed_out_fetch,
+            outbound,
+            fetching_since,
+            kv_writes,
+            later,
+            log_budget,
+            stdout: _,
+            stderr: _,
+            stderr_text,
+        } = self;
+        *limiter = MemoryLimiter::new(sandbox.memory_bytes);
+        *id = event_id.into();
+        *timed_out_fetch = None;
+        *outbound = Duration::ZERO;
+        *fetching_since = None;
+        *kv_writes = KvWrites::default();
+        later.clear();
+        *log_budget = LogBudget::default();
+        stderr_text.clear();
+    }
+
+    /// Whether the run that just ended leaves nothing that would reach the
+    /// next event through the host: no refused memory growth and no
+    /// resource (a stream, a pending call) still open.
+    pub fn is_reusable(&self) -> bool {
+        self.limiter.refused_bytes().is_none() && self.table.is_empty()
+    }
+
     /// Log what the guest printed, line by line, with its campaign, then
     /// one line per stream that went over its budget; keep stderr for
     /// [`PluginState::stderr`].

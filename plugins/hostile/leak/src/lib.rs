@@ -1,0 +1,37 @@
+//! Leak: keeps what it saw in globals and answers with it, to show what an
+//! instance kept between events (`events_per_instance` above 1) carries
+//! from one event to the next. It answers `{"events": n, "previous":
+//! body}`: how many events this instance has handled, counting this one,
+//! and the body of the one before (null on a fresh instance). The body
+//! `trap` traps and `refuse` returns the plugin's own error, so a test can
+//! see which outcomes keep the instance.
+
+use std::cell::RefCell;
+
+use hooklane_sdk::{json, Action, Campaign, Error, Event};
+
+thread_local! {
+    static SEEN: RefCell<(u64, Option<String>)> = const { RefCell::new((0, None)) };
+}
+
+struct Leak;
+
+impl Campaign for Leak {
+    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+        let body = event.text()?.to_owned();
+        let (events, previous) = SEEN.with_borrow_mut(|(events, last)| {
+            *events += 1;
+            (*events, last.replace(body.clone()))
+        });
+        match body.as_str() {
+            "trap" => core::arch::wasm32::unreachable(),
+            "refuse" => Err(Error::invalid_input("refused on purpose")),
+            _ => Ok(vec![Action::respond_json(
+                200,
+                &json!({ "events": events, "previous": previous }),
+            )?]),
+        }
+    }
+}
+
+hooklane_sdk::export!(Leak);

@@ -1,0 +1,84 @@
+//! Instances kept between events (`events_per_instance`): a fresh instance
+//! per event by default; a campaign that opts in sees its globals carry
+//! over (the `leak` plugin's), up to its count, and a trap or a reload ends
+//! the instance.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::harness::{one_campaign_toml, plugin, Gateway};
+
+/// Campaign (and source) `name` on the `leak` plugin, with `extra` lines.
+fn leak_toml(name: &str, extra: &str) -> String {
+    one_campaign_toml(name, name, "speed", &plugin("leak")) + extra + "\n"
+}
+
+/// What `leak` answers to `body` on `source`: the events its instance has
+/// handled, and the body of the one before.
+async fn seen(gateway: &Gateway, source: &str, body: &'static str) -> (u64, Value) {
+    let reply = gateway.post(source, body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{body}: {:?}", reply.body);
+    let answer = reply.json();
+    (
+        answer["events"].as_u64().expect("events"),
+        answer["previous"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_gets_a_fresh_instance_unless_its_campaign_keeps_them() {
+    let gateway =
+        Gateway::start(&(leak_toml("fresh", "") + &leak_toml("kept", "events_per_instance = 3")))
+            .await;
+    for body in ["a", "b", "c", "d"] {
+        assert_eq!(
+            seen(&gateway, "fresh", body).await,
+            (1, Value::Null),
+            "{body}"
+        );
+    }
+    // What one event left in the instance's memory reaches the next: the
+    // cost in isolation a campaign accepts when it keeps instances.
+    let kept = [
+        ("a", (1, Value::Null)),
+        ("b", (2, json!("a"))),
+        ("c", (3, json!("b"))),
+        ("d", (1, Value::Null)),
+        ("e", (2, json!("d"))),
+    ];
+    for (body, expected) in kept {
+        assert_eq!(seen(&gateway, "kept", body).await, expected, "{body}");
+    }
+
+    let listed = gateway.admin(Method::GET, "/v1/campaigns").await;
+    let per_instance = |name: &str| {
+        listed["campaigns"]
+            .as_array()
+            .expect("campaigns")
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["events_per_instance"].clone())
+    };
+    assert_eq!(per_instance("fresh"), Some(json!(1)));
+    assert_eq!(per_instance("kept"), Some(json!(3)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_or_a_reload_ends_a_kept_instance_and_the_plugins_own_error_does_not() {
+    let gateway = Gateway::start(&leak_toml("kept", "events_per_instance = 100")).await;
+    assert_eq!(seen(&gateway, "kept", "a").await, (1, Value::Null));
+    let refused = gateway.post("kept", "refuse").await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(seen(&gateway, "kept", "b").await, (3, json!("refuse")));
+
+    let trapped = gateway.post("kept", "trap").await;
+    assert_eq!(trapped.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(trapped.json()["cause"], "trap");
+    assert_eq!(seen(&gateway, "kept", "c").await, (1, Value::Null));
+    assert_eq!(seen(&gateway, "kept", "d").await, (2, json!("c")));
+
+    gateway.rewrite_config(&leak_toml("kept", "events_per_instance = 50"));
+    let reloaded = gateway.admin_with(Method::POST, "/v1/reload", "").await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{:?}", reloaded.body);
+    assert_eq!(seen(&gateway, "kept", "e").await, (1, Value::Null));
+}
