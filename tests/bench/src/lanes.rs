@@ -8,7 +8,9 @@
 //!    machine, and the generator's ceiling that the trivial figure is judged
 //!    against (see [`crate::ceiling`]);
 //! 2. **trivial** — the real gateway with a speed campaign whose plugin only
-//!    responds, under the same closed-loop load;
+//!    responds, under the same closed-loop load: with a fresh instance per
+//!    event (the default), and beside it, in the same rounds, a campaign on
+//!    the same plugin that keeps its instances ([`KEPT_EVENTS_PER_INSTANCE`]);
 //! 3. **speed idle** — `login-code` at a fixed open-loop rate, nothing else;
 //! 4. **hostile mix** — `login-code` at the same rate, plus a flood of the
 //!    CPU-heavy `burn` plugin above the segmentation lane's capacity, a care
@@ -55,6 +57,8 @@ use crate::{
 /// Targets on a 2-core machine (issue #13: with a generator that saturates
 /// bare hyper).
 const TARGET_TRIVIAL_OVER_FLOOR: f64 = 0.5;
+/// `events_per_instance` of the `trivial-kept` campaign.
+const KEPT_EVENTS_PER_INSTANCE: u32 = 10_000;
 const TARGET_MIX_OVER_IDLE_P99: f64 = 1.5;
 const TARGET_FLOOD_OVER_IDLE_P99: f64 = 1.5;
 const TARGET_NEIGHBOUR_OVER_IDLE_P99: f64 = 1.5;
@@ -181,6 +185,43 @@ pub struct ThroughputScenario {
     pub trivial_over_floor: Judged,
     /// Each round's ratio, sorted.
     pub trivial_over_floor_per_round: Vec<f64>,
+    /// The same plugin keeping its instances between events, in the same
+    /// rounds.
+    pub trivial_kept: ThroughputReport,
+    pub trivial_kept_ok_per_s: f64,
+    pub trivial_kept_over_floor: Judged,
+    pub trivial_kept_over_floor_per_round: Vec<f64>,
+}
+
+/// One gateway route's closed-loop rounds, each beside the floor's.
+#[derive(Default)]
+struct AgainstFloor {
+    rates: Vec<f64>,
+    ratios: Vec<f64>,
+    last: Option<ThroughputReport>,
+}
+
+impl AgainstFloor {
+    fn add(&mut self, run: ThroughputReport, floor: &ThroughputReport) {
+        self.rates.push(run.ok_per_s);
+        self.ratios
+            .push(run.ok_per_s / floor.ok_per_s.max(f64::MIN_POSITIVE));
+        self.last = Some(run);
+    }
+
+    /// The last round, the median rate, the median ratio judged against
+    /// `ceiling`, and the ratios sorted.
+    fn finish(mut self, ceiling: &Ceiling) -> (ThroughputReport, f64, Judged, Vec<f64>) {
+        self.ratios.sort_by(f64::total_cmp);
+        let ok_per_s = median(&self.rates);
+        let judged = ceiling.judge(median(&self.ratios), ok_per_s);
+        (
+            self.last.expect("at least one round"),
+            ok_per_s,
+            judged,
+            self.ratios,
+        )
+    }
 }
 
 /// Speed idle and the hostile mix, open loop.
@@ -281,18 +322,36 @@ impl ThroughputScenario {
         );
         out += &throughput("floor", &self.floor);
         out += &throughput("trivial", &self.trivial);
-        out += &format!(
-            "trivial / floor throughput:      {}\n",
-            self.trivial_over_floor.render(
+        out += &throughput("kept", &self.trivial_kept);
+        for (label, judged, per_round, ok_per_s) in [
+            (
+                "trivial / floor throughput:      ",
+                &self.trivial_over_floor,
+                &self.trivial_over_floor_per_round,
+                self.trivial_ok_per_s,
+            ),
+            (
+                "trivial kept / floor throughput: ",
+                &self.trivial_kept_over_floor,
+                &self.trivial_kept_over_floor_per_round,
+                self.trivial_kept_ok_per_s,
+            ),
+        ] {
+            out += label;
+            out += &judged.render(
                 2,
                 |ratio| ratio >= TARGET_TRIVIAL_OVER_FLOOR,
                 &format!(">= {TARGET_TRIVIAL_OVER_FLOOR}"),
                 &format!(
                     "median of rounds {}; {}",
-                    rounds(&self.trivial_over_floor_per_round),
-                    self.ceiling.beside(self.trivial_ok_per_s)
-                )
-            )
+                    rounds(per_round),
+                    self.ceiling.beside(ok_per_s)
+                ),
+            );
+            out += "\n";
+        }
+        out += &format!(
+            "(kept: the same plugin with events_per_instance = {KEPT_EVENTS_PER_INSTANCE}; trivial: a fresh instance per event, the default)\n"
         );
         out
     }
@@ -675,7 +734,8 @@ impl Bench<'_> {
         )
     }
 
-    /// Floor and trivial alternate, for the same reason as idle and mix.
+    /// Floor, trivial and trivial kept alternate, for the same reason as
+    /// idle and mix.
     async fn throughput(
         &self,
         gateway: &crate::process::Server,
@@ -691,36 +751,44 @@ impl Bench<'_> {
             )
             .await
         };
-        let trivial_url = format!("{}/trivial", hooks_url(gateway));
-        let mut ratios = Vec::with_capacity(load.rounds);
-        let (mut floor_rates, mut trivial_rates) = (Vec::new(), Vec::new());
-        let mut last = None;
+        let hooks = hooks_url(gateway);
+        let (mut trivial, mut kept) = (AgainstFloor::default(), AgainstFloor::default());
+        let (mut floor_rates, mut last_floor) = (Vec::new(), None);
         for round in 1..=load.rounds {
             eprintln!(
-                "bench: round {round}/{}: floor, then trivial, closed loop, {:?} each",
+                "bench: round {round}/{}: floor, trivial, then trivial kept, closed loop, {:?} each",
                 load.rounds, load.throughput_window
             );
             let floor = saturate(self.floor_url.clone()).await?;
-            let trivial = saturate(trivial_url.clone()).await?;
-            ratios.push(trivial.ok_per_s / floor.ok_per_s.max(f64::MIN_POSITIVE));
+            trivial.add(saturate(format!("{hooks}/trivial")).await?, &floor);
+            kept.add(saturate(format!("{hooks}/trivial-kept")).await?, &floor);
             floor_rates.push(floor.ok_per_s);
-            trivial_rates.push(trivial.ok_per_s);
-            last = Some((floor, trivial));
+            last_floor = Some(floor);
         }
-        let (floor, trivial) = last.expect("at least one round");
-        ratios.sort_by(f64::total_cmp);
+        let floor = last_floor.expect("at least one round");
         let ceiling = Ceiling {
             ok_per_s: median(&floor_rates),
             ..Ceiling::of(&floor)
         };
-        let trivial_ok_per_s = median(&trivial_rates);
+        let (trivial, trivial_ok_per_s, trivial_over_floor, trivial_over_floor_per_round) =
+            trivial.finish(&ceiling);
+        let (
+            trivial_kept,
+            trivial_kept_ok_per_s,
+            trivial_kept_over_floor,
+            trivial_kept_over_floor_per_round,
+        ) = kept.finish(&ceiling);
         Ok(ThroughputScenario {
-            trivial_over_floor: ceiling.judge(median(&ratios), trivial_ok_per_s),
-            ceiling,
-            trivial_ok_per_s,
-            trivial_over_floor_per_round: ratios,
             floor,
             trivial,
+            ceiling,
+            trivial_ok_per_s,
+            trivial_over_floor,
+            trivial_over_floor_per_round,
+            trivial_kept,
+            trivial_kept_ok_per_s,
+            trivial_kept_over_floor,
+            trivial_kept_over_floor_per_round,
         })
     }
 
@@ -973,6 +1041,13 @@ listen = "127.0.0.1:0"
 source = "trivial"
 lane = "speed"
 plugin = {trivial}
+
+[sources.trivial-kept]
+[campaigns.trivial-kept]
+source = "trivial-kept"
+lane = "speed"
+plugin = {trivial}
+events_per_instance = {KEPT_EVENTS_PER_INSTANCE}
 
 [sources.login-form]
 [campaigns.login-code]
