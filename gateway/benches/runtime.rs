@@ -1,7 +1,8 @@
 //! Runtime micro-benchmark: the cost of running one event in a fresh
 //! instance (new Store + instantiate + call + drop) of the trivial plugin,
-//! with the pooling allocator beside the on-demand one, and fresh-instance
-//! calls per second on 1 and 2 threads; then the `personal-offer` example
+//! with the pooling allocator beside the on-demand one and beside an
+//! instance kept between events (`events_per_instance`), and calls per
+//! second on 1 and 2 threads; then the `personal-offer` example
 //! in Rust, JavaScript and Python side by side, a fresh instance per event
 //! with its KV reads and write and a loopback call to a recommendation
 //! service.
@@ -34,18 +35,27 @@ fn main() {
     );
     let data = tempfile::tempdir().expect("temp dir");
     let mut results = Vec::new();
-    println!("fresh Store + instantiate + call + drop, trivial plugin ({LATENCY_RUNS} runs)");
+    println!("trivial plugin, one event ({LATENCY_RUNS} runs): fresh Store + instantiate + call + drop, or a call on a kept instance");
     println!(
-        "{:<10} {:>10} {:>10} {:>14} {:>14}",
-        "allocator", "median", "p99", "calls/s 1thr", "calls/s 2thr"
+        "{:<10} {:>9} {:>10} {:>10} {:>14} {:>14}",
+        "allocator", "instances", "median", "p99", "calls/s 1thr", "calls/s 2thr"
     );
-    for allocator in ["pooling", "on-demand"] {
-        let (_runtime, plugin) = load(&plugins, data.path(), allocator);
+    for (allocator, events_per_instance) in [
+        ("pooling", 1),
+        ("on-demand", 1),
+        ("pooling", KEPT_EVENTS_PER_INSTANCE),
+    ] {
+        let (_runtime, plugin) = load(&plugins, data.path(), allocator, events_per_instance);
         let (median, p99) = latency(&plugin);
         let one = throughput(&plugin, 1);
         let two = throughput(&plugin, 2);
+        let instances = if events_per_instance == 1 {
+            "fresh"
+        } else {
+            "kept"
+        };
         println!(
-            "{allocator:<10} {:>8.1}µs {:>8.1}µs {:>14.0} {:>14.0}",
+            "{allocator:<10} {instances:>9} {:>8.1}µs {:>8.1}µs {:>14.0} {:>14.0}",
             micros(median),
             micros(p99),
             one,
@@ -53,6 +63,7 @@ fn main() {
         );
         results.push(json!({
             "allocator": allocator,
+            "events_per_instance": events_per_instance,
             "median_us": micros(median),
             "p99_us": micros(p99),
             "calls_per_s_1_thread": one,
@@ -74,16 +85,29 @@ fn main() {
         serde_json::to_string_pretty(&report).unwrap(),
     )
     .expect("write report");
-    println!("targets: median <= 20µs, p99 <= 60µs, >= 50,000 calls/s on 2 threads (pooling)");
+    println!(
+        "targets: median <= 20µs, p99 <= 60µs, >= 50,000 calls/s on 2 threads (pooling, fresh)"
+    );
 }
 
+/// `events_per_instance` of the kept row.
+const KEPT_EVENTS_PER_INSTANCE: u32 = 10_000;
+
 /// The runtime (which owns the epoch ticker) and the trivial plugin on it.
-fn load(plugins: &Path, data: &Path, allocator: &str) -> (Runtime, Arc<Plugin>) {
+fn load(
+    plugins: &Path,
+    data: &Path,
+    allocator: &str,
+    events_per_instance: u32,
+) -> (Runtime, Arc<Plugin>) {
     let campaign = format!(
-        "[runtime]\nallocator = \"{allocator}\"\n[campaigns.bench]\nlane = \"speed\"\nplugin = \"{}\"\n",
+        "[runtime]\nallocator = \"{allocator}\"\n[campaigns.bench]\nlane = \"speed\"\nplugin = \"{}\"\nevents_per_instance = {events_per_instance}\n",
         plugins.join("trivial.wasm").display()
     );
-    load_campaign(&campaign, &data.join(allocator))
+    load_campaign(
+        &campaign,
+        &data.join(format!("{allocator}-{events_per_instance}")),
+    )
 }
 
 /// The runtime and the plugin of campaign `bench` in `toml` (to which this
@@ -118,13 +142,17 @@ fn event_with(body: &'static [u8]) -> Event {
 const OFFER_RUNS: usize = 300;
 
 /// `personal-offer` in each language the project builds it in: median and
-/// p99 of a fresh instance per event, beside each other in one run.
+/// p99 of a fresh instance per event and of kept instances, beside each
+/// other in one run.
 fn offers(plugins: &Path, data: &Path) -> Vec<serde_json::Value> {
     let service = recommendation_service();
     println!(
-        "\npersonal-offer, fresh instance per event ({OFFER_RUNS} runs, one loopback call each)"
+        "\npersonal-offer ({OFFER_RUNS} runs, one loopback call each): a fresh instance per event, or kept ones"
     );
-    println!("{:<12} {:>10} {:>10}", "language", "median", "p99");
+    println!(
+        "{:<12} {:>9} {:>10} {:>10}",
+        "language", "instances", "median", "p99"
+    );
     let mut rows = Vec::new();
     for (language, component) in [
         ("rust", "wasm32-wasip2/release/personal_offer.wasm"),
@@ -139,27 +167,40 @@ fn offers(plugins: &Path, data: &Path) -> Vec<serde_json::Value> {
             );
             continue;
         }
-        let campaign = format!(
-            "[campaigns.bench]\nlane = \"segmentation\"\nmode = \"sync\"\nplugin = \"{}\"\nmemory_mb = 32\ndeadline_ms = 5000\nallowed_hosts = [\"{}\"]\nsettings = {{ recommendation_url = \"http://{}/\" }}\n",
-            component.display(),
-            service,
-            service
-        );
-        let (_runtime, plugin) = load_campaign(&campaign, &data.join(language));
-        let (median, p99) = measure(
-            &plugin,
-            &event_with(br#"{"customer_id": "c-1"}"#),
-            20,
-            OFFER_RUNS,
-        );
-        println!(
-            "{language:<12} {:>8.2}ms {:>8.2}ms",
-            millis(median),
-            millis(p99)
-        );
-        rows.push(
-            json!({ "language": language, "median_ms": millis(median), "p99_ms": millis(p99) }),
-        );
+        for events_per_instance in [1, KEPT_EVENTS_PER_INSTANCE] {
+            let campaign = format!(
+                "[campaigns.bench]\nlane = \"segmentation\"\nmode = \"sync\"\nplugin = \"{}\"\nmemory_mb = 32\ndeadline_ms = 5000\nallowed_hosts = [\"{}\"]\nsettings = {{ recommendation_url = \"http://{}/\" }}\nevents_per_instance = {events_per_instance}\n",
+                component.display(),
+                service,
+                service
+            );
+            let (_runtime, plugin) = load_campaign(
+                &campaign,
+                &data.join(format!("{language}-{events_per_instance}")),
+            );
+            let (median, p99) = measure(
+                &plugin,
+                &event_with(br#"{"customer_id": "c-1"}"#),
+                20,
+                OFFER_RUNS,
+            );
+            let instances = if events_per_instance == 1 {
+                "fresh"
+            } else {
+                "kept"
+            };
+            println!(
+                "{language:<12} {instances:>9} {:>8.2}ms {:>8.2}ms",
+                millis(median),
+                millis(p99)
+            );
+            rows.push(json!({
+                "language": language,
+                "events_per_instance": events_per_instance,
+                "median_ms": millis(median),
+                "p99_ms": millis(p99),
+            }));
+        }
     }
     rows
 }
