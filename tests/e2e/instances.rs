@@ -64,21 +64,41 @@ async fn every_event_gets_a_fresh_instance_unless_its_campaign_keeps_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trap_or_a_reload_ends_a_kept_instance_and_the_plugins_own_error_does_not() {
-    let gateway = Gateway::start(&leak_toml("kept", "events_per_instance = 100")).await;
+async fn a_trap_a_deadline_a_refused_growth_or_a_reload_ends_a_kept_instance() {
+    let kept = |count: u32| {
+        leak_toml(
+            "kept",
+            &format!("events_per_instance = {count}\nfuel = 1_000_000_000_000\ndeadline_ms = 200"),
+        )
+    };
+    let gateway = Gateway::start(&kept(100)).await;
     assert_eq!(seen(&gateway, "kept", "a").await, (1, Value::Null));
+    // The plugin's own error and output to stdout keep it.
     let refused = gateway.post("kept", "refuse").await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(seen(&gateway, "kept", "b").await, (3, json!("refuse")));
+    assert_eq!(seen(&gateway, "kept", "print").await, (3, json!("refuse")));
+    assert_eq!(seen(&gateway, "kept", "b").await, (4, json!("print")));
 
-    let trapped = gateway.post("kept", "trap").await;
-    assert_eq!(trapped.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(trapped.json()["cause"], "trap");
-    assert_eq!(seen(&gateway, "kept", "c").await, (1, Value::Null));
-    assert_eq!(seen(&gateway, "kept", "d").await, (2, json!("c")));
+    for (body, status, cause) in [
+        ("trap", StatusCode::BAD_GATEWAY, "trap"),
+        ("spin", StatusCode::GATEWAY_TIMEOUT, "deadline"),
+    ] {
+        let failed = gateway.post("kept", body).await;
+        assert_eq!(failed.status, status, "{body}: {:?}", failed.body);
+        assert_eq!(failed.json()["cause"], cause, "{body}");
+        assert_eq!(
+            seen(&gateway, "kept", "c").await,
+            (1, Value::Null),
+            "after {body}"
+        );
+    }
+    // A growth past memory_mb that the plugin survives still ends it.
+    assert_eq!(seen(&gateway, "kept", "reserve").await, (2, json!("c")));
+    assert_eq!(seen(&gateway, "kept", "d").await, (1, Value::Null));
+    assert_eq!(seen(&gateway, "kept", "e").await, (2, json!("d")));
 
-    gateway.rewrite_config(&leak_toml("kept", "events_per_instance = 50"));
+    gateway.rewrite_config(&kept(50));
     let reloaded = gateway.admin_with(Method::POST, "/v1/reload", "").await;
     assert_eq!(reloaded.status, StatusCode::OK, "{:?}", reloaded.body);
-    assert_eq!(seen(&gateway, "kept", "e").await, (1, Value::Null));
+    assert_eq!(seen(&gateway, "kept", "f").await, (1, Value::Null));
 }

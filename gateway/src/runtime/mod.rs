@@ -12,8 +12,7 @@
 //! (`events_per_instance` above 1): a run that ended cleanly leaves its
 //! instance for a later event of the same campaign version, with fresh fuel,
 //! deadline and per-event state but the same linear memory. A trap, a
-//! deadline, a refused memory growth or a resource the guest still holds
-//! drops it instead.
+//! deadline or a refused memory growth drops it instead.
 //!
 //! Fuel vs. epochs: fuel bounds the CPU work of an event deterministically
 //! (and its periodic async yield gives the thread back so a spinning plugin
@@ -612,7 +611,7 @@ impl Plugin {
             }
         };
         let reusable =
-            returned && events_before + 1 < sandbox.events_per_instance && state.is_reusable();
+            returned && events_before + 1 < sandbox.events_per_instance && !state.growth_refused();
         if let (true, Some(instance)) = (reusable, instance) {
             self.kept.put(KeptInstance {
                 store,

@@ -70,9 +70,11 @@ impl PluginState {
     }
 
     /// Make a kept instance's state ready for `event_id`: everything that
-    /// belongs to one run starts over, and only the WASI context (its
-    /// streams are drained) and the resource table (empty, see
-    /// [`PluginState::is_reusable`]) carry over.
+    /// belongs to one run starts over. Only the WASI context and its
+    /// resource table carry over, as the guest holds handles into them
+    /// (wasi-libc keeps its stdout and stderr streams open); a plugin can
+    /// reach nothing else through WASI, and what its streams wrote was
+    /// taken by [`PluginState::flush_guest_output`].
     pub fn next_event(&mut self, event_id: &str) {
         // Named field by field, so a field added later must be placed here.
         let PluginState {
@@ -103,11 +105,10 @@ impl PluginState {
         stderr_text.clear();
     }
 
-    /// Whether the run that just ended leaves nothing that would reach the
-    /// next event through the host: no refused memory growth and no
-    /// resource (a stream, a pending call) still open.
-    pub fn is_reusable(&self) -> bool {
-        self.limiter.refused_bytes().is_none() && self.table.is_empty()
+    /// Whether the memory cap refused a growth during the run: then the
+    /// instance is not kept, whether or not the plugin carried on.
+    pub fn growth_refused(&self) -> bool {
+        self.limiter.refused_bytes().is_some()
     }
 
     /// Log what the guest printed, line by line, with its campaign, then

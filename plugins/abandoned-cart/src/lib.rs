@@ -40,14 +40,19 @@ impl Campaign for AbandonedCart {
             } => {
                 let key = format!("cart:{cart_id}");
                 if status == "checked_out" {
-                    return Ok(vec![Action::kv_set_json(&key, &json!({ "checked_out": true }), None)?]);
+                    return Ok(vec![Action::kv_set_json(
+                        &key,
+                        &json!({ "checked_out": true }),
+                        None,
+                    )?]);
                 }
                 let remember = json!({ "version": event.id, "customer": customer });
                 let look = json!({ "check": cart_id, "version": event.id });
                 later::emit_after(
                     Emission {
                         campaign: config::get("self").unwrap_or_else(|| "abandoned-cart".into()),
-                        body: serde_json::to_vec(&look).map_err(|e| Error::internal(e.to_string()))?,
+                        body: serde_json::to_vec(&look)
+                            .map_err(|e| Error::internal(e.to_string()))?,
                         content_type: Some("application/json".into()),
                     },
                     Duration::from_secs(remind_after_s()?),
@@ -70,8 +75,11 @@ impl Campaign for AbandonedCart {
 /// The `remind_after_s` setting, default 1800.
 fn remind_after_s() -> Result<u64, Error> {
     config::get("remind_after_s").map_or(Ok(1800), |text| {
-        text.parse()
-            .map_err(|_| Error::internal(format!("setting `remind_after_s` is not a number: `{text}`")))
+        text.parse().map_err(|_| {
+            Error::internal(format!(
+                "setting `remind_after_s` is not a number: `{text}`"
+            ))
+        })
     })
 }
 

@@ -21,7 +21,10 @@ const fn parse(digits: &str) -> u64 {
     let mut i = 0;
     let mut n = 0;
     while i < digits.len() {
-        assert!(digits[i].is_ascii_digit(), "HOOKLANE_REVISION is not a number");
+        assert!(
+            digits[i].is_ascii_digit(),
+            "HOOKLANE_REVISION is not a number"
+        );
         n = n * 10 + (digits[i] - b'0') as u64;
         i += 1;
     }

@@ -25,12 +25,20 @@ impl Campaign for Leak {
         });
         match body.as_str() {
             "trap" => core::arch::wasm32::unreachable(),
-            "refuse" => Err(Error::invalid_input("refused on purpose")),
-            _ => Ok(vec![Action::respond_json(
-                200,
-                &json!({ "events": events, "previous": previous }),
-            )?]),
+            "refuse" => return Err(Error::invalid_input("refused on purpose")),
+            "spin" => loop {
+                std::hint::black_box(&body);
+            },
+            "reserve" => {
+                let _refused = Vec::<u8>::new().try_reserve(1 << 30);
+            }
+            "print" => println!("event {events}"),
+            _ => {}
         }
+        Ok(vec![Action::respond_json(
+            200,
+            &json!({ "events": events, "previous": previous }),
+        )?])
     }
 }
 
