@@ -27,9 +27,12 @@ async fn seen(gateway: &Gateway, source: &str, body: &'static str) -> (u64, Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_gets_a_fresh_instance_unless_its_campaign_keeps_them() {
-    let gateway =
-        Gateway::start(&(leak_toml("fresh", "") + &leak_toml("kept", "events_per_instance = 3")))
-            .await;
+    let gateway = Gateway::start(
+        &(leak_toml("fresh", "")
+            + &leak_toml("kept", "events_per_instance = 3")
+            + &leak_toml("frugal", "events_per_instance = 100\nfuel = 60_000")),
+    )
+    .await;
     for body in ["a", "b", "c", "d"] {
         assert_eq!(
             seen(&gateway, "fresh", body).await,
@@ -61,6 +64,12 @@ async fn every_event_gets_a_fresh_instance_unless_its_campaign_keeps_them() {
     };
     assert_eq!(per_instance("fresh"), Some(json!(1)));
     assert_eq!(per_instance("kept"), Some(json!(3)));
+
+    // Each event gets the campaign's whole fuel: ten events of `frugal`
+    // need more than one budget.
+    for events in 1..=10 {
+        assert_eq!(seen(&gateway, "frugal", "f").await.0, events);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,11 +82,16 @@ async fn a_trap_a_deadline_a_refused_growth_or_a_reload_ends_a_kept_instance() {
     };
     let gateway = Gateway::start(&kept(100)).await;
     assert_eq!(seen(&gateway, "kept", "a").await, (1, Value::Null));
-    // The plugin's own error and output to stdout keep it.
+    // The plugin's own error and output to stdout keep it; the refused
+    // event's KV write is not committed by the next event's success.
     let refused = gateway.post("kept", "refuse").await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(seen(&gateway, "kept", "print").await, (3, json!("refuse")));
-    assert_eq!(seen(&gateway, "kept", "b").await, (4, json!("print")));
+    let next = gateway.post("kept", "b").await.json();
+    assert_eq!(
+        next,
+        json!({ "events": 4, "previous": "print", "stored": null })
+    );
 
     for (body, status, cause) in [
         ("trap", StatusCode::BAD_GATEWAY, "trap"),
