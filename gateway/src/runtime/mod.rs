@@ -448,7 +448,7 @@ pub struct Plugin {
     services: HostServices,
     fuel_yield_interval: u64,
     /// Instances left by clean runs, when the campaign reuses them.
-    kept: Kept,
+    kept: Kept<KeptInstance>,
 }
 
 /// An instance and its store, between two events.
@@ -459,32 +459,34 @@ struct KeptInstance {
     events: u32,
 }
 
-/// The idle instances of one plugin, the most recently used last.
-struct Kept {
-    idle: std::sync::Mutex<Vec<KeptInstance>>,
+/// The idle instances of one plugin, at most `capacity`; the most
+/// recently used is taken first (its memory is likeliest in cache).
+struct Kept<T> {
+    idle: std::sync::Mutex<Vec<T>>,
     capacity: usize,
 }
 
-impl Kept {
+impl<T> Kept<T> {
     fn new(capacity: usize) -> Self {
         Kept {
-            idle: Default::default(),
+            idle: std::sync::Mutex::new(Vec::new()),
             capacity,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<KeptInstance>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn take(&self) -> Option<KeptInstance> {
+    fn take(&self) -> Option<T> {
         self.lock().pop()
     }
 
-    /// Keep `kept` for a later event, unless enough are idle already.
-    fn put(&self, kept: KeptInstance) {
+    /// Keep `kept` for a later event, unless enough are idle already (then
+    /// it is dropped once the lock is released).
+    fn put(&self, kept: T) {
         let mut idle = self.lock();
         if idle.len() < self.capacity {
             idle.push(kept);
@@ -668,4 +670,20 @@ pub struct PluginRun {
     pub result: Result<Output, PluginFailure>,
     pub fuel_used: u64,
     pub elapsed: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kept;
+
+    #[test]
+    fn idle_instances_are_kept_up_to_capacity_and_the_latest_is_taken_first() {
+        let kept = Kept::new(2);
+        for instance in 1..=3 {
+            kept.put(instance);
+        }
+        assert_eq!(kept.take(), Some(2));
+        assert_eq!(kept.take(), Some(1));
+        assert_eq!(kept.take(), None);
+    }
 }
