@@ -24,6 +24,7 @@ const PLUGIN_RUN_SECONDS: &str = "hooklane_plugin_run_seconds";
 const PLUGIN_FUEL: &str = "hooklane_plugin_fuel";
 const PLUGIN_OUTBOUND_SECONDS: &str = "hooklane_plugin_outbound_seconds";
 const QUEUE_WAIT_SECONDS: &str = "hooklane_queue_wait_seconds";
+const PLUGIN_INSTANTIATIONS: &str = "hooklane_plugin_instantiations_total";
 
 /// Buckets of plugin run time, in seconds: 100 µs to 30 s.
 const SECONDS: &[f64] = &[
@@ -53,6 +54,8 @@ pub struct PluginMetrics {
     seconds: Histogram,
     fuel: Histogram,
     outbound: Histogram,
+    /// Fresh instances: one per run, unless the campaign keeps them.
+    instantiations: Counter,
     /// False for runs that must not count (shadow runs): nothing is recorded.
     recorded: bool,
 }
@@ -72,6 +75,7 @@ impl PluginMetrics {
             seconds: histogram!(PLUGIN_RUN_SECONDS, &labels),
             fuel: histogram!(PLUGIN_FUEL, &labels),
             outbound: histogram!(PLUGIN_OUTBOUND_SECONDS, &labels),
+            instantiations: counter!(PLUGIN_INSTANTIATIONS, &labels),
             recorded: true,
         }
     }
@@ -88,6 +92,7 @@ impl PluginMetrics {
             seconds: Histogram::noop(),
             fuel: Histogram::noop(),
             outbound: Histogram::noop(),
+            instantiations: Counter::noop(),
             recorded: false,
         }
     }
@@ -106,6 +111,11 @@ impl PluginMetrics {
         self.seconds.record(seconds);
         self.fuel.record(fuel as f64);
         self.outbound.record(outbound_seconds);
+    }
+
+    /// A run started a fresh instance.
+    pub fn instantiated(&self) {
+        self.instantiations.increment(1);
     }
 }
 

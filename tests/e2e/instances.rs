@@ -65,6 +65,14 @@ async fn every_event_gets_a_fresh_instance_unless_its_campaign_keeps_them() {
     assert_eq!(per_instance("fresh"), Some(json!(1)));
     assert_eq!(per_instance("kept"), Some(json!(3)));
 
+    // Four fresh instances for four events; two for five kept ones.
+    gateway
+        .metrics_eventually(&[
+            r#"hooklane_plugin_instantiations_total{campaign="fresh",lane="speed"} 4"#,
+            r#"hooklane_plugin_instantiations_total{campaign="kept",lane="speed"} 2"#,
+        ])
+        .await;
+
     // Each event gets the campaign's whole fuel: ten events of `frugal`
     // need more than one budget.
     for events in 1..=10 {

@@ -573,7 +573,10 @@ impl Plugin {
         let outcome = tokio::time::timeout(deadline, async {
             let instance = match &mut instance {
                 Some(instance) => instance,
-                None => instance.insert(self.compiled.pre.instantiate_async(&mut store).await?),
+                None => {
+                    sandbox.metrics.instantiated();
+                    instance.insert(self.compiled.pre.instantiate_async(&mut store).await?)
+                }
             };
             instance.call_handle(&mut store, &input).await
         })
