@@ -159,7 +159,42 @@ pub enum LoadError {
 /// latency still counts from when it was due. The call returns once sending
 /// has stopped and every request has answered or timed out, so it takes at
 /// most about `duration + request_timeout`.
+///
+/// It all runs on a probe thread of its own (see [`on_probe_thread`]), so
+/// the bench's other work and niced generators do not delay an answer's
+/// timestamp.
 pub async fn run_open_loop(plan: &Plan) -> Result<Vec<ClassReport>, LoadError> {
+    let plan = plan.clone();
+    on_probe_thread(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(open_loop(&plan))
+    })?
+    .await
+    .map_err(|_| LoadError::GeneratorThread)?
+}
+
+/// Run `work` on a new thread at niceness 0 that asks the kernel for the
+/// gateway's speed-lane time slices (100 µs): woken by an answer, it
+/// preempts a niced flood generator at once instead of waiting out its
+/// slice, so that wait is not counted as the gateway's latency. The
+/// setting stays with this thread (a slice is inherited across fork, so
+/// it must not be set on threads that start gateways).
+fn on_probe_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<T>> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("loadgen-probe".into())
+        .spawn(move || {
+            hooklane::lanes::ask_for_short_slices();
+            let _ = done.send(work());
+        })?;
+    Ok(result)
+}
+
+async fn open_loop(plan: &Plan) -> Result<Vec<ClassReport>, LoadError> {
     let mut classes = Vec::with_capacity(plan.classes.len());
     for class in &plan.classes {
         if !(class.rate_per_s.is_finite() && class.rate_per_s > 0.0) {
@@ -595,6 +630,20 @@ mod tests {
             max_requests_per_class: u64::MAX,
             request_timeout: Duration::from_secs(1),
         }
+    }
+
+    #[tokio::test]
+    async fn the_probe_thread_asks_for_the_speed_lanes_time_slices() {
+        let sched = on_probe_thread(|| std::fs::read_to_string("/proc/thread-self/sched"))
+            .expect("probe thread started")
+            .await
+            .expect("probe thread ran")
+            .expect("/proc/thread-self/sched");
+        let slice = sched
+            .lines()
+            .find_map(|line| line.strip_prefix("se.slice")?.split(':').nth(1))
+            .map(str::trim);
+        assert_eq!(slice, Some("100000"), "{sched}");
     }
 
     async fn run_one(plan: Plan) -> ClassReport {
