@@ -162,6 +162,11 @@ enum PluginAction {
         /// A host the plugin may fetch from; repeat for more.
         #[arg(long = "allow-host")]
         allowed_hosts: Vec<String>,
+        /// Run the events on kept instances, up to N events each, as a
+        /// campaign with `events_per_instance = N` would [default: the
+        /// campaign's, or 1: a fresh instance per event].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        events_per_instance: Option<u32>,
         /// Keep going: run again whenever the plugin, the events, the
         /// config or a `--watch-path` changes (after `--build`, if given).
         #[arg(long)]
@@ -367,6 +372,7 @@ fn main() -> ExitCode {
                     lane,
                     settings,
                     allowed_hosts,
+                    events_per_instance,
                     watch,
                     watch_paths,
                     build,
@@ -384,6 +390,7 @@ fn main() -> ExitCode {
                 }),
                 settings,
                 allowed_hosts,
+                events_per_instance,
             };
             let watching = watch.then_some(hooklane::plugin_test::Watch {
                 paths: watch_paths,

@@ -42,6 +42,8 @@ pub struct TestOptions {
     pub settings: Vec<(String, String)>,
     /// Hosts added to the campaign's `allowed_hosts`.
     pub allowed_hosts: Vec<String>,
+    /// Replaces the campaign's `events_per_instance`.
+    pub events_per_instance: Option<u32>,
 }
 
 /// One line of the events file. Every field may be left out.
@@ -96,7 +98,11 @@ pub async fn run(
     mut report: impl FnMut(&Value),
 ) -> Result<usize, TestError> {
     let scratch = tempfile::tempdir().map_err(setup)?;
-    let under_test = under_test(options)?;
+    let mut under_test = under_test(options)?;
+    if let Some(count) = options.events_per_instance {
+        let campaign = under_test.config.campaigns.get_mut(&under_test.name);
+        campaign.expect("chosen by under_test").events_per_instance = count;
+    }
     let (name, campaign) = (under_test.name.as_str(), under_test.campaign());
     let limits = campaign.limits(&under_test.config.lanes);
     let quota = under_test.config.store.kv_quota();

@@ -34,6 +34,39 @@ fn plugin_test_prints_actions_fuel_and_failures_per_event() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("1 event(s) failed"));
 }
 
+#[test]
+fn plugin_test_runs_events_on_kept_instances_when_asked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events = "{\"body\": \"a\"}\n{\"body\": \"b\"}\n{\"body\": \"c\"}\n";
+    let leak = plugin("leak");
+    let seen = |extra: &[&str]| {
+        let (reports, output) =
+            plugin_test(dir.path(), &[&[leak.as_str()], extra].concat(), events);
+        assert!(output.status.success(), "{output:?}");
+        reports
+            .iter()
+            .map(|report| {
+                let body = report["actions"][0]["respond"]["body"]
+                    .as_str()
+                    .expect("answer");
+                let answer: Value = serde_json::from_str(body).expect("JSON answer");
+                (
+                    answer["events"].as_u64().expect("events"),
+                    answer["previous"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        seen(&[]),
+        [(1, Value::Null), (1, Value::Null), (1, Value::Null)]
+    );
+    assert_eq!(
+        seen(&["--events-per-instance", "2"]),
+        [(1, Value::Null), (2, Value::from("a")), (1, Value::Null)]
+    );
+}
+
 /// Run `hooklane plugin test` with `args` on `events` (JSON lines); its
 /// reports, one per event, and how it ended.
 fn plugin_test(dir: &Path, args: &[&str], events: &str) -> (Vec<Value>, Output) {

@@ -657,26 +657,29 @@ pub async fn run(
         selection.runs(Scenario::Throughput),
         selection.runs(Scenario::Mix),
     );
-    let gateway = match runs_throughput || runs_mix {
-        true => Some(bench.start_mix_gateway().await?),
-        false => None,
+    let gateway = if runs_throughput || runs_mix {
+        Some(bench.start_mix_gateway().await?)
+    } else {
+        None
     };
-    let throughput = match (&gateway, runs_throughput) {
-        (Some(gateway), true) => Some(bench.throughput(gateway).await?),
+    let throughput = match &gateway {
+        Some(gateway) if runs_throughput => Some(bench.throughput(gateway).await?),
         _ => None,
     };
-    let mix = match (&gateway, runs_mix) {
-        (Some(gateway), true) => Some(bench.mix(gateway).await?),
+    let mix = match &gateway {
+        Some(gateway) if runs_mix => Some(bench.mix(gateway).await?),
         _ => None,
     };
     drop(gateway);
-    let flood = match selection.runs(Scenario::Flood) {
-        true => Some(bench.flood().await?),
-        false => None,
+    let flood = if selection.runs(Scenario::Flood) {
+        Some(bench.flood().await?)
+    } else {
+        None
     };
-    let neighbour = match selection.runs(Scenario::Neighbour) {
-        true => Some(bench.neighbour().await?),
-        false => None,
+    let neighbour = if selection.runs(Scenario::Neighbour) {
+        Some(bench.neighbour().await?)
+    } else {
+        None
     };
     let report = LanesReport {
         smoke: options.smoke,
