@@ -610,6 +610,21 @@ type LoadedRound = (
 /// A closed-loop load on a source: its name, connections and body.
 type SourceLoad = (&'static str, usize, &'static [u8]);
 
+/// A gateway and its variants over the same rounds
+/// ([`Bench::compared_rounds`]).
+struct Compared {
+    /// The speed p99 ratio per round on the main gateway.
+    main: Rounds,
+    /// The same on each variant, in order.
+    variants: Vec<Rounds>,
+    /// Speed answers that failed or were refused on the main gateway.
+    errors: u64,
+    /// The main gateway's last round: speed idle, speed loaded, the loads.
+    last: (Vec<ClassReport>, Vec<ClassReport>, Vec<ThroughputReport>),
+    /// The main gateway's rounds in order, each with its durable commits.
+    in_order: Vec<FloodRound>,
+}
+
 /// What every scenario shares.
 struct Bench<'a> {
     options: &'a BenchOptions,
@@ -882,34 +897,20 @@ impl Bench<'_> {
                 &br#"{"customer_id": "c-1", "attributes": {"orders": 1}}"#[..],
             ),
         ];
-        let (mut ratios, mut unsplit_ratios) = (Rounds::default(), Rounds::default());
-        let mut unsynced_ratios = Rounds::default();
-        let mut in_order = Vec::with_capacity(load.rounds);
-        let mut last = None;
-        let mut errors = 0;
-        for round in 1..=load.rounds {
-            eprintln!(
-                "bench: round {round}/{}: speed idle, then a refused flood, {:?} each, with bulk ingress threads and without, and without fsync",
-                load.rounds, load.latency_window
-            );
-            let before = CommitBuckets::of(&flooded).await;
-            let (ratio, idle, speed, loads, stolen) =
-                self.loaded_round(&hooks_url(&flooded), &floods).await?;
-            in_order.push(FloodRound {
-                ratio,
-                commits: CommitBuckets::of(&flooded).await.since(&before).summary(),
-            });
-            ratios.push(ratio, stolen);
-            errors += speed[0].errors + speed[0].refused;
-            last = Some((idle, speed, loads));
-            let (ratio, .., stolen) = self.loaded_round(&hooks_url(&unsplit), &floods).await?;
-            unsplit_ratios.push(ratio, stolen);
-            if let Some(unsynced) = &unsynced {
-                let (ratio, .., stolen) = self.loaded_round(&hooks_url(unsynced), &floods).await?;
-                unsynced_ratios.push(ratio, stolen);
-            }
-        }
-        let (flood_speed_idle, flood_speed, loads) = last.expect("at least one round");
+        let variants: Vec<_> = [Some(&unsplit), unsynced.as_ref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let what = if unsynced.is_some() {
+            "a refused flood, with bulk ingress threads and without, and without fsync"
+        } else {
+            "a refused flood, with bulk ingress threads and without"
+        };
+        let compared = self
+            .compared_rounds(what, &flooded, &variants, &floods)
+            .await?;
+        let mut variant_ratios = compared.variants.into_iter();
+        let (flood_speed_idle, flood_speed, loads) = compared.last;
         let [flood_segmentation, flood_care] = <[_; 2]>::try_from(loads).expect("two floods");
         Ok(FloodScenario {
             flood_speed_idle,
@@ -917,11 +918,11 @@ impl Bench<'_> {
             flood_segmentation,
             flood_care,
             flood_commits: CommitBuckets::of(&flooded).await.summary(),
-            flood_rounds: in_order,
-            speed_p99_flood_over_idle: ratios,
-            speed_p99_flood_unsplit_over_idle: unsplit_ratios,
-            speed_p99_flood_unsynced_over_idle: unsynced_ratios,
-            speed_errors_in_flood: errors,
+            flood_rounds: compared.in_order,
+            speed_p99_flood_over_idle: compared.main,
+            speed_p99_flood_unsplit_over_idle: variant_ratios.next().expect("unsplit"),
+            speed_p99_flood_unsynced_over_idle: variant_ratios.next().unwrap_or_default(),
+            speed_errors_in_flood: compared.errors,
         })
     }
 
@@ -938,36 +939,70 @@ impl Bench<'_> {
                 &format!("{flood_config}[lanes.speed]\nguard_fuel = 0\n"),
             )
             .await?;
-        let load = self.load;
-        let neighbour = [("neighbour", load.neighbour_connections, &b"{}"[..])];
-        let (mut ratios, mut unguarded_ratios) = (Rounds::default(), Rounds::default());
-        let mut last = None;
-        let mut errors = 0;
-        for round in 1..=load.rounds {
-            eprintln!(
-                "bench: round {round}/{}: speed idle, then beside a slow neighbour in its lane, {:?} each, with the lane's guard and without",
-                load.rounds, load.latency_window
-            );
-            let (ratio, idle, speed, mut loads, stolen) =
-                self.loaded_round(&hooks_url(&guarded), &neighbour).await?;
-            ratios.push(ratio, stolen);
-            errors += speed[0].errors + speed[0].refused;
-            last = Some((idle, speed, loads.pop().expect("the neighbour's flood")));
-            let (ratio, .., stolen) = self
-                .loaded_round(&hooks_url(&unguarded), &neighbour)
-                .await?;
-            unguarded_ratios.push(ratio, stolen);
-        }
-        let (neighbour_speed_idle, neighbour_speed, neighbour_flood) =
-            last.expect("at least one round");
+        let neighbour = [("neighbour", self.load.neighbour_connections, &b"{}"[..])];
+        let compared = self
+            .compared_rounds(
+                "beside a slow neighbour in its lane, with the lane's guard and without",
+                &guarded,
+                &[&unguarded],
+                &neighbour,
+            )
+            .await?;
+        let (neighbour_speed_idle, neighbour_speed, mut loads) = compared.last;
         Ok(NeighbourScenario {
             neighbour_speed_idle,
             neighbour_speed,
-            neighbour_flood,
-            speed_p99_neighbour_over_idle: ratios,
-            speed_p99_neighbour_unguarded_over_idle: unguarded_ratios,
-            speed_errors_beside_neighbour: errors,
+            neighbour_flood: loads.pop().expect("the neighbour's flood"),
+            speed_p99_neighbour_over_idle: compared.main,
+            speed_p99_neighbour_unguarded_over_idle: compared
+                .variants
+                .into_iter()
+                .next()
+                .expect("unguarded"),
+            speed_errors_beside_neighbour: compared.errors,
         })
+    }
+
+    /// Per round, speed idle and then beside `loads`: on `main`, then on
+    /// each of its `variants` (the same gateway with one thing changed), so
+    /// all see the same machine. `what` names the load for the progress
+    /// line.
+    async fn compared_rounds(
+        &mut self,
+        what: &str,
+        main: &crate::process::Server,
+        variants: &[&crate::process::Server],
+        loads: &[SourceLoad],
+    ) -> Result<Compared, BenchError> {
+        let rounds = self.load.rounds;
+        let mut compared = Compared {
+            main: Rounds::default(),
+            variants: variants.iter().map(|_| Rounds::default()).collect(),
+            errors: 0,
+            last: Default::default(),
+            in_order: Vec::with_capacity(rounds),
+        };
+        for round in 1..=rounds {
+            eprintln!(
+                "bench: round {round}/{rounds}: speed idle, then {what}, {:?} each",
+                self.load.latency_window
+            );
+            let before = CommitBuckets::of(main).await;
+            let (ratio, idle, speed, floods, stolen) =
+                self.loaded_round(&hooks_url(main), loads).await?;
+            compared.in_order.push(FloodRound {
+                ratio,
+                commits: CommitBuckets::of(main).await.since(&before).summary(),
+            });
+            compared.main.push(ratio, stolen);
+            compared.errors += speed[0].errors + speed[0].refused;
+            compared.last = (idle, speed, floods);
+            for (variant, ratios) in variants.iter().zip(&mut compared.variants) {
+                let (ratio, .., stolen) = self.loaded_round(&hooks_url(variant), loads).await?;
+                ratios.push(ratio, stolen);
+            }
+        }
+        Ok(compared)
     }
 
     /// Speed idle, then beside closed-loop `loads` on `hooks` (from
