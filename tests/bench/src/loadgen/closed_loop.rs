@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{loopback_url, per_second, quantile_us, LoadError, Tally, SUCCESS_STATUSES};
+use super::{
+    loopback_url, on_own_thread, per_second, quantile_us, LoadError, Tally, SUCCESS_STATUSES,
+};
 
 /// Headers an answer may carry; more is a broken answer.
 const MAX_HEADERS: usize = 64;
@@ -119,23 +121,19 @@ async fn closed_loop(
             .step_by(threads)
             .map(|i| targets[i % targets.len()].clone())
             .collect();
-        let (done, tally) = tokio::sync::oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name(format!("loadgen-{thread}"))
-            .spawn(move || {
-                if nice != 0 {
-                    let thread = rustix::thread::gettid();
-                    // Best effort: a generator that stays at its niceness
-                    // only measures less kindly.
-                    let _ = rustix::process::setpriority_process(Some(thread), nice);
-                }
-                let tally = runtime.block_on(drive(connections, end, request_timeout));
-                let _ = done.send(tally);
-            })?;
-        finished.push(tally);
+        let niced = move || {
+            if nice != 0 {
+                let thread = rustix::thread::gettid();
+                // Best effort: a generator that stays at its niceness
+                // only measures less kindly.
+                let _ = rustix::process::setpriority_process(Some(thread), nice);
+            }
+        };
+        finished.push(on_own_thread(
+            format!("loadgen-{thread}"),
+            niced,
+            move || drive(connections, end, request_timeout),
+        )?);
     }
     let mut tally = Tally::new();
     for thread in finished {

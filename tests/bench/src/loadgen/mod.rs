@@ -26,6 +26,7 @@ use hdrhistogram::Histogram;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Url};
 use serde::Serialize;
+use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::{sleep_until, Instant};
 use url::Host;
@@ -165,32 +166,52 @@ pub enum LoadError {
 /// timestamp.
 pub async fn run_open_loop(plan: &Plan) -> Result<Vec<ClassReport>, LoadError> {
     let plan = plan.clone();
-    on_probe_thread(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(open_loop(&plan))
-    })?
-    .await
-    .map_err(|_| LoadError::GeneratorThread)?
+    on_probe_thread(move || async move { open_loop(&plan).await })?
+        .await
+        .map_err(|_| LoadError::GeneratorThread)?
 }
 
-/// Run `work` on a new thread at niceness 0 that asks the kernel for the
-/// gateway's speed-lane time slices (100 µs): woken by an answer, it
-/// preempts a niced flood generator at once instead of waiting out its
-/// slice, so that wait is not counted as the gateway's latency. The
-/// setting stays with this thread (a slice is inherited across fork, so
-/// it must not be set on threads that start gateways).
-fn on_probe_thread<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> std::io::Result<tokio::sync::oneshot::Receiver<T>> {
-    let (done, result) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("loadgen-probe".into())
-        .spawn(move || {
-            hooklane::lanes::ask_for_short_slices();
-            let _ = done.send(work());
-        })?;
+/// Run the future `work` makes on a new thread at niceness 0 that asks the
+/// kernel for the gateway's speed-lane time slices (100 µs): woken by an
+/// answer, it preempts a niced flood generator at once instead of waiting
+/// out its slice, so that wait is not counted as the gateway's latency.
+/// The setting stays with this thread (a slice is inherited across fork,
+/// so it must not be set on threads that start gateways).
+fn on_probe_thread<Work, Fut>(work: Work) -> Result<oneshot::Receiver<Fut::Output>, LoadError>
+where
+    Work: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future,
+    Fut::Output: Send + 'static,
+{
+    on_own_thread(
+        "loadgen-probe".into(),
+        hooklane::lanes::ask_for_short_slices,
+        work,
+    )
+}
+
+/// Run the future `work` makes to its end on a new thread `name` with a
+/// current-thread runtime of its own, after `prepare` has set the thread's
+/// scheduling; its output arrives on the receiver (an error there: the
+/// thread died).
+fn on_own_thread<Work, Fut>(
+    name: String,
+    prepare: impl FnOnce() + Send + 'static,
+    work: Work,
+) -> Result<oneshot::Receiver<Fut::Output>, LoadError>
+where
+    Work: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future,
+    Fut::Output: Send + 'static,
+{
+    let (done, result) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new().name(name).spawn(move || {
+        prepare();
+        let _ = done.send(runtime.block_on(work()));
+    })?;
     Ok(result)
 }
 
@@ -634,11 +655,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_probe_thread_asks_for_the_speed_lanes_time_slices() {
-        let sched = on_probe_thread(|| std::fs::read_to_string("/proc/thread-self/sched"))
-            .expect("probe thread started")
-            .await
-            .expect("probe thread ran")
-            .expect("/proc/thread-self/sched");
+        let sched =
+            on_probe_thread(|| async { std::fs::read_to_string("/proc/thread-self/sched") })
+                .expect("probe thread started")
+                .await
+                .expect("probe thread ran")
+                .expect("/proc/thread-self/sched");
         let slice = sched
             .lines()
             .find_map(|line| line.strip_prefix("se.slice")?.split(':').nth(1))
