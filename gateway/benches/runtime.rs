@@ -49,13 +49,9 @@ fn main() {
         let (median, p99) = latency(&plugin);
         let one = throughput(&plugin, 1);
         let two = throughput(&plugin, 2);
-        let instances = if events_per_instance == 1 {
-            "fresh"
-        } else {
-            "kept"
-        };
         println!(
-            "{allocator:<10} {instances:>9} {:>8.1}µs {:>8.1}µs {:>14.0} {:>14.0}",
+            "{allocator:<10} {:>9} {:>8.1}µs {:>8.1}µs {:>14.0} {:>14.0}",
+            instances(events_per_instance),
             micros(median),
             micros(p99),
             one,
@@ -92,6 +88,15 @@ fn main() {
 
 /// `events_per_instance` of the kept row.
 const KEPT_EVENTS_PER_INSTANCE: u32 = 10_000;
+
+/// The table's name for how a row's events got their instances.
+fn instances(events_per_instance: u32) -> &'static str {
+    if events_per_instance == 1 {
+        "fresh"
+    } else {
+        "kept"
+    }
+}
 
 /// The runtime (which owns the epoch ticker) and the trivial plugin on it.
 fn load(
@@ -184,13 +189,9 @@ fn offers(plugins: &Path, data: &Path) -> Vec<serde_json::Value> {
                 20,
                 OFFER_RUNS,
             );
-            let instances = if events_per_instance == 1 {
-                "fresh"
-            } else {
-                "kept"
-            };
             println!(
-                "{language:<12} {instances:>9} {:>8.2}ms {:>8.2}ms",
+                "{language:<12} {:>9} {:>8.2}ms {:>8.2}ms",
+                instances(events_per_instance),
                 millis(median),
                 millis(p99)
             );
