@@ -71,17 +71,13 @@ async fn refusals_are_logged_once_a_second_with_the_count_held_back() {
         &plugin("trivial"),
     ))
     .await;
-    let burst = twenty_then_one_a_second_later(&gateway, "no-such-source", 404).await;
-    assert_sampled(
-        &gateway.log(),
+    assert_sampled_while_counted(
+        &gateway,
+        ("no-such-source", 404),
         &["Refused a webhook", r#"reason="unknown_source""#],
-        burst,
-    );
-    gateway
-        .metrics_eventually(&[
-            r#"hooklane_refusals_total{source="unknown",reason="unknown_source"} 21"#,
-        ])
-        .await;
+        r#"hooklane_refusals_total{source="unknown",reason="unknown_source"} 21"#,
+    )
+    .await;
 }
 
 /// So is a campaign failing under a flood: one line per cause and second,
@@ -95,17 +91,27 @@ async fn failures_are_logged_once_a_second_per_cause_with_the_count_held_back() 
         &plugin("trap"),
     ))
     .await;
-    let burst = twenty_then_one_a_second_later(&gateway, "forms", 502).await;
-    assert_sampled(
-        &gateway.log(),
+    assert_sampled_while_counted(
+        &gateway,
+        ("forms", 502),
         &["Campaign failed", "campaign=trap", r#"cause="trap""#],
-        burst,
-    );
-    gateway
-        .metrics_eventually(&[
-            r#"hooklane_plugin_runs_total{campaign="trap",lane="speed",outcome="trap"} 21"#,
-        ])
-        .await;
+        r#"hooklane_plugin_runs_total{campaign="trap",lane="speed",outcome="trap"} 21"#,
+    )
+    .await;
+}
+
+/// Post 21 webhooks to `source`, each answered `status`
+/// ([`twenty_then_one_a_second_later`]): the log lines with every one of
+/// `marks` stand for all 21 ([`assert_sampled`]), and `series` counts them.
+async fn assert_sampled_while_counted(
+    gateway: &Gateway,
+    (source, status): (&str, u16),
+    marks: &[&str],
+    series: &str,
+) {
+    let burst = twenty_then_one_a_second_later(gateway, source, status).await;
+    assert_sampled(&gateway.log(), marks, burst);
+    gateway.metrics_eventually(&[series]).await;
 }
 
 /// Post 20 webhooks to `source` one after another, then one more a second
