@@ -125,8 +125,10 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a JetStream request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the store tries to create or update a stream.
-const STREAM_TRIES: u32 = 3;
+/// How long the store keeps trying to create, update and open a stream,
+/// and how long it waits between tries.
+const STREAM_WAIT: Duration = Duration::from_secs(10);
+const STREAM_RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How long an acknowledgement waits for the server's confirmation.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Where a stopping node leaves the ack subjects of its leases.
@@ -506,44 +508,51 @@ pub(crate) async fn connect(
     Ok((client, js))
 }
 
-/// Create stream `config.name`, or update it to `config` if it exists.
-/// Tried [`STREAM_TRIES`] times: on a cluster, a stream another node is
-/// creating at the same moment answers no one until it has a leader, so
-/// nodes started together time out where one of them creates it.
+/// Create stream `config.name`, or update it to `config` if it exists, and
+/// open it. Tried for up to [`STREAM_WAIT`]: on a cluster, a stream another
+/// node is creating at the same moment answers no one, or answers that it
+/// does not exist, until it has a leader, so nodes started together fail
+/// where one of them creates it.
 pub(crate) async fn stream(
     js: &jetstream::Context,
     config: StreamConfig,
 ) -> Result<Stream, StoreError> {
     let name = config.name.clone();
-    let mut tries = 1;
-    while let Err(e) = create_or_update(js, config.clone()).await {
-        if tries == STREAM_TRIES {
+    let give_up = Instant::now() + STREAM_WAIT;
+    loop {
+        let error = match create_or_update(js, config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => error,
+        };
+        if Instant::now() >= give_up {
             return Err(StoreError::Backend(format!(
-                "cannot create NATS stream `{name}`: {e}"
+                "cannot create NATS stream `{name}`: {error}"
             )));
         }
-        tracing::debug!(stream = %name, error = %e, "Cannot create a NATS stream yet; trying again");
-        tries += 1;
+        tracing::debug!(stream = %name, %error, "Cannot create a NATS stream yet; trying again");
+        tokio::time::sleep(STREAM_RETRY_PAUSE).await;
     }
-    js.get_stream(&name)
-        .await
-        .map_err(|e| StoreError::Backend(format!("cannot open NATS stream `{name}`: {e}")))
 }
 
-async fn create_or_update(js: &jetstream::Context, config: StreamConfig) -> Result<(), String> {
-    match js.get_stream(&config.name).await {
-        Err(e) if !is_not_found(&e) => Err(e.to_string()),
+async fn create_or_update(js: &jetstream::Context, config: StreamConfig) -> Result<Stream, String> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Err(e) if !is_not_found(&e) => return Err(e.to_string()),
         Ok(_) => js
             .update_stream(config)
             .await
             .map(drop)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())?,
         Err(_) => js
             .create_stream(config)
             .await
             .map(drop)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())?,
     }
+    // Asked again, as another node may have created it a moment ago.
+    js.get_stream(&name)
+        .await
+        .map_err(|e| format!("cannot open it: {e}"))
 }
 
 /// A KV bucket's stream, laid out as JetStream KV lays it out (one value
